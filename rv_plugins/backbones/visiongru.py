@@ -1,0 +1,335 @@
+"""VisionGRU (Yang Liu et al., 2024, arXiv:2412.18178): a hierarchical backbone of 2DGRU blocks.
+
+Layout (every map inside the network is channels-last ``(B, H, W, C)``)::
+
+    image (B, 3, H, W)
+    stem: 3x3 s2 conv -> C0/2, LN, GELU, 3x3 s2 conv -> C0, LN     (B, H/4, W/4, C0)
+          + learned positional embedding (bicubic-resized to the grid)
+    stage 0: depths[0] x GRU2DBlock(C0)                               stride 4
+    stage i (i = 1..3): 3x3 s2 conv Ci-1 -> Ci, LN; depths[i] blocks  stride 4 * 2**i
+    classifier (num_classes > 0): token mean of the last map -> linear
+
+    GRU2DBlock:  x = x + drop_path(GRU2DMixer(LN(x)))
+                 x = x + drop_path(MLP(LN(x)))          MLP: C -> 4C, GELU, 4C -> C
+    GRU2DMixer:  y = dwconv3x3(x);  minGRU_fwd(raster(y)) + minGRU_bwd(reverse raster(y))
+
+Both minGRUs (:class:`rv_plugins.layers.mingru.MinGRU`, expansion 2, output projection back to the
+width, no biases) have their own weights. The reverse raster is the map flipped in H and W (what the
+authors' code does); here it is the same sequence scanned with ``reverse=True``, so no flipped copy
+is made. Widths and depths follow the authors' code (see ``ARCH_SETTINGS``).
+"""
+import math
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from torch import nn
+
+from rv_plugins.layers.drop_path import DropPath
+from rv_plugins.layers.mingru import MinGRU
+from rv_plugins.ops.layout import from_sequence, to_sequence
+
+__all__ = ["VisionGRU", "GRU2DBlock", "GRU2DMixer", "ARCH_SETTINGS", "ARCH_ALIASES"]
+
+# Widths: base width 72 (Ti) / 104 (B), doubled at every downsampling, as in the authors' code
+# (``dim = 288 // 4`` and ``416 // 4``); depths are the paper's ([2, 2, 8, 2] and [2, 2, 15, 2]).
+# With the 1000-class classifier and the 56x56 positional embedding of img_size=224 this gives
+# 30.44M (Ti) and 87.23M (B) parameters (paper: 30M and 86M); ``tests/test_visiongru.py`` checks +-5%.
+ARCH_SETTINGS: Dict[str, Dict[str, list]] = {
+    "tiny": dict(embed_dims=[72, 144, 288, 576], depths=[2, 2, 8, 2]),
+    "base": dict(embed_dims=[104, 208, 416, 832], depths=[2, 2, 15, 2]),
+}
+ARCH_ALIASES = {"ti": "tiny", "t": "tiny", "b": "base"}
+
+_STEM_NORM_EPS = 1e-6  # stem and downsampling LayerNorms (the authors' value; blocks use 1e-5)
+
+
+def _resolve_arch(arch: Union[str, dict]) -> Tuple[list, list]:
+    """``arch`` name/alias or ``dict(embed_dims=[...], depths=[...])`` -> (embed_dims, depths)."""
+    if isinstance(arch, str):
+        key = ARCH_ALIASES.get(arch.lower(), arch.lower())
+        if key not in ARCH_SETTINGS:
+            names = sorted(ARCH_SETTINGS) + sorted(ARCH_ALIASES)
+            raise ValueError(f"VisionGRU: unknown arch {arch!r}; choose one of {names} or pass "
+                             "dict(embed_dims=[c0, c1, c2, c3], depths=[d0, d1, d2, d3])")
+        arch = ARCH_SETTINGS[key]
+    if not isinstance(arch, dict) or not {"embed_dims", "depths"} <= set(arch):
+        raise ValueError(f"VisionGRU: a custom arch must be a dict with keys 'embed_dims' and 'depths', "
+                         f"got {arch!r}")
+    dims, depths = [int(c) for c in arch["embed_dims"]], [int(d) for d in arch["depths"]]
+    if len(dims) != 4 or len(depths) != 4:
+        raise ValueError(f"VisionGRU: arch needs 4 stages (strides 4/8/16/32), got embed_dims={dims} "
+                         f"and depths={depths}; give 4 values for each")
+    if min(dims) < 1 or min(depths) < 0:
+        raise ValueError(f"VisionGRU: embed_dims must be >= 1 and depths >= 0, got {dims} and {depths}")
+    return dims, depths
+
+
+class ConvLN(nn.Module):
+    """3x3 stride-2 conv then LayerNorm: ``(B, Cin, H, W)`` -> ``(B, ceil(H/2), ceil(W/2), Cout)``.
+
+    ``channels_last_in=True`` takes ``(B, H, W, Cin)`` instead (the maps between stages).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, channels_last_in: bool = False):
+        super().__init__()
+        self.channels_last_in = channels_last_in
+        self.conv = nn.Conv2d(in_dim, out_dim, 3, stride=2, padding=1)
+        self.norm = nn.LayerNorm(out_dim, eps=_STEM_NORM_EPS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last_in:
+            x = x.permute(0, 3, 1, 2)
+        return self.norm(self.conv(x).permute(0, 2, 3, 1))
+
+
+class Stem(nn.Module):
+    """``(B, in_channels, H, W)`` -> ``(B, ceil(H/4), ceil(W/4), dim)``: two ConvLN with a GELU between."""
+
+    def __init__(self, in_channels: int, dim: int):
+        super().__init__()
+        self.conv1 = ConvLN(in_channels, max(dim // 2, 1))
+        self.act = nn.GELU()
+        self.conv2 = ConvLN(max(dim // 2, 1), dim, channels_last_in=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.act(self.conv1(x)))
+
+
+class GRU2DMixer(nn.Module):
+    """The 2DGRU token mixer: 3x3 depthwise conv, then a raster-order and a reverse-raster minGRU, summed.
+
+    Input and output ``(B, H, W, dim)``. ``scan_forward`` / ``scan_reverse`` expose the two
+    directions on an already-convolved map (each ``(B, H, W, dim)`` -> ``(B, H, W, dim)``).
+    """
+
+    def __init__(self, dim: int, expansion: float = 2.0, backend: Optional[str] = None):
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.gru_fwd = MinGRU(dim, expansion=expansion, bias=False, reverse=False, backend=backend)
+        self.gru_bwd = MinGRU(dim, expansion=expansion, bias=False, reverse=True, backend=backend)
+
+    @staticmethod
+    def _scan(gru: MinGRU, x: torch.Tensor) -> torch.Tensor:
+        return from_sequence(gru(to_sequence(x, channels_last=True)), x.shape[1:3], channels_last=True)
+
+    def scan_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Raster order (row by row, left to right): output at token t sees tokens 0..t."""
+        return self._scan(self.gru_fwd, x)
+
+    def scan_reverse(self, x: torch.Tensor) -> torch.Tensor:
+        """Reverse raster order (= the map flipped in H and W): output at token t sees tokens t..L-1."""
+        return self._scan(self.gru_bwd, x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self.scan_forward(y) + self.scan_reverse(y)
+
+
+class Mlp(nn.Module):
+    """``(..., dim)`` -> ``(..., dim)``: Linear(dim, ratio*dim), GELU, Linear(ratio*dim, dim)."""
+
+    def __init__(self, dim: int, ratio: float = 4.0):
+        super().__init__()
+        hidden = int(round(dim * ratio))
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class GRU2DBlock(nn.Module):
+    """Pre-norm 2DGRU block, ``(B, H, W, dim)`` -> ``(B, H, W, dim)``."""
+
+    def __init__(self, dim: int, mlp_ratio: float = 4.0, drop_path: float = 0.0,
+                 backend: Optional[str] = None):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.mixer = GRU2DMixer(dim, backend=backend)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, mlp_ratio)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.mixer(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class VisionGRUStage(nn.Module):
+    """Optional downsampling (ConvLN, width ``in_dim`` -> ``dim``) then ``depth`` blocks.
+
+    ``(B, H, W, in_dim)`` -> ``(B, ceil(H/2), ceil(W/2), dim)`` with downsampling, else the same size.
+    """
+
+    def __init__(self, in_dim: int, dim: int, depth: int, drop_paths: Sequence[float], downsample: bool,
+                 with_cp: bool = False, backend: Optional[str] = None):
+        super().__init__()
+        self.with_cp = with_cp
+        self.downsample = ConvLN(in_dim, dim, channels_last_in=True) if downsample else nn.Identity()
+        self.blocks = nn.ModuleList(GRU2DBlock(dim, drop_path=drop_paths[i], backend=backend)
+                                    for i in range(depth))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        for blk in self.blocks:
+            if self.with_cp and torch.is_grad_enabled():
+                x = cp.checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
+        return x
+
+
+class VisionGRU(nn.Module):
+    """VisionGRU backbone (plain PyTorch; toolkit adapters wrap it).
+
+    Args:
+        arch: ``'tiny'`` (aliases ``'ti'``, ``'t'``), ``'base'`` (``'b'``), or
+            ``dict(embed_dims=[c0, c1, c2, c3], depths=[d0, d1, d2, d3])``.
+        in_channels: image channels.
+        img_size: int or (H, W) the learned positional embedding is made for; it lives on the
+            ``ceil(H/4) x ceil(W/4)`` stem grid and is bicubic-resized to other grids.
+            ``None``: no positional embedding (the authors' code has none; the paper has one).
+        out_indices: stages whose outputs ``forward`` returns (0..3, negatives count from the end).
+            Stages after the last one listed are not run.
+        frozen_stages: ``-1`` freezes nothing; ``0`` freezes the stem and positional embedding;
+            ``k >= 1`` also stages ``0..k-1`` (each with its downsampling conv). Frozen parts stay
+            in eval mode (no drop path) with ``requires_grad=False``.
+        norm_eval: keep BatchNorm layers in eval mode while training. VisionGRU has only
+            LayerNorms (no running statistics), so this only matters for BN added by subclasses.
+        drop_path_rate: stochastic depth, rising linearly from 0 to this value over all blocks.
+        with_cp: gradient checkpointing per block (``torch.utils.checkpoint``; recomputes in backward).
+        scan_backend: ``linear_scan`` backend for every minGRU (``None``: best for the device).
+        init_cfg: stored for the toolkit adapter (mmengine); ``init_weights`` ignores it.
+        num_classes: ``> 0`` adds the classifier used by :meth:`forward_head`.
+
+    Shapes: ``forward(x)`` with ``x`` of shape ``(B, in_channels, H, W)``, any ``H, W >= 1``, returns
+    a tuple with, for every ``i`` in ``out_indices`` (in order), a channels-first map
+    ``(B, embed_dims[i], ceil(H / s_i), ceil(W / s_i))`` with ``s_i = 4 * 2**i`` (4, 8, 16, 32).
+    No padding is needed for this: every 3x3 stride-2 conv (padding 1) maps ``n`` to ``ceil(n/2)``,
+    so the scans run on the real tokens only (as in the authors' segmentation code).
+    ``forward_head(features)`` -> ``(B, num_classes)``.
+    """
+
+    num_stages = 4
+
+    def __init__(self, arch: Union[str, dict] = "tiny", in_channels: int = 3,
+                 img_size: Optional[Union[int, Tuple[int, int]]] = 224, out_indices: Sequence[int] = (3,),
+                 frozen_stages: int = -1, norm_eval: bool = False, drop_path_rate: float = 0.1,
+                 with_cp: bool = False, scan_backend: Optional[str] = None, init_cfg: Optional[dict] = None,
+                 num_classes: int = 0):
+        super().__init__()
+        self.embed_dims, self.depths = _resolve_arch(arch)
+        self.in_channels = in_channels
+        self.out_indices = self._check_out_indices(out_indices)
+        if not -1 <= frozen_stages <= self.num_stages:
+            raise ValueError(f"VisionGRU: frozen_stages must be in -1..{self.num_stages}, got {frozen_stages}")
+        self.frozen_stages, self.norm_eval, self.with_cp = frozen_stages, norm_eval, with_cp
+        self.init_cfg, self.num_classes = init_cfg, num_classes
+
+        self.stem = Stem(in_channels, self.embed_dims[0])
+        if img_size is None:
+            self.pos_embed = None
+        else:
+            ih, iw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+            grid = (math.ceil(ih / 4), math.ceil(iw / 4))
+            self.pos_embed = nn.Parameter(torch.zeros(1, self.embed_dims[0], *grid))  # (1, C0, h, w)
+
+        total = sum(self.depths)
+        dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # 0 .. drop_path_rate
+        self.stages = nn.ModuleList()
+        for i, (dim, depth) in enumerate(zip(self.embed_dims, self.depths)):
+            start = sum(self.depths[:i])
+            self.stages.append(VisionGRUStage(self.embed_dims[max(i - 1, 0)], dim, depth,
+                                              dpr[start:start + depth], downsample=i > 0,
+                                              with_cp=with_cp, backend=scan_backend))
+        self.head = nn.Linear(self.embed_dims[-1], num_classes) if num_classes > 0 else None
+        self.init_weights()
+        self._freeze_stages()
+
+    def _check_out_indices(self, out_indices) -> Tuple[int, ...]:
+        if isinstance(out_indices, int):
+            out_indices = (out_indices,)
+        idx = []
+        for i in out_indices:
+            if not -self.num_stages <= i < self.num_stages:
+                raise ValueError(f"VisionGRU: out_indices {tuple(out_indices)} out of range; "
+                                 f"use stage indices 0..{self.num_stages - 1}")
+            idx.append(i % self.num_stages)
+        if not idx:
+            raise ValueError("VisionGRU: out_indices is empty; give at least one stage index (0..3)")
+        return tuple(idx)
+
+    def init_weights(self) -> None:
+        """Truncated-normal (std 0.02) linear weights and positional embedding, zero biases, unit LN.
+
+        Convolutions keep PyTorch's default initialisation. Loading a checkpoint (``init_cfg``) is
+        left to the toolkit adapter.
+        """
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if self.pos_embed is not None:
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    def _frozen_modules(self):
+        if self.frozen_stages >= 0:
+            yield self.stem
+            for i in range(self.frozen_stages):
+                yield self.stages[i]
+
+    def _freeze_stages(self) -> None:
+        if self.frozen_stages >= 0 and self.pos_embed is not None:
+            self.pos_embed.requires_grad = False
+        for m in self._frozen_modules():
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad = False
+
+    def train(self, mode: bool = True):
+        """Train mode, keeping frozen stages (and, with ``norm_eval``, BatchNorms) in eval mode."""
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def _pos_embed(self, hw: Tuple[int, int]) -> torch.Tensor:
+        """Positional embedding for a stem grid ``hw`` -> ``(1, h, w, C0)``."""
+        pe = self.pos_embed
+        if tuple(pe.shape[2:]) != tuple(hw):
+            pe = F.interpolate(pe, size=hw, mode="bicubic", align_corners=False)
+        return pe.permute(0, 2, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """``(B, in_channels, H, W)`` -> tuple of ``(B, embed_dims[i], ceil(H/s_i), ceil(W/s_i))``."""
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"VisionGRU expects images of shape (B, {self.in_channels}, H, W), got "
+                             f"{tuple(x.shape)}; set in_channels to the image channels")
+        x = self.stem(x)
+        if self.pos_embed is not None:
+            x = x + self._pos_embed(x.shape[1:3])
+        outs = {}
+        for i in range(max(self.out_indices) + 1):
+            x = self.stages[i](x)
+            if i in self.out_indices:
+                outs[i] = x.permute(0, 3, 1, 2).contiguous()
+        return tuple(outs[i] for i in self.out_indices)
+
+    def forward_head(self, feats: Union[torch.Tensor, Sequence[torch.Tensor]]) -> torch.Tensor:
+        """Last-stage map ``(B, embed_dims[3], h, w)`` (or ``forward``'s tuple, last entry used) ->
+        token mean -> linear -> ``(B, num_classes)``."""
+        if self.head is None:
+            raise RuntimeError("VisionGRU.forward_head needs a classifier; build with num_classes > 0")
+        x = feats if isinstance(feats, torch.Tensor) else feats[-1]
+        if x.dim() != 4 or x.shape[1] != self.embed_dims[-1]:
+            raise ValueError(f"VisionGRU.forward_head expects the last stage's map (B, {self.embed_dims[-1]}, "
+                             f"h, w), got {tuple(x.shape)}; include 3 in out_indices")
+        return self.head(x.mean(dim=(2, 3)))

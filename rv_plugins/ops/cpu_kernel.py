@@ -1,0 +1,62 @@
+"""Compiled CPU kernel for the scan (the fast path of the ``"torch"`` backend on the CPU).
+
+A small C++ extension (``csrc/scan_cpu.cpp``), compiled with ``torch.utils.cpp_extension`` on first
+use (about a minute; ``tools/setup_env.sh`` builds it ahead) and cached in
+``$TORCH_EXTENSIONS_DIR``. Forward and backward are each one sequential pass over ``L`` with the
+``D`` channels of a step in a contiguous, vectorisable inner loop, parallel over ``B`` and blocks of
+``D`` with ``at::parallel_for``: memory traffic is one read of the inputs and one write of the
+outputs, which is the floor for this op. If no C++ compiler is present, ``available()`` returns
+``False`` (with one warning) and the chunked pure-PyTorch path is used instead.
+"""
+import os
+import warnings
+from typing import Optional
+
+import torch
+
+_MODULE = None
+_FAILED = False
+_SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "scan_cpu.cpp")
+
+
+def load(verbose: bool = False):
+    """Build (first time) and import the extension; raises if the build fails."""
+    global _MODULE
+    if _MODULE is None:
+        from torch.utils.cpp_extension import load as _load
+        _MODULE = _load(name="rv_plugins_scan_cpu", sources=[_SOURCE], verbose=verbose,
+                        extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"])
+    return _MODULE
+
+
+def available() -> bool:
+    """Whether the compiled kernel can be used (builds it on the first call)."""
+    global _FAILED
+    if _MODULE is not None:
+        return True
+    if _FAILED:
+        return False
+    try:
+        load()
+        return True
+    except Exception as err:  # no compiler, no headers, ...
+        _FAILED = True
+        warnings.warn(f"rv_plugins.ops: the compiled CPU scan kernel could not be built ({err!r:.300}); "
+                      "falling back to the slower chunked PyTorch scan. Install a C++ compiler "
+                      "(e.g. apt-get install g++) and re-run tools/setup_env.sh to get the fast path.")
+        return False
+
+
+def scan_forward(a: torch.Tensor, b: torch.Tensor, h0: Optional[torch.Tensor], reverse: bool) -> torch.Tensor:
+    """(B, L, D) inputs -> h (B, L, D) in the inputs' dtype (float32 accumulation)."""
+    h0_ = torch.empty(0) if h0 is None else h0.to(a.dtype).contiguous()
+    return load().forward(a.contiguous(), b.contiguous(), h0_, bool(reverse))
+
+
+def scan_backward(a, h, h0, grad_h, reverse):
+    """Returns ``(grad_a, grad_b, grad_h0 or None)``."""
+    has_h0 = h0 is not None
+    h0_ = h0.to(a.dtype).contiguous() if has_h0 else torch.empty(0)
+    grad_a, grad_b, grad_h0 = load().backward(a.contiguous(), h.contiguous(), h0_,
+                                              grad_h.to(a.dtype).contiguous(), bool(reverse))
+    return grad_a, grad_b, (grad_h0 if has_h0 else None)

@@ -1,0 +1,160 @@
+"""Fused Triton kernels for the scan (the CUDA default backend).
+
+Design (why this should run near the GPU's memory bandwidth):
+
+* **One pass over memory per direction.** Program ``(b, d-block)`` owns ``BLOCK_D`` channels of one
+  sequence and walks along ``L`` in tiles of ``BLOCK_L`` steps. Each tile of ``a`` and ``b`` is
+  loaded once (coalesced: the channels of a step are contiguous), scanned in registers with
+  ``tl.associative_scan`` over the pair operator ``(a1, b1) ∘ (a2, b2) = (a1 a2, a2 b1 + b2)``,
+  combined with the carried state, and ``h`` is stored once. Nothing of size ``L × L`` or per chunk
+  is materialised: the only state crossing tiles is one ``BLOCK_D`` vector in registers.
+* **The backward is the same kernel shape**: a reverse scan of ``(a_{t+1}, dL/dh_t)`` that reads
+  ``a``, ``dh`` and ``h`` once and writes ``da`` and ``db`` once (plus ``dh0``).
+* **Latency hiding**: the tile loop's loads do not depend on the carried state, so the compiler
+  pipelines the next tile's loads under the current tile's scan. With ``B × ceil(D / BLOCK_D)``
+  programs (e.g. 8 × 96 / 16 = 48 at VisionGRU stage 1), small batches leave SMs idle; there
+  ``BLOCK_D`` shrinks to raise the program count (see ``_block_sizes``).
+* float16/bfloat16/float32 accumulate in float32 (float64 in float64) and are stored back in the
+  input dtype.
+
+On a machine without a GPU the kernels run under ``TRITON_INTERPRET=1`` (set before importing this
+module) for testing against the reference; that path is slow and not meant for training.
+"""
+import os
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+
+def check_device(device: torch.device) -> None:
+    """Raise a clear error when the Triton backend cannot run on ``device``."""
+    if device.type == "cuda":
+        return
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return
+    raise RuntimeError(f"linear_scan(backend='triton') needs CUDA tensors, got tensors on {device}. "
+                       "Use backend='torch' (the CPU default) or backend=None, or set TRITON_INTERPRET=1 "
+                       "before importing rv_plugins to run the Triton kernels in the (slow) interpreter.")
+
+
+@triton.jit
+def _combine(a1, b1, a2, b2):
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _scan_fwd_kernel(A, X, H0, H, L, D, HAS_H0: tl.constexpr, REVERSE: tl.constexpr,
+                     BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr):
+    pid_b = tl.program_id(0).to(tl.int64)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < D
+    if HAS_H0:
+        h = tl.load(H0 + pid_b * D + offs_d, mask=mask_d, other=0.0).to(ACC)
+    else:
+        h = tl.zeros([BLOCK_D], dtype=ACC)
+    base = pid_b * L * D
+    rows = tl.arange(0, BLOCK_L)
+    for k0 in range(0, L, BLOCK_L):
+        k = k0 + rows
+        valid = k < L
+        if REVERSE:
+            t = L - 1 - k
+        else:
+            t = k
+        mask = valid[:, None] & mask_d[None, :]
+        ptr = base + t.to(tl.int64)[:, None] * D + offs_d[None, :]
+        a = tl.load(A + ptr, mask=mask, other=1.0).to(ACC)  # padding is the identity (1, 0)
+        b = tl.load(X + ptr, mask=mask, other=0.0).to(ACC)
+        a_cum, b_cum = tl.associative_scan((a, b), 0, _combine)
+        hs = a_cum * h[None, :] + b_cum
+        tl.store(H + ptr, hs.to(H.dtype.element_ty), mask=mask)
+        h = tl.sum(tl.where((rows == BLOCK_L - 1)[:, None], hs, 0.0), axis=0)
+
+
+@triton.jit
+def _scan_bwd_kernel(A, H, H0, DH, DA, DB, DH0, L, D, HAS_H0: tl.constexpr, REVERSE: tl.constexpr,
+                     BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr):
+    pid_b = tl.program_id(0).to(tl.int64)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < D
+    base = pid_b * L * D
+    rows = tl.arange(0, BLOCK_L)
+    g = tl.zeros([BLOCK_D], dtype=ACC)
+    if HAS_H0:
+        h0 = tl.load(H0 + pid_b * D + offs_d, mask=mask_d, other=0.0).to(ACC)
+    for j0 in range(0, L, BLOCK_L):
+        k = L - 1 - (j0 + rows)          # scan-order index, walked from the end
+        valid = k >= 0
+        if REVERSE:
+            t = L - 1 - k
+            t_next = t - 1
+            t_prev = t + 1
+        else:
+            t = k
+            t_next = t + 1
+            t_prev = t - 1
+        has_next = valid & (k + 1 < L)
+        has_prev = valid & (k > 0)
+        mask = valid[:, None] & mask_d[None, :]
+        ptr = base + t.to(tl.int64)[:, None] * D + offs_d[None, :]
+        ptr_next = base + t_next.to(tl.int64)[:, None] * D + offs_d[None, :]
+        ptr_prev = base + t_prev.to(tl.int64)[:, None] * D + offs_d[None, :]
+        a_next = tl.load(A + ptr_next, mask=has_next[:, None] & mask_d[None, :], other=0.0).to(ACC)
+        a_next = tl.where(valid[:, None], a_next, 1.0)
+        dh = tl.load(DH + ptr, mask=mask, other=0.0).to(ACC)
+        a_cum, b_cum = tl.associative_scan((a_next, dh), 0, _combine)
+        gs = a_cum * g[None, :] + b_cum
+        h_prev = tl.load(H + ptr_prev, mask=has_prev[:, None] & mask_d[None, :], other=0.0).to(ACC)
+        if HAS_H0:
+            h_prev = tl.where((valid & (k == 0))[:, None], h0[None, :], h_prev)
+        tl.store(DB + ptr, gs.to(DB.dtype.element_ty), mask=mask)
+        tl.store(DA + ptr, (gs * h_prev).to(DA.dtype.element_ty), mask=mask)
+        g = tl.sum(tl.where((rows == BLOCK_L - 1)[:, None], gs, 0.0), axis=0)
+    if HAS_H0:
+        if REVERSE:
+            t_first = L - 1
+        else:
+            t_first = 0
+        a_first = tl.load(A + base + t_first * D + offs_d, mask=mask_d, other=0.0).to(ACC)
+        tl.store(DH0 + pid_b * D + offs_d, (a_first * g).to(DH0.dtype.element_ty), mask=mask_d)
+
+
+def _acc(dtype: torch.dtype):
+    """Accumulation dtype: float64 stays float64, everything else accumulates in float32."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _block_sizes(B: int, L: int, D: int):
+    block_d = min(triton.next_power_of_2(D), 32)
+    while block_d > 8 and B * triton.cdiv(D, block_d) < 128:  # more programs for small batches
+        block_d //= 2
+    block_l = min(triton.next_power_of_2(L), 64)
+    return block_l, block_d
+
+
+def scan_forward(a: torch.Tensor, b: torch.Tensor, h0: Optional[torch.Tensor], reverse: bool) -> torch.Tensor:
+    """(B, L, D) -> h (B, L, D) in the inputs' dtype."""
+    a, b = a.contiguous(), b.contiguous()
+    B, L, D = a.shape
+    h = torch.empty_like(a)
+    h0_ = h0.contiguous() if h0 is not None else a  # dummy pointer when absent
+    block_l, block_d = _block_sizes(B, L, D)
+    _scan_fwd_kernel[(B, triton.cdiv(D, block_d))](a, b, h0_, h, L, D, HAS_H0=h0 is not None,
+                                                    REVERSE=bool(reverse), BLOCK_L=block_l, BLOCK_D=block_d, ACC=_acc(a.dtype))
+    return h
+
+
+def scan_backward(a, h, h0, grad_h, reverse):
+    """Returns ``(grad_a, grad_b, grad_h0 or None)``."""
+    a, h, grad_h = a.contiguous(), h.contiguous(), grad_h.contiguous()
+    B, L, D = a.shape
+    grad_a, grad_b = torch.empty_like(a), torch.empty_like(a)
+    grad_h0 = torch.empty_like(h0) if h0 is not None else None
+    h0_ = h0.contiguous() if h0 is not None else a
+    block_l, block_d = _block_sizes(B, L, D)
+    _scan_bwd_kernel[(B, triton.cdiv(D, block_d))](
+        a, h, h0_, grad_h, grad_a, grad_b, grad_h0 if grad_h0 is not None else a, L, D,
+        HAS_H0=h0 is not None, REVERSE=bool(reverse), BLOCK_L=block_l, BLOCK_D=block_d, ACC=_acc(a.dtype))
+    return grad_a, grad_b, grad_h0

@@ -1,0 +1,42 @@
+"""Evaluate a checkpoint with an mmengine config (mmsegmentation or mmpretrain).
+
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--cfg-options k=v ...] [--launcher pytorch]
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mmengine.config import DictAction  # noqa: E402
+
+from rv_plugins import _mmengine_runner as mr  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config")
+    p.add_argument("checkpoint")
+    p.add_argument("--work-dir")
+    p.add_argument("--cfg-options", nargs="+", action=DictAction)
+    p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not os.path.isfile(args.checkpoint) and "://" not in args.checkpoint:
+        raise FileNotFoundError(f"checkpoint {args.checkpoint!r} does not exist")
+    mr.setup_launcher_env(args.launcher, args.local_rank)
+    cfg = mr.load_config(args.config, args.cfg_options)
+    cfg.launcher = args.launcher
+    cfg.work_dir = args.work_dir or cfg.get("work_dir") or mr.default_work_dir(args.config)
+    cfg.load_from = args.checkpoint
+    mr.check_datasets(cfg, ("test_dataloader",))
+    runner = mr.build_runner(cfg)
+    runner.test()
+
+
+if __name__ == "__main__":
+    main()
