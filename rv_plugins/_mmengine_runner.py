@@ -15,18 +15,39 @@ DATA_HINTS = {
 }
 
 
-def allow_mmengine_checkpoints() -> None:
-    """torch >= 2.6 loads checkpoints with ``weights_only=True``; mmengine 0.10.7's resume then fails on
-    its own message-hub classes (``Unsupported global: ...HistoryBuffer``). Allow-list exactly those."""
+def _mmengine_checkpoint_globals():
+    """Classes an mmengine 0.10.7 checkpoint pickles besides tensors (its message hub's history)."""
     import numpy as np
-    import torch
     from mmengine.logging.history_buffer import HistoryBuffer
 
-    if not hasattr(torch.serialization, "add_safe_globals"):
+    multiarray = getattr(np, "_core", None) or np.core
+    classes = [HistoryBuffer, np.ndarray, np.dtype, multiarray.multiarray._reconstruct, multiarray.multiarray.scalar]
+    return classes + [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool", "uint8")]
+
+
+def allow_mmengine_checkpoints(runner) -> None:
+    """torch >= 2.6 loads checkpoints with ``weights_only=True``; mmengine 0.10.7's resume then fails on
+    its message hub (``Unsupported global: ...HistoryBuffer``, then ``builtins.getattr``, which the
+    HistoryBuffer uses to pickle its bound statistics methods). The classes are allow-listed for the
+    process; ``getattr`` only while this runner resumes or loads the checkpoint the user named."""
+    import functools
+
+    import torch
+
+    if not hasattr(torch.serialization, "safe_globals"):
         return
-    safe = [HistoryBuffer, np.ndarray, np.dtype, np.core.multiarray._reconstruct, np.core.multiarray.scalar]
-    safe += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool", "uint8")]
-    torch.serialization.add_safe_globals(safe)
+    classes = _mmengine_checkpoint_globals()
+    torch.serialization.add_safe_globals(classes)
+
+    def trusting(method):
+        @functools.wraps(method)
+        def wrapper(*args, **kwargs):
+            with torch.serialization.safe_globals(classes + [getattr]):
+                return method(*args, **kwargs)
+        return wrapper
+
+    runner.resume = trusting(runner.resume)
+    runner.load_checkpoint = trusting(runner.load_checkpoint)
 
 
 def load_config(path: str, cfg_options: Optional[dict] = None):
@@ -75,8 +96,9 @@ def build_runner(cfg):
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
-    allow_mmengine_checkpoints()
-    return Runner.from_cfg(cfg) if "runner_type" not in cfg else RUNNERS.build(cfg)
+    runner = Runner.from_cfg(cfg) if "runner_type" not in cfg else RUNNERS.build(cfg)
+    allow_mmengine_checkpoints(runner)
+    return runner
 
 
 def default_work_dir(config_path: str) -> str:

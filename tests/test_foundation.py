@@ -53,11 +53,11 @@ def test_backbones_registered_in_both_toolkits():
     import rv_plugins.mmseg  # noqa: F401
     from mmpretrain.registry import MODELS as PRETRAIN_MODELS
     from mmseg.registry import MODELS as SEG_MODELS
-    for name in ("VisionGRU",):
-        seg_cls, cls_cls = SEG_MODELS.get(name), PRETRAIN_MODELS.get(name)
-        assert seg_cls is not None and cls_cls is not None
-        from rv_plugins.backbones import visiongru
-        assert issubclass(seg_cls, visiongru.VisionGRU) and issubclass(cls_cls, visiongru.VisionGRU)
+    from rv_plugins.backbones.sequencer2d import Sequencer2D
+    from rv_plugins.backbones.visiongru import VisionGRU
+    for core in (VisionGRU, Sequencer2D):
+        seg_cls, cls_cls = SEG_MODELS.get(core.__name__), PRETRAIN_MODELS.get(core.__name__)
+        assert issubclass(seg_cls, core) and issubclass(cls_cls, core)
 
 
 def test_rv_plugins_scope_from_a_config_outside_the_repo(tmp_path):

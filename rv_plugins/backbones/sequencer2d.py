@@ -28,6 +28,8 @@ import torch.utils.checkpoint as cp
 from torch import nn
 
 from rv_plugins.layers.bilstm2d import RNN_TYPES, BiLSTM2D
+from rv_plugins.layers.drop_path import DropPath
+from rv_plugins.layers.mlp import Mlp
 
 __all__ = ["Sequencer2D", "Sequencer2DBlock", "ARCH_SETTINGS", "ARCH_ALIASES", "convert_timm_state_dict"]
 
@@ -66,37 +68,6 @@ def _resolve_arch(arch: Union[str, dict]) -> Dict[str, list]:
     if len(set(lengths.values())) != 1 or not cfg["depths"]:
         raise ValueError(f"Sequencer2D: every arch list needs one entry per stage, got lengths {lengths}")
     return cfg
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: zero a sample's residual branch with probability ``p`` (training only)."""
-
-    def __init__(self, p: float = 0.0):
-        super().__init__()
-        self.p = float(p)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask.div_(keep)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
-
-
-class Mlp(nn.Module):
-    """Channel MLP: ``(..., dim)`` -> ``dim * ratio`` -> GELU -> ``(..., dim)``."""
-
-    def __init__(self, dim: int, ratio: float = 3.0):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, int(dim * ratio))
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(int(dim * ratio), dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 def _pad_to_multiple(x: torch.Tensor, p: int) -> torch.Tensor:
@@ -141,7 +112,8 @@ class Sequencer2DBlock(nn.Module):
                  rnn_type: str = "lstm", rnn_impl: str = "auto", scan_backend: Optional[str] = None):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.rnn_tokens = BiLSTM2D(dim, hidden_dim, rnn_type=rnn_type, impl=rnn_impl, scan_backend=scan_backend)
+        self.rnn_tokens = BiLSTM2D(dim, hidden_dim, rnn_type=rnn_type, impl=rnn_impl,
+                                   scan_backend=scan_backend)
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp_channels = Mlp(dim, mlp_ratio)
@@ -220,7 +192,8 @@ class Sequencer2D(nn.Module):
         self.in_channels, self.rnn_type = in_channels, rnn_type
         self.out_indices = self._check_out_indices(out_indices)
         if not -1 <= frozen_stages <= self.num_stages:
-            raise ValueError(f"Sequencer2D: frozen_stages must be in -1..{self.num_stages}, got {frozen_stages}")
+            raise ValueError(f"Sequencer2D: frozen_stages must be in -1..{self.num_stages}, "
+                             f"got {frozen_stages}")
         self.frozen_stages, self.norm_eval, self.with_cp = frozen_stages, norm_eval, with_cp
         self.init_cfg, self.num_classes = init_cfg, num_classes
 
@@ -231,9 +204,9 @@ class Sequencer2D(nn.Module):
         for i, depth in enumerate(self.depths):
             start = sum(self.depths[:i])
             self.stages.append(Sequencer2DStage(
-                self.embed_dims[max(i - 1, 0)], self.embed_dims[i], cfg["patch_sizes"][i], cfg["hidden_dims"][i],
-                cfg["mlp_ratios"][i], dpr[start:start + depth], downsample=i > 0, with_cp=with_cp,
-                rnn_type=rnn_type, rnn_impl=rnn_impl, scan_backend=scan_backend))
+                self.embed_dims[max(i - 1, 0)], self.embed_dims[i], cfg["patch_sizes"][i],
+                cfg["hidden_dims"][i], cfg["mlp_ratios"][i], dpr[start:start + depth], downsample=i > 0,
+                with_cp=with_cp, rnn_type=rnn_type, rnn_impl=rnn_impl, scan_backend=scan_backend))
         self.final_norm = final_norm or num_classes > 0
         self.norm = nn.LayerNorm(self.embed_dims[-1], eps=1e-6) if self.final_norm else None
         self.head = nn.Linear(self.embed_dims[-1], num_classes) if num_classes > 0 else None
@@ -250,7 +223,8 @@ class Sequencer2D(nn.Module):
                                  f"use stage indices 0..{self.num_stages - 1}")
             idx.append(i % self.num_stages)
         if not idx:
-            raise ValueError(f"Sequencer2D: out_indices is empty; give at least one of 0..{self.num_stages - 1}")
+            raise ValueError("Sequencer2D: out_indices is empty; give at least one of "
+                             f"0..{self.num_stages - 1}")
         return tuple(idx)
 
     # ------------------------------------------------------------------ weights
@@ -332,8 +306,9 @@ class Sequencer2D(nn.Module):
             raise RuntimeError("Sequencer2D.forward_head needs a classifier; build with num_classes > 0")
         x = feats if isinstance(feats, torch.Tensor) else feats[-1]
         if x.dim() != 4 or x.shape[1] != self.embed_dims[-1]:
-            raise ValueError(f"Sequencer2D.forward_head expects the last stage's map (B, {self.embed_dims[-1]}, "
-                             f"h, w), got {tuple(x.shape)}; include {self.num_stages - 1} in out_indices")
+            raise ValueError(f"Sequencer2D.forward_head expects the last stage's map "
+                             f"(B, {self.embed_dims[-1]}, h, w), got {tuple(x.shape)}; include "
+                             f"{self.num_stages - 1} in out_indices")
         return self.head(x.mean(dim=(2, 3)))
 
 

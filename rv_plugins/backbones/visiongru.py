@@ -28,6 +28,7 @@ from torch import nn
 
 from rv_plugins.layers.drop_path import DropPath
 from rv_plugins.layers.mingru import MinGRU
+from rv_plugins.layers.mlp import Mlp
 from rv_plugins.ops.layout import from_sequence, to_sequence
 
 __all__ = ["VisionGRU", "GRU2DBlock", "GRU2DMixer", "ARCH_SETTINGS", "ARCH_ALIASES"]
@@ -125,18 +126,6 @@ class GRU2DMixer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return self.scan_forward(y) + self.scan_reverse(y)
-
-
-class Mlp(nn.Module):
-    """``(..., dim)`` -> ``(..., dim)``: Linear(dim, ratio*dim), GELU, Linear(ratio*dim, dim)."""
-
-    def __init__(self, dim: int, ratio: float = 4.0):
-        super().__init__()
-        hidden = int(round(dim * ratio))
-        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class GRU2DBlock(nn.Module):

@@ -2,8 +2,10 @@
 from mmseg.registry import MODELS
 
 from rv_plugins._openmmlab import openmmlab_backbone
+from rv_plugins.backbones.sequencer2d import Sequencer2D as _Sequencer2D
 from rv_plugins.backbones.visiongru import VisionGRU as _VisionGRU
 
 VisionGRU = MODELS.register_module(name="VisionGRU", module=openmmlab_backbone(_VisionGRU))
+Sequencer2D = MODELS.register_module(name="Sequencer2D", module=openmmlab_backbone(_Sequencer2D))
 
-__all__ = ["VisionGRU"]
+__all__ = ["VisionGRU", "Sequencer2D"]

@@ -1,0 +1,289 @@
+"""BiLSTM2D: the token mixer of Sequencer2D (Tatsunami & Taki, NeurIPS 2022), and its RNN variants.
+
+For a channels-last map ``x`` of shape ``(B, H, W, C)``::
+
+    vertical:   every column x[b, :, w] is a sequence of H tokens -> bidirectional RNN (weights rnn_v)
+    horizontal: every row    x[b, h, :] is a sequence of W tokens -> bidirectional RNN (weights rnn_h)
+    y = fc(concat[v_fwd, v_bwd, h_fwd, h_bwd])          (B, H, W, 4D) -> (B, H, W, C)
+
+with hidden size ``D`` per direction (the paper's ``D = C / 4``). The vertical and horizontal RNNs
+have separate weights, so they cannot share one batched RNN call; what *can* be shared is work
+that has no weights (the minGRU scans) or a batched matmul over the four directions.
+
+``rnn_type``: ``'lstm'`` (the paper), ``'gru'`` and ``'rnn'`` (tanh; the paper's Table 2e), and
+``'mingru'``: two :class:`~rv_plugins.layers.mingru.MinGRU` (``proj_out=False``) per axis, one
+scanned forward and one with ``reverse=True``, on the shared scan op.
+
+Implementations (``impl``), all computing the same function with the same parameters:
+
+* ``'native'``: one ``nn.LSTM``/``nn.GRU``/``nn.RNN`` call per axis (``bidirectional=True``: both
+  directions in one call; oneDNN on the CPU for the LSTM, cuDNN on CUDA), time-major inputs so
+  the RNN makes no extra layout copy. For ``'mingru'``: each MinGRU module on its own.
+* ``'fused'``: one input-projection GEMM for all four directions, one gather into sequence
+  layout, then for LSTM/GRU/RNN a loop over time steps where one batched matmul serves all
+  directions of equal length (all four when ``H == W``); for minGRU two scan calls in all
+  (forward and reverse, vertical and horizontal stacked in one batch) when ``H == W``.
+* ``'auto'`` (default), from timings on a 2-core CPU (Sequencer2D-S, batch 8, 224x224, 2 threads,
+  ``tools/benchmark_sequencer.py``): ``'native'`` for the LSTM (oneDNN: 1.10x the step loop for
+  inference, ~1.5x for a training step of one mixer); ``'fused'`` for minGRU (~1.02x);
+  GRU/RNN ``'fused'`` for CPU inference (1.14x / 1.12x PyTorch's per-direction C++ loop) and
+  ``'native'`` when autograd records (PyTorch's backward is faster) or on CUDA (cuDNN).
+
+Parameters are named as in ``nn.LSTM`` (``rnn_v.weight_ih_l0``, ``..._reverse``) so checkpoints of
+the reference implementation (timm ``sequencer2d_*``) load unchanged.
+"""
+import functools
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rv_plugins.layers.mingru import MinGRU
+from rv_plugins.ops import linear_scan
+from rv_plugins.ops.layout import (from_sequence_by_columns, from_sequence_by_rows, to_sequence_by_columns,
+                                   to_sequence_by_rows)
+
+__all__ = ["BiLSTM2D", "BiMinGRU", "RNN_TYPES", "IMPLS"]
+
+RNN_TYPES = ("lstm", "gru", "rnn", "mingru")
+IMPLS = ("auto", "native", "fused")
+_TORCH_RNNS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+_GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # rows of weight_ih per hidden unit
+# The four directions, in the channel order of the concatenated output: (axis, reverse).
+_DIRECTIONS = ((0, False), (0, True), (1, False), (1, True))  # v fwd, v bwd, h fwd, h bwd
+
+
+class BiMinGRU(nn.Module):
+    """Bidirectional minGRU: ``(N, L, dim)`` -> ``(N, L, 2 * hidden_dim)`` = [forward scan, reverse scan].
+
+    ``fwd`` and ``bwd`` are :class:`MinGRU` layers without output projection (``proj_out=False``);
+    ``bwd`` scans the same sequence with ``reverse=True`` (no flipped copy).
+    """
+
+    def __init__(self, dim: int, hidden_dim: int, bias: bool = True, backend: Optional[str] = None):
+        super().__init__()
+        self.hidden_dim = hidden_dim
+        self.fwd = MinGRU(dim, hidden_dim=hidden_dim, bias=bias, proj_out=False, backend=backend)
+        self.bwd = MinGRU(dim, hidden_dim=hidden_dim, bias=bias, proj_out=False, reverse=True,
+                          backend=backend)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.fwd(x), self.bwd(x)], dim=-1)
+
+
+@functools.lru_cache(maxsize=32)
+def _direction_index(B: int, H: int, W: int, order: Tuple[int, ...], time_major: bool,
+                     device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Row permutations between the natural layout and the per-direction sequence layout.
+
+    Natural layout: rows ``token * 4 + k`` of a ``(B*H*W*4, D)`` matrix, ``token = (b*H + h)*W + w``
+    and ``k`` the direction in ``_DIRECTIONS`` order. Sequence layout: the directions of ``order``
+    one after another, each ``B*H*W`` rows laid out as ``(N, T)`` (``time_major=False``) or
+    ``(T, N)`` (``time_major=True``, reverse directions then also flipped in time, so a step loop
+    reads every direction at the same index ``t``). Vertical: ``T = H``, ``N = B*W`` (sequence
+    ``(b, w)``); horizontal: ``T = W``, ``N = B*H``.
+
+    Returns ``(gather, scatter)``: ``seq = natural[gather]`` and ``natural = seq[scatter]``.
+    """
+    with torch.inference_mode(False):  # cached: must stay usable by autograd later
+        return _build_direction_index(B, H, W, order, time_major, device)
+
+
+def _build_direction_index(B, H, W, order, time_major, device):
+    tok = torch.arange(B * H * W, device=device).view(B, H, W)
+    rows = []
+    for k in order:
+        axis, reverse = _DIRECTIONS[k]
+        seq = tok.transpose(1, 2) if axis == 0 else tok  # (B, N', T): (B, W, H) or (B, H, W)
+        seq = seq.reshape(-1, seq.shape[-1])               # (N, T)
+        if time_major:
+            seq = seq.t()
+            if reverse:
+                seq = seq.flip(0)
+        rows.append(seq.reshape(-1) * 4 + k)
+    gather = torch.cat(rows)
+    scatter = torch.empty_like(gather)
+    scatter[gather] = torch.arange(gather.numel(), device=device)
+    return gather, scatter
+
+
+class BiLSTM2D(nn.Module):
+    """Vertical and horizontal bidirectional RNNs in parallel, concatenated, then a channel-fusion fc.
+
+    Args:
+        dim: channels ``C`` of the input and output.
+        hidden_dim: hidden size ``D`` of each of the four directional RNNs; ``None`` gives ``dim // 4``.
+        rnn_type: ``'lstm'``, ``'gru'``, ``'rnn'`` (tanh) or ``'mingru'``.
+        bias: biases in the RNNs (minGRU: in its input projections).
+        impl: ``'auto'``, ``'native'`` or ``'fused'`` (see the module docstring; same results).
+        scan_backend: ``linear_scan`` backend for ``'mingru'`` (``None``: best for the device).
+
+    Shapes: ``forward(x)``: ``(B, H, W, dim)`` -> ``(B, H, W, dim)``, any ``H, W >= 1``.
+    ``mix(x)``: ``(B, H, W, dim)`` -> ``(B, H, W, 4D)``, the four directions before the fc;
+    ``mix_vertical(x)`` / ``mix_horizontal(x)`` (native path): ``(B, H, W, 2D)`` each.
+    """
+
+    def __init__(self, dim: int, hidden_dim: Optional[int] = None, rnn_type: str = "lstm", bias: bool = True,
+                 impl: str = "auto", scan_backend: Optional[str] = None):
+        super().__init__()
+        if rnn_type not in RNN_TYPES:
+            raise ValueError(f"BiLSTM2D: unknown rnn_type {rnn_type!r}; choose one of {RNN_TYPES}")
+        if impl not in IMPLS:
+            raise ValueError(f"BiLSTM2D: unknown impl {impl!r}; choose one of {IMPLS}")
+        hidden_dim = dim // 4 if hidden_dim is None else int(hidden_dim)
+        if hidden_dim < 1:
+            raise ValueError(f"BiLSTM2D: hidden_dim must be >= 1, got {hidden_dim} (dim={dim}); "
+                             "pass hidden_dim explicitly for dim < 4")
+        self.dim, self.hidden_dim, self.rnn_type = dim, hidden_dim, rnn_type
+        self.bias, self.impl, self.scan_backend = bias, impl, scan_backend
+        if rnn_type == "mingru":
+            self.rnn_v = BiMinGRU(dim, hidden_dim, bias=bias, backend=scan_backend)
+            self.rnn_h = BiMinGRU(dim, hidden_dim, bias=bias, backend=scan_backend)
+        else:
+            rnn = _TORCH_RNNS[rnn_type]
+            kwargs = dict(nonlinearity="tanh") if rnn_type == "rnn" else {}
+            self.rnn_v = rnn(dim, hidden_dim, bias=bias, bidirectional=True, **kwargs)
+            self.rnn_h = rnn(dim, hidden_dim, bias=bias, bidirectional=True, **kwargs)
+        self.fc = nn.Linear(4 * hidden_dim, dim)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, hidden_dim={self.hidden_dim}, rnn_type={self.rnn_type!r}, impl={self.impl!r}"
+
+    # ------------------------------------------------------------------ dispatch
+    def resolved_impl(self, device: torch.device) -> str:
+        """The implementation ``impl='auto'`` picks on ``device`` now (``'native'`` or ``'fused'``);
+        depends on ``torch.is_grad_enabled()`` for GRU/RNN."""
+        if self.impl != "auto":
+            return self.impl
+        if self.rnn_type == "mingru":
+            return "fused"
+        if self.rnn_type == "lstm" or torch.device(device).type != "cpu" or torch.is_grad_enabled():
+            return "native"
+        return "fused"  # GRU / RNN inference on the CPU
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, dim)`` -> ``(B, H, W, dim)``."""
+        if x.dim() != 4 or x.shape[-1] != self.dim:
+            raise ValueError(f"BiLSTM2D expects a channels-last map (B, H, W, {self.dim}), got "
+                             f"{tuple(x.shape)}; permute (B, C, H, W) maps with x.permute(0, 2, 3, 1)")
+        return self.fc(self.mix(x))
+
+    def mix(self, x: torch.Tensor) -> torch.Tensor:
+        """The four directions before the fc: ``(B, H, W, C)`` -> ``(B, H, W, 4D)``, channels
+        ``[vertical fwd (top->bottom), vertical bwd, horizontal fwd (left->right), horizontal bwd]``."""
+        if self.resolved_impl(x.device) == "native":
+            return torch.cat([self.mix_vertical(x), self.mix_horizontal(x)], dim=-1)
+        if self.rnn_type == "mingru":
+            return self._fused_mingru(x)
+        return self._fused_rnn(x)
+
+    # ------------------------------------------------------------------ native path
+    def mix_vertical(self, x: torch.Tensor) -> torch.Tensor:
+        """Vertical bidirectional RNN over the columns: ``(B, H, W, C)`` -> ``(B, H, W, 2D)``."""
+        B, H, W, C = x.shape
+        if self.rnn_type == "mingru":
+            seq = self.rnn_v(to_sequence_by_columns(x, channels_last=True))         # (B*W, H, 2D)
+            return from_sequence_by_columns(seq, B, channels_last=True)
+        seq, _ = self.rnn_v(x.permute(1, 0, 2, 3).reshape(H, B * W, C))              # time-major (H, B*W, 2D)
+        return seq.view(H, B, W, -1).permute(1, 0, 2, 3)
+
+    def mix_horizontal(self, x: torch.Tensor) -> torch.Tensor:
+        """Horizontal bidirectional RNN over the rows: ``(B, H, W, C)`` -> ``(B, H, W, 2D)``."""
+        B, H, W, C = x.shape
+        if self.rnn_type == "mingru":
+            seq = self.rnn_h(to_sequence_by_rows(x, channels_last=True))            # (B*H, W, 2D)
+            return from_sequence_by_rows(seq, B, channels_last=True)
+        seq, _ = self.rnn_h(x.permute(2, 0, 1, 3).reshape(W, B * H, C))              # time-major (W, B*H, 2D)
+        return seq.view(W, B, H, -1).permute(1, 2, 0, 3)
+
+    # ------------------------------------------------------------------ fused paths
+    def _torch_rnn_weights(self):
+        """The four directions' weights, ``_DIRECTIONS`` order: input projection ``(4G, C)`` and its
+        bias ``(4G,)``, recurrent ``(4, D, G)`` (transposed for ``bmm``), recurrent bias ``(4, 1, G)``
+        (GRU only: its candidate gate multiplies ``W_hn h + b_hn`` by the reset gate)."""
+        mods = [(self.rnn_v, ""), (self.rnn_v, "_reverse"), (self.rnn_h, ""), (self.rnn_h, "_reverse")]
+        w_ih = torch.cat([getattr(m, "weight_ih_l0" + s) for m, s in mods])
+        w_hh = torch.stack([getattr(m, "weight_hh_l0" + s) for m, s in mods]).transpose(1, 2)
+        b_in = b_hh = None
+        if self.bias:
+            b_ih = [getattr(m, "bias_ih_l0" + s) for m, s in mods]
+            b_hhs = [getattr(m, "bias_hh_l0" + s) for m, s in mods]
+            if self.rnn_type == "gru":
+                b_in, b_hh = torch.cat(b_ih), torch.stack(b_hhs).unsqueeze(1)
+            else:  # LSTM / RNN: both biases are added before the non-linearity
+                b_in = torch.cat(b_ih) + torch.cat(b_hhs)
+        return w_ih, b_in, w_hh, b_hh
+
+    def _fused_rnn(self, x: torch.Tensor) -> torch.Tensor:
+        """LSTM/GRU/RNN, all four directions: ``(B, H, W, C)`` -> ``(B, H, W, 4D)``."""
+        B, H, W, C = x.shape
+        D, G = self.hidden_dim, _GATES[self.rnn_type] * self.hidden_dim
+        w_ih, b_in, w_hh, b_hh = self._torch_rnn_weights()
+        xp = F.linear(x.reshape(-1, C), w_ih, b_in)                                   # (BHW, 4G)
+        gather, scatter = _direction_index(B, H, W, (0, 1, 2, 3), True, x.device)
+        seq = xp.reshape(-1, G).index_select(0, gather).view(4, B * H * W, G)  # time-major per direction
+        # Directions of equal length share one step loop (one bmm per step for all of them).
+        groups = [(0, 4, H, B * W)] if H == W else [(0, 2, H, B * W), (2, 4, W, B * H)]
+        outs = []
+        for lo, hi, T, N in groups:
+            xs = seq[lo:hi].view(hi - lo, T, N, G)
+            bias = None if b_hh is None else b_hh[lo:hi]
+            outs.append(self._step_loop(xs, w_hh[lo:hi], bias).reshape(-1, D))
+        y = outs[0] if len(outs) == 1 else torch.cat(outs)
+        return y.index_select(0, scatter).view(B, H, W, 4 * D)
+
+    def _step_loop(self, xs: torch.Tensor, w_hh: torch.Tensor, b_hh: Optional[torch.Tensor]) -> torch.Tensor:
+        """Recurrence of ``K`` directions at once: input projections ``xs`` ``(K, T, N, G)`` (biases
+        in), ``w_hh`` ``(K, D, G)`` -> hidden states ``(K, T, N, D)``. Gate order as in PyTorch."""
+        K, T, N, _ = xs.shape
+        D = self.hidden_dim
+        h = xs.new_zeros(K, N, D)
+        c = xs.new_zeros(K, N, D) if self.rnn_type == "lstm" else None
+        hs: List[torch.Tensor] = []
+        for t in range(T):
+            xt = xs[:, t]                                                             # (K, N, G)
+            if self.rnn_type == "lstm":                                               # gates i, f, g, o
+                gates = torch.baddbmm(xt, h, w_hh)
+                s = torch.sigmoid(gates)
+                c = torch.addcmul(s[..., D:2 * D] * c, s[..., :D], torch.tanh(gates[..., 2 * D:3 * D]))
+                h = s[..., 3 * D:] * torch.tanh(c)
+            elif self.rnn_type == "gru":                                              # gates r, z, n
+                gh = torch.bmm(h, w_hh) if b_hh is None else torch.baddbmm(b_hh, h, w_hh)
+                rz = torch.sigmoid(xt[..., :2 * D] + gh[..., :2 * D])
+                n = torch.tanh(torch.addcmul(xt[..., 2 * D:], rz[..., :D], gh[..., 2 * D:]))
+                h = torch.lerp(n, h, rz[..., D:])                                     # (1 - z) n + z h
+            else:
+                h = torch.tanh(torch.baddbmm(xt, h, w_hh))
+            hs.append(h)
+        return torch.stack(hs, dim=1)
+
+    def _fused_mingru(self, x: torch.Tensor) -> torch.Tensor:
+        """minGRU, all four directions: ``(B, H, W, C)`` -> ``(B, H, W, 4D)``."""
+        B, H, W, C = x.shape
+        D, L = self.hidden_dim, B * H * W
+        grus = [self.rnn_v.fwd, self.rnn_v.bwd, self.rnn_h.fwd, self.rnn_h.bwd]       # _DIRECTIONS order
+        # One GEMM: rows [gates of the 4 directions | candidates of the 4 directions].
+        w = torch.cat([g.in_proj.weight[:D] for g in grus] + [g.in_proj.weight[D:] for g in grus])
+        b = None if not self.bias else torch.cat([g.in_proj.bias[:D] for g in grus] +
+                                                 [g.in_proj.bias[D:] for g in grus])
+        xp = F.linear(x.reshape(-1, C), w, b)                                         # (BHW, 8D)
+        gate, cand = xp[:, :4 * D], xp[:, 4 * D:]
+        a = torch.sigmoid(-gate)                                                      # 1 - z, accurately
+        u = torch.sigmoid(gate) * cand                                                # z * h~
+        # Sequence layout (N, T) per direction, forward directions first: [v fwd, h fwd, v bwd, h bwd].
+        gather, scatter = _direction_index(B, H, W, (0, 2, 1, 3), False, x.device)
+        a = a.reshape(-1, D).index_select(0, gather).view(4, L, D)
+        u = u.reshape(-1, D).index_select(0, gather).view(4, L, D)
+        backend = self.scan_backend
+        if H == W:  # vertical and horizontal sequences have one length: one call per scan direction
+            fwd = linear_scan(a[:2].reshape(2 * B * W, H, D), u[:2].reshape(2 * B * W, H, D), backend=backend)
+            bwd = linear_scan(a[2:].reshape(2 * B * W, H, D), u[2:].reshape(2 * B * W, H, D), reverse=True,
+                              backend=backend)
+            hs = [fwd, bwd]
+        else:
+            shapes = [(B * W, H, D), (B * H, W, D)] * 2
+            hs = [linear_scan(a[k].view(shapes[k]), u[k].view(shapes[k]), reverse=k >= 2, backend=backend)
+                  for k in range(4)]
+        y = torch.cat([h.reshape(-1, D) for h in hs])                                 # (4*BHW, D)
+        return y.index_select(0, scatter).view(B, H, W, 4 * D)

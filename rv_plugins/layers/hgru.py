@@ -1,0 +1,203 @@
+"""Horizontal gated recurrent unit (hGRU; Linsley et al., 2018), in the form used for C-RBP.
+
+One step ``h_next = cell(x, h)`` on ``(B, C, H, W)`` maps (``*`` is a 'same'-padded k x k
+convolution, ``U1``/``U2`` are 1x1 convolutions, ``norm`` is optional, ``sp`` is softplus)::
+
+    g1 = sigmoid(U1 h)                               gain gate
+    c1 = norm_inh(W_inh * (h . g1))                  inhibition
+    h1 = sp(x - sp(c1 . (alpha h + mu)))             inhibited drive
+    g2 = sigmoid(U2 h1)                              mix gate
+    c2 = norm_exc(W_exc * h1)                        excitation
+    h~ = sp(kappa h1 + gamma c2 + omega h1 . c2)     candidate
+    h_next = sp((1 - g2) . h + g2 . h~)
+
+``alpha, gamma, kappa, omega, mu`` are learnable per-channel ``(1, C, 1, 1)`` parameters.
+Defaults follow the authors' Pathfinder code: alpha=0.1, gamma=1, kappa=0.5, omega=0.5, mu=1,
+orthogonal horizontal kernels, gain-gate bias ``log(U(1, 7))`` and mix-gate bias its negative,
+BatchNorm with batch statistics only (eps 1e-3, weight 0.1) on both horizontal convolutions.
+
+The cell is independent of any task: ``x`` is any constant drive with ``C`` channels and ``h`` any
+state of the same shape (e.g. Pathfinder maps or ``(N, C, 14, 14)`` ROI features).
+"""
+import math
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NORMS = ("batch", "group", "none")
+
+
+def _make_norm(kind: str, channels: int, eps: float, weight_init: float, groups: int) -> nn.Module:
+    """One normalisation layer for a horizontal convolution's output ``(B, C, H, W)``."""
+    if kind == "batch":
+        norm = nn.BatchNorm2d(channels, eps=eps, track_running_stats=False)  # batch stats always
+    elif kind == "group":
+        if channels % groups != 0:
+            raise ValueError(f"HGRUCell: norm='group' needs channels ({channels}) divisible by "
+                             f"norm_groups ({groups}); pass a divisor of {channels} as norm_groups")
+        norm = nn.GroupNorm(groups, channels, eps=eps)
+    elif kind == "none":
+        return nn.Identity()
+    else:
+        raise ValueError(f"HGRUCell: unknown norm {kind!r}; choose one of {NORMS}")
+    nn.init.constant_(norm.weight, weight_init)
+    nn.init.zeros_(norm.bias)
+    return norm
+
+
+class HGRUCell(nn.Module):
+    """One hGRU step ``(x, h) -> h_next``, all ``(B, channels, H, W)``.
+
+    Args:
+        channels: channels of the drive ``x`` and of the state ``h``.
+        kernel_size: size of the horizontal (inhibition / excitation) kernels; any size >= 1
+            (convolutions use 'same' padding, so H and W are kept for odd and even sizes).
+        share_kernels: one kernel for inhibition and excitation instead of two.
+        norm: ``'batch'`` (BatchNorm2d with batch statistics in train and eval, as the authors),
+            ``'group'`` (GroupNorm with ``norm_groups`` groups) or ``'none'``.
+        norm_eps, norm_weight_init, norm_groups: settings of that normalisation.
+        alpha, gamma, kappa, omega, mu: initial values of the per-channel coefficients.
+        gate_bias_range: the gain-gate bias is ``log(U(low, high))`` per channel; the mix gate
+            gets its negative.
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 15, share_kernels: bool = False,
+                 norm: str = "batch", norm_eps: float = 1e-3, norm_weight_init: float = 0.1,
+                 norm_groups: int = 1, alpha: float = 0.1, gamma: float = 1.0, kappa: float = 0.5,
+                 omega: float = 0.5, mu: float = 1.0,
+                 gate_bias_range: Tuple[float, float] = (1.0, 7.0)):
+        super().__init__()
+        if channels < 1 or kernel_size < 1:
+            raise ValueError(f"HGRUCell: channels ({channels}) and kernel_size ({kernel_size}) "
+                             "must be positive integers")
+        low, high = gate_bias_range
+        if not 0 < low <= high:
+            raise ValueError(f"HGRUCell: gate_bias_range {gate_bias_range} must satisfy "
+                             "0 < low <= high (the bias is log of a uniform sample)")
+        self.channels, self.kernel_size = channels, kernel_size
+        self.share_kernels, self.norm_kind = share_kernels, norm
+        self.gate_bias_range = (float(low), float(high))
+        kernel_shape = (channels, channels, kernel_size, kernel_size)
+        self.w_inh = nn.Parameter(torch.empty(kernel_shape))
+        self.w_exc = None if share_kernels else nn.Parameter(torch.empty(kernel_shape))
+        self.gain_gate = nn.Conv2d(channels, channels, 1)  # U1
+        self.mix_gate = nn.Conv2d(channels, channels, 1)   # U2
+        self.norm_inh = _make_norm(norm, channels, norm_eps, norm_weight_init, norm_groups)
+        self.norm_exc = _make_norm(norm, channels, norm_eps, norm_weight_init, norm_groups)
+        coefficients = dict(alpha=alpha, gamma=gamma, kappa=kappa, omega=omega, mu=mu)
+        for name, value in coefficients.items():
+            self.register_parameter(name, nn.Parameter(torch.full((1, channels, 1, 1), float(value))))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Orthogonal horizontal and gate kernels, gate biases ``+-log(U(low, high))``."""
+        nn.init.orthogonal_(self.w_inh)
+        if self.w_exc is not None:
+            nn.init.orthogonal_(self.w_exc)
+        nn.init.orthogonal_(self.gain_gate.weight)
+        nn.init.orthogonal_(self.mix_gate.weight)
+        with torch.no_grad():
+            self.gain_gate.bias.uniform_(*self.gate_bias_range).log_()
+            self.mix_gate.bias.copy_(-self.gain_gate.bias)
+
+    def _horizontal(self, inp: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """'Same'-padded k x k convolution ``(B, C, H, W) -> (B, C, H, W)`` (zero padding
+        ``(k - 1) // 2`` before and ``k // 2`` after, as PyTorch's ``padding='same'``)."""
+        k = self.kernel_size
+        if k % 2 == 1:
+            return F.conv2d(inp, weight, padding=k // 2)
+        before, after = (k - 1) // 2, k // 2
+        return F.conv2d(F.pad(inp, (before, after, before, after)), weight)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """x (drive), h (state): ``(B, C, H, W)`` -> next state ``(B, C, H, W)``, all >= 0."""
+        if x.dim() != 4 or x.shape != h.shape or x.shape[1] != self.channels:
+            raise ValueError(f"HGRUCell: x {tuple(x.shape)} and h {tuple(h.shape)} must both be "
+                             f"(B, {self.channels}, H, W); project the drive to {self.channels} "
+                             "channels and start h with zeros_like(x)")
+        w_exc = self.w_inh if self.w_exc is None else self.w_exc
+        gain = torch.sigmoid(self.gain_gate(h))
+        inhibition = self.norm_inh(self._horizontal(h * gain, self.w_inh))
+        h1 = F.softplus(x - F.softplus(inhibition * (self.alpha * h + self.mu)))
+        mix = torch.sigmoid(self.mix_gate(h1))
+        excitation = self.norm_exc(self._horizontal(h1, w_exc))
+        candidate = F.softplus(self.kappa * h1 + self.gamma * excitation + self.omega * h1 * excitation)
+        return F.softplus((1 - mix) * h + mix * candidate)
+
+    def extra_repr(self) -> str:
+        return (f"channels={self.channels}, kernel_size={self.kernel_size}, "
+                f"share_kernels={self.share_kernels}, norm={self.norm_kind!r}")
+
+
+def gabor_bank(num_orientations: int = 12, phases: Tuple[float, ...] = (0.0, math.pi / 2),
+               kernel_size: int = 7, wavelength: float = 4.0, sigma: float = 1.75,
+               aspect: float = 0.6, with_dog: bool = True) -> torch.Tensor:
+    """Zero-mean, unit-norm filters ``(num_orientations * len(phases) + with_dog, k, k)``.
+
+    Gabors ``exp(-(u^2 + aspect^2 v^2) / 2 sigma^2) cos(2 pi u / wavelength + phase)`` with ``u``
+    along the orientation ``pi * i / num_orientations``; the optional last filter is a
+    difference of Gaussians (centre ``sigma / 2``, surround ``sigma``). Zero mean makes a flat
+    background respond with 0; the defaults give the 24 + 1 filters of the C-RBP Pathfinder model.
+    """
+    if kernel_size < 1 or num_orientations < 1 or not phases:
+        raise ValueError("gabor_bank: kernel_size and num_orientations must be >= 1 and phases "
+                         "non-empty")
+    coords = torch.arange(kernel_size, dtype=torch.float64) - (kernel_size - 1) / 2
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    filters = []
+    for index in range(num_orientations):
+        theta = math.pi * index / num_orientations
+        u = xx * math.cos(theta) + yy * math.sin(theta)
+        v = -xx * math.sin(theta) + yy * math.cos(theta)
+        envelope = torch.exp(-(u ** 2 + (aspect * v) ** 2) / (2 * sigma ** 2))
+        for phase in phases:
+            filters.append(envelope * torch.cos(2 * math.pi * u / wavelength + phase))
+    if with_dog:
+        radius2 = xx ** 2 + yy ** 2
+        centre = torch.exp(-radius2 / (2 * (sigma / 2) ** 2))
+        surround = torch.exp(-radius2 / (2 * sigma ** 2))
+        filters.append(centre / centre.sum() - surround / surround.sum())
+    bank = torch.stack(filters)
+    bank = bank - bank.mean(dim=(1, 2), keepdim=True)
+    bank = bank / bank.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None]
+    return bank.float()
+
+
+class GaborConv2d(nn.Module):
+    """Gabor-initialised input convolution ``(B, in_channels, H, W) -> (B, out_channels, H, W)``.
+
+    The first ``out_channels - 1`` filters are Gabors spread over orientations and two phases,
+    the last a difference of Gaussians (``out_channels=25``: 24 Gabors + 1 DoG as in the paper);
+    every input channel gets the same filter divided by ``in_channels``. The weights stay
+    trainable. ``square_output=True`` returns ``conv(x) ** 2`` (the authors' energy response).
+    """
+
+    def __init__(self, in_channels: int = 1, out_channels: int = 25, kernel_size: int = 7,
+                 square_output: bool = True, bias: bool = False):
+        super().__init__()
+        if out_channels < 2:
+            raise ValueError(f"GaborConv2d: out_channels={out_channels}; need >= 2 (Gabors + one "
+                             "difference of Gaussians)")
+        self.square_output = square_output
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding="same", bias=bias)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Load the Gabor / DoG bank into the convolution weight."""
+        out_channels, in_channels, kernel_size, _ = self.conv.weight.shape
+        num_gabors = out_channels - 1
+        phases = (0.0, math.pi / 2) if num_gabors % 2 == 0 else (0.0,)
+        bank = gabor_bank(num_orientations=num_gabors // len(phases), phases=phases,
+                          kernel_size=kernel_size, wavelength=max(2.0, kernel_size / 1.75),
+                          sigma=max(0.5, kernel_size / 4))
+        with torch.no_grad():
+            self.conv.weight.copy_(bank[:, None].expand(-1, in_channels, -1, -1) / in_channels)
+            if self.conv.bias is not None:
+                self.conv.bias.zero_()
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        """img ``(B, in_channels, H, W)`` -> responses ``(B, out_channels, H, W)`` (>= 0 if squared)."""
+        out = self.conv(img)
+        return out * out if self.square_output else out

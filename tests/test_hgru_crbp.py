@@ -1,0 +1,301 @@
+"""hGRU cell, Gabor input layer and the BPTT / RBP / LCP fixed-point solver."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from rv_plugins.layers.hgru import GaborConv2d, HGRUCell, gabor_bank
+from rv_plugins.solvers.fixed_point import MODES, FixedPointSolver, lipschitz_penalty
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is faster, and far faster on a busy shared CPU."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+DT = torch.float64
+
+
+class ContractiveConvCell(torch.nn.Module):
+    """``h -> tanh(W * h + x)``, a contraction: ``W`` (3x3, 'same') is rescaled so that the
+    convolution's operator norm on ``size`` maps, measured by power iteration, is ``target`` < 1."""
+
+    def __init__(self, channels: int = 3, target: float = 0.6, size=(5, 6)):
+        super().__init__()
+        weight = torch.randn(channels, channels, 3, 3, dtype=DT)
+        probe = torch.randn(1, channels, *size, dtype=DT)
+        for _ in range(30):  # power iteration on conv^T conv
+            probe = F.conv_transpose2d(F.conv2d(probe, weight, padding=1), weight, padding=1)
+            probe = probe / probe.norm()
+        norm = F.conv2d(probe, weight, padding=1).norm()
+        self.weight = torch.nn.Parameter(weight * target / norm)
+
+    def forward(self, x, h):
+        return torch.tanh(F.conv2d(h, self.weight, padding=1) + x)
+
+
+def _flat_grads(loss, tensors):
+    return torch.cat([g.flatten() for g in torch.autograd.grad(loss, tensors)])
+
+
+def _task_loss(h, target):
+    return ((h - target) ** 2).sum()
+
+
+# --------------------------------------------------------------------------- RBP vs BPTT
+
+@pytest.mark.parametrize("mode", ["rbp", "crbp"])
+def test_rbp_gradient_matches_long_bptt(mode):
+    """Tolerance: cosine >= 0.99 (asked) and relative error <= 1e-6 (what float64 reaches)."""
+    torch.manual_seed(0)
+    cell = ContractiveConvCell()
+    x = torch.randn(2, 3, 5, 6, dtype=DT, requires_grad=True)
+    target = torch.randn(2, 3, 5, 6, dtype=DT)
+    h0 = torch.zeros_like(x)
+    reference = FixedPointSolver("bptt", steps=60)
+    h_ref, _ = reference(cell, x, h0)
+    g_ref = _flat_grads(_task_loss(h_ref, target), [cell.weight, x])
+    solver = FixedPointSolver(mode, steps=60, neumann_terms=200, lcp_lambda=0.99)
+    h, info = solver(cell, x, h0)
+    g = _flat_grads(_task_loss(h, target), [cell.weight, x])
+    cosine = F.cosine_similarity(g, g_ref, dim=0)
+    assert cosine >= 0.99
+    assert (g - g_ref).norm() / g_ref.norm() <= 1e-6
+    assert info.fixed_point_residual < 1e-10
+    assert 0 < info.neumann_terms < 200 and info.neumann_residual < 1e-8
+
+
+def test_neumann_series_is_what_makes_rbp_exact():
+    """Without Neumann terms (one-step gradient) RBP is measurably off: the series does work."""
+    torch.manual_seed(1)
+    cell = ContractiveConvCell()
+    x = torch.randn(2, 3, 5, 6, dtype=DT, requires_grad=True)
+    target = torch.randn(2, 3, 5, 6, dtype=DT)
+    h_ref, _ = FixedPointSolver("bptt", steps=60)(cell, x, torch.zeros_like(x))
+    g_ref = _flat_grads(_task_loss(h_ref, target), [cell.weight, x])
+    h, info = FixedPointSolver("rbp", steps=60, neumann_terms=0)(cell, x, torch.zeros_like(x))
+    g = _flat_grads(_task_loss(h, target), [cell.weight, x])
+    assert info.neumann_terms == 0 and info.neumann_residual > 1e-3
+    assert (g - g_ref).norm() / g_ref.norm() > 1e-2
+
+
+def test_rbp_reaches_parameters_and_input_with_plain_backward():
+    torch.manual_seed(2)
+    cell = ContractiveConvCell()
+    x = torch.randn(1, 3, 5, 6, dtype=DT, requires_grad=True)
+    h, info = FixedPointSolver("crbp", steps=10)(cell, x, torch.zeros_like(x))
+    assert info.neumann_terms is None  # filled by the backward
+    (h.sum() + info.weighted_lcp).backward()
+    assert cell.weight.grad is not None and cell.weight.grad.abs().sum() > 0
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert info.neumann_terms is not None and info.neumann_residual is not None
+
+
+def test_neumann_stops_when_terms_grow():
+    """An expanding map (J = 1.5 I): the series diverges, so the backward stops at once."""
+    x = torch.zeros(4, dtype=DT, requires_grad=True)
+    h, info = FixedPointSolver("rbp", steps=3, neumann_terms=10)(lambda x, h: 1.5 * h + x,
+                                                                  x, torch.ones(4, dtype=DT))
+    h.sum().backward()
+    assert info.neumann_terms == 0 and info.neumann_residual == pytest.approx(1.5)
+
+
+def test_neumann_terms_default_to_the_steps_of_the_call():
+    torch.manual_seed(3)
+    cell = ContractiveConvCell()
+    x = torch.randn(1, 3, 5, 6, dtype=DT, requires_grad=True)
+    solver = FixedPointSolver("rbp", steps=50, neumann_tol=0.0)
+    h, info = solver(cell, x, torch.zeros_like(x), steps=3)
+    h.sum().backward()
+    assert info.steps == 3 and info.neumann_terms == 3
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_empty_batch_runs_in_every_mode(mode):
+    """An empty batch (e.g. an image without ROIs in a mask head) must not fail."""
+    weight = torch.nn.Parameter(0.5 * torch.eye(3))
+    x = torch.zeros(0, 3, requires_grad=True)
+    h, info = FixedPointSolver(mode, steps=4, lcp_reduction="mean")(
+        lambda x, h: torch.tanh(h @ weight + x), x, torch.zeros_like(x))
+    loss = h.sum() + (info.weighted_lcp if info.weighted_lcp is not None else 0)
+    loss.backward()
+    assert h.shape == (0, 3) and weight.grad is not None and info.fixed_point_residual == 0
+
+
+# --------------------------------------------------------------------------- LCP
+
+def _tiny_hgru(seed=0):
+    torch.manual_seed(seed)
+    return HGRUCell(2, kernel_size=3, norm="none").double()
+
+
+def test_lcp_equals_penalty_of_explicit_jacobian_column_sums():
+    cell = _tiny_hgru()
+    x = torch.rand(1, 2, 3, 4, dtype=DT)
+    h_prev = torch.rand_like(x).requires_grad_(True)
+    h_next = cell(x, h_prev)
+    lam = 0.2
+    penalty, colsum = lipschitz_penalty(h_next, h_prev, lam)
+    jac = torch.autograd.functional.jacobian(lambda h: cell(x, h), h_prev.detach())
+    explicit = jac.reshape(h_next.numel(), h_prev.numel()).sum(0).reshape(h_prev.shape)
+    torch.testing.assert_close(colsum, explicit)
+    torch.testing.assert_close(penalty, torch.relu(explicit - lam).pow(2).sum())
+    assert penalty > 0  # lam is low enough for the penalty to be active
+
+
+def _lcp_of(cell, solver, x, w_inh, h0):
+    def step(x, h):
+        return functional_call(cell, {"w_inh": w_inh}, (x, h))
+    return solver(step, x, h0)[1].lcp
+
+
+def test_lcp_gradcheck_through_the_bptt_trajectory():
+    """C-BPTT: the LCP's gradient w.r.t. the drive and a kernel is exact through all steps."""
+    cell = _tiny_hgru(3)
+    x = torch.rand(1, 2, 3, 3, dtype=DT, requires_grad=True)
+    w_inh = cell.w_inh.detach().clone().requires_grad_(True)
+    solver = FixedPointSolver("cbptt", steps=3, lcp_lambda=0.3)
+    lcp = lambda x, w: _lcp_of(cell, solver, x, w, torch.zeros_like(x))  # noqa: E731
+    assert lcp(x, w_inh) > 0
+    assert torch.autograd.gradcheck(lcp, (x, w_inh), eps=1e-6, atol=1e-6)
+
+
+def test_crbp_lcp_gradient_is_exact_at_the_detached_state():
+    """C-RBP: the LCP is taken at the detached state h* (constant memory, as the authors), so
+    its gradient is exact for a fixed h*: gradcheck one step, then match the solver to it."""
+    cell = _tiny_hgru(3)
+    x = torch.rand(1, 2, 3, 3, dtype=DT, requires_grad=True)
+    w_inh = cell.w_inh.detach().clone().requires_grad_(True)
+
+    def one_step_lcp(x, w, h_star):
+        h_star = h_star.detach().requires_grad_(True)
+        h_next = functional_call(cell, {"w_inh": w}, (x, h_star))
+        return lipschitz_penalty(h_next, h_star, 0.3)[0]
+
+    steps = 4
+    with torch.no_grad():
+        h_star = torch.zeros_like(x)
+        for _ in range(steps - 1):
+            h_star = cell(x, h_star)
+    assert torch.autograd.gradcheck(lambda x, w: one_step_lcp(x, w, h_star), (x, w_inh),
+                                    eps=1e-6, atol=1e-6)
+    solver = FixedPointSolver("crbp", steps=steps, lcp_lambda=0.3)
+    via_solver = torch.autograd.grad(_lcp_of(cell, solver, x, w_inh, torch.zeros_like(x)), (x, w_inh))
+    direct = torch.autograd.grad(one_step_lcp(x, w_inh, h_star), (x, w_inh))
+    for got, expected in zip(via_solver, direct):
+        torch.testing.assert_close(got, expected)
+        assert got.abs().sum() > 0
+
+
+def test_lcp_only_in_contractor_modes_and_weighted():
+    cell = _tiny_hgru()
+    x = torch.rand(1, 2, 4, 4, dtype=DT)
+    for mode in MODES:
+        _, info = FixedPointSolver(mode, steps=3, lcp_lambda=0.1, lcp_weight=0.25)(
+            cell, x, torch.zeros_like(x))
+        if mode in ("cbptt", "crbp"):
+            assert info.lcp > 0
+            torch.testing.assert_close(info.weighted_lcp, 0.25 * info.lcp)
+        else:
+            assert info.lcp is None and info.weighted_lcp is None
+    with torch.no_grad():
+        _, info = FixedPointSolver("crbp", steps=3)(cell, x, torch.zeros_like(x))
+    assert info.lcp is None
+
+
+# --------------------------------------------------------------------------- robustness, memory
+
+@pytest.mark.parametrize("mode", MODES)
+def test_non_finite_state_raises_naming_the_step(mode):
+    calls = []
+
+    def blows_up_at_step_3(x, h):
+        calls.append(1)
+        return h * (float("nan") if len(calls) == 3 else 1.0) + x
+
+    x = torch.ones(2, 3, requires_grad=True)
+    with pytest.raises(FloatingPointError, match="step 3 of 5"):
+        FixedPointSolver(mode, steps=5)(blows_up_at_step_3, x, torch.zeros_like(x))
+
+
+def test_bad_arguments_name_the_fix():
+    with pytest.raises(ValueError, match="unknown mode"):
+        FixedPointSolver("deq")
+    with pytest.raises(ValueError, match=">= 2"):
+        FixedPointSolver("rbp", steps=1)
+    with pytest.raises(ValueError, match="zeros_like"):
+        HGRUCell(4, 3)(torch.zeros(1, 4, 5, 5), torch.zeros(1, 4, 5, 6))
+    with pytest.raises(ValueError, match="norm_groups"):
+        HGRUCell(5, 3, norm="group", norm_groups=2)
+    with pytest.raises(ValueError, match="unknown norm"):
+        HGRUCell(4, 3, norm="layer")
+
+
+def _saved_bytes(mode, steps):
+    """Bytes autograd saves for the backward of one training forward (the memory that grows)."""
+    torch.manual_seed(0)
+    cell = HGRUCell(4, kernel_size=3)
+    x = torch.rand(2, 4, 6, 6, requires_grad=True)
+    total = [0]
+
+    def pack(tensor):
+        total[0] += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        FixedPointSolver(mode, steps=steps)(cell, x, torch.zeros_like(x))
+    return total[0]
+
+
+def test_rbp_memory_does_not_grow_with_steps_but_bptt_does():
+    for mode in ("rbp", "crbp"):
+        assert _saved_bytes(mode, 3) == _saved_bytes(mode, 9)
+    assert _saved_bytes("bptt", 9) > 2.5 * _saved_bytes("bptt", 3)
+
+
+# --------------------------------------------------------------------------- hGRU and Gabor layer
+
+@pytest.mark.parametrize("size", [(7, 9), (14, 14), (5, 3)])
+@pytest.mark.parametrize("kernel_size,norm,share", [(1, "batch", False), (3, "group", True),
+                                                    (4, "none", False), (15, "batch", True)])
+def test_hgru_shapes_and_gradient_flow(size, kernel_size, norm, share):
+    torch.manual_seed(0)
+    cell = HGRUCell(6, kernel_size, norm=norm, norm_groups=3, share_kernels=share)
+    x = torch.rand(2, 6, *size, requires_grad=True)
+    h = torch.rand(2, 6, *size, requires_grad=True)
+    out = cell(x, cell(x, h))
+    assert out.shape == x.shape and bool((out >= 0).all())
+    out.square().mean().backward()
+    assert x.grad.abs().sum() > 0 and h.grad.abs().sum() > 0
+    for name, param in cell.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    assert (cell.w_exc is None) == share
+
+
+def test_hgru_gate_bias_init_follows_the_authors():
+    cell = HGRUCell(64, 3)
+    bias = cell.gain_gate.bias.detach()
+    assert bool((bias >= 0).all()) and bool((bias <= math.log(7.0) + 1e-6).all())
+    torch.testing.assert_close(cell.mix_gate.bias.detach(), -bias)
+    for name, value in dict(alpha=0.1, gamma=1.0, kappa=0.5, omega=0.5, mu=1.0).items():
+        torch.testing.assert_close(getattr(cell, name).detach(), torch.full((1, 64, 1, 1), value))
+
+
+def test_gabor_bank_and_layer():
+    bank = gabor_bank()
+    assert bank.shape == (25, 7, 7)
+    torch.testing.assert_close(bank.flatten(1).sum(1), torch.zeros(25), atol=1e-5, rtol=0)
+    torch.testing.assert_close(bank.flatten(1).norm(dim=1), torch.ones(25))
+    layer = GaborConv2d(3, 25, 7)
+    flat = layer(torch.full((1, 3, 16, 16), 0.7))
+    assert flat.shape == (1, 25, 16, 16)
+    assert flat[..., 4:-4, 4:-4].abs().max() < 1e-8  # zero-mean filters ignore a flat interior
+    bar = torch.zeros(1, 3, 16, 16)
+    bar[..., 8, :] = 1.0
+    response = layer(bar)
+    assert bool((response >= 0).all()) and response.max() > 0.1

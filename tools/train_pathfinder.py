@@ -1,0 +1,165 @@
+"""Train the hGRU Pathfinder model (C-RBP paper, section 2.1) on a scaled-down Pathfinder; CPU-sized.
+
+Trains on contours of ``--length`` dashes and reports the IoU of the target class on held-out
+images of every ``--eval-lengths`` (the paper trains on 14 and tests on 14, 20, 25 dashes; by
+default those are scaled by ``--length-scale`` to fit small images), the peak memory of training
+and the wall time. For context it also reports the IoU of the trivial rule "every bright pixel is
+target" (a model must beat it to have traced anything).
+
+    PYTHONPATH=. python tools/train_pathfinder.py --mode crbp --steps 8 --iters 150 --out crbp.json
+"""
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from typing import Dict, List
+
+import torch
+import torch.nn.functional as F
+
+from rv_plugins.datasets.pathfinder import PathfinderConfig, PathfinderDataset
+from rv_plugins.models.pathfinder_hgru import PathfinderHGRU
+from rv_plugins.solvers.fixed_point import MODES
+
+PAPER_LENGTHS = (14, 20, 25)
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _batch(dataset: PathfinderDataset, start: int, size: int) -> Dict[str, torch.Tensor]:
+    items = [dataset[(start + offset) % len(dataset)] for offset in range(size)]
+    return {key: torch.stack([item[key] for item in items]) for key in items[0]}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--mode", choices=MODES, default="crbp")
+    parser.add_argument("--steps", type=int, default=8, help="recurrent steps while training")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--length-scale", type=float, default=0.5,
+                        help="default lengths = round(scale * (14, 20, 25))")
+    parser.add_argument("--length", type=int, help="training contour length in dashes")
+    parser.add_argument("--eval-lengths", help="comma list of test lengths (default: scaled 14,20,25)")
+    parser.add_argument("--num-distractors", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=150)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--channels", type=int, default=25)
+    parser.add_argument("--kernel-size", type=int, default=5)
+    parser.add_argument("--lcp-lambda", type=float, default=0.9)
+    parser.add_argument("--lcp-weight", type=float, default=1.0)
+    parser.add_argument("--target-weight", type=float, default=1.0,
+                        help="cross-entropy weight of the target class (the paper: 1)")
+    parser.add_argument("--input-scale", type=float, default=1.0,
+                        help="image multiplier before the Gabor layer (PathfinderHGRU.input_scale)")
+    parser.add_argument("--target-prior", type=float,
+                        help="initialise the read-out bias to this target-class frequency")
+    parser.add_argument("--eval-samples", type=int, default=128)
+    parser.add_argument("--eval-steps", type=int, help="steps at test time (default: --steps)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", help="write the results here as JSON")
+    args = parser.parse_args(argv)
+    scaled = [max(2, round(args.length_scale * length)) for length in PAPER_LENGTHS]
+    args.length = args.length or scaled[0]
+    args.eval_lengths = ([int(v) for v in args.eval_lengths.split(",")] if args.eval_lengths
+                         else scaled)
+    args.eval_steps = args.eval_steps or args.steps
+    return args
+
+
+def train(args, model: PathfinderHGRU) -> Dict:
+    """Adam on per-pixel cross-entropy (+ LCP in the contractor modes); returns the log."""
+    config = PathfinderConfig(image_size=args.image_size, length=args.length,
+                              num_distractors=args.num_distractors)
+    data = PathfinderDataset(args.iters * args.batch_size, config, seed=args.seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    class_weight = torch.tensor([1.0, args.target_weight])
+    model.train()
+    losses, lcps, residuals, neumann = [], [], [], []
+    rss_before, start = _rss_mib(), time.perf_counter()
+    for iteration in range(args.iters):
+        batch = _batch(data, iteration * args.batch_size, args.batch_size)
+        logits, info = model(batch["img"])
+        loss = F.cross_entropy(logits, batch["mask"], weight=class_weight)
+        total = loss if info.weighted_lcp is None else loss + info.weighted_lcp
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        residuals.append(info.fixed_point_residual)
+        if info.lcp is not None:
+            lcps.append(float(info.lcp.detach()))
+        if info.neumann_terms is not None:
+            neumann.append(info.neumann_terms)
+        if iteration % max(1, args.iters // 10) == 0 or iteration == args.iters - 1:
+            print(f"iter {iteration:4d} loss {loss.item():.4f} lcp {lcps[-1] if lcps else '-'} "
+                  f"fp-res {info.fixed_point_residual:.3g} neumann {info.neumann_terms} "
+                  f"({time.perf_counter() - start:.0f}s)", file=sys.stderr, flush=True)
+    return dict(train_time_s=round(time.perf_counter() - start, 1),
+                train_peak_rss_increase_mib=round(_peak_rss_mib() - rss_before, 1),
+                final_loss=round(sum(losses[-10:]) / len(losses[-10:]), 4),
+                final_lcp=round(sum(lcps[-10:]) / len(lcps[-10:]), 4) if lcps else None,
+                final_fixed_point_residual=round(sum(residuals[-10:]) / len(residuals[-10:]), 4),
+                mean_neumann_terms=round(sum(neumann) / len(neumann), 2) if neumann else None)
+
+
+@torch.no_grad()
+def evaluate(args, model: PathfinderHGRU, length: int) -> Dict:
+    """IoU of the target class over ``--eval-samples`` held-out images of ``length`` dashes."""
+    config = PathfinderConfig(image_size=args.image_size, length=length,
+                              num_distractors=args.num_distractors)
+    data = PathfinderDataset(args.eval_samples, config, seed=args.seed + 10_000)
+    model.eval()
+    inter = union = bright_inter = bright_union = 0
+    for start in range(0, len(data), args.batch_size):
+        batch = _batch(data, start, min(args.batch_size, len(data) - start))
+        logits, _ = model(batch["img"], steps=args.eval_steps)
+        pred, target = logits.argmax(1) == 1, batch["mask"] == 1
+        bright = batch["img"][:, 0] > 0
+        inter += int((pred & target).sum())
+        union += int((pred | target).sum())
+        bright_inter += int((bright & target).sum())
+        bright_union += int((bright | target).sum())
+    return dict(length=length, iou=round(inter / max(union, 1), 4),
+                all_bright_iou=round(bright_inter / max(bright_union, 1), 4))
+
+
+def main(argv: List[str] = None) -> Dict:
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    model = PathfinderHGRU(channels=args.channels, kernel_size=args.kernel_size, mode=args.mode,
+                           steps=args.steps, lcp_lambda=args.lcp_lambda, lcp_weight=args.lcp_weight,
+                           input_scale=args.input_scale, target_prior=args.target_prior)
+    wall = time.perf_counter()
+    log = train(args, model)
+    results = [evaluate(args, model, length) for length in args.eval_lengths]
+    report = dict(mode=args.mode, steps=args.steps, eval_steps=args.eval_steps,
+                  image_size=args.image_size, train_length=args.length, iters=args.iters,
+                  batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                  kernel_size=args.kernel_size, channels=args.channels,
+                  num_distractors=args.num_distractors, target_weight=args.target_weight,
+                  input_scale=args.input_scale, target_prior=args.target_prior,
+                  lcp_lambda=args.lcp_lambda, lcp_weight=args.lcp_weight, **log,
+                  wall_time_s=round(time.perf_counter() - wall, 1), eval=results,
+                  command="PYTHONPATH=. python tools/train_pathfinder.py " + " ".join(
+                      argv if argv is not None else sys.argv[1:]))
+    print(json.dumps(report, indent=2))
+    if args.out:
+        with open(args.out, "w") as handle:
+            json.dump(report, handle, indent=2)
+    return report
+
+
+if __name__ == "__main__":
+    main()
