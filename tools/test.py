@@ -35,7 +35,7 @@ def main(argv=None):
     cfg.load_from = args.checkpoint
     mr.check_datasets(cfg, ("test_dataloader",))
     runner = mr.build_runner(cfg)
-    runner.test()
+    return runner.test()
 
 
 if __name__ == "__main__":
