@@ -148,3 +148,19 @@ def test_layout_round_trips_and_views():
     assert layout.to_sequence_by_rows(x_cl, channels_last=True)._base is x_cl
     with pytest.raises(ValueError, match="does not match H\\*W"):
         layout.from_sequence(seq, (4, 4))
+
+
+def test_benchmark_tool_prints_a_table(tmp_path, capsys):
+    import importlib.util
+    import json
+    import os
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "benchmark_scan.py")
+    spec = importlib.util.spec_from_file_location("benchmark_scan", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    tool.main(["--shapes", "2x16x4", "--repeats", "1", "--json", str(tmp_path / "scan.json")])
+    out = capsys.readouterr().out
+    assert "| 2×16×4 | fwd+bwd |" in out and "Command: `python tools/benchmark_scan.py" in out
+    times = json.loads((tmp_path / "scan.json").read_text())["results"][0]["times"]
+    assert set(times) == {"floor", "torch", "chunked", "loop", "logspace"}
+    assert all(t["fwd"] > 0 and t["fwd_bwd"] > 0 for t in times.values())
