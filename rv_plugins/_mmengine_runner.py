@@ -91,11 +91,33 @@ def check_datasets(cfg, which=("train_dataloader", "val_dataloader", "test_datal
                     f"To try the pipeline without any data, use a *_synthetic.py config.")
 
 
+def init_cpu_process_group(launcher: str) -> None:
+    """CPU-only distributed runs (e.g. ``torch.distributed.run`` on a machine without a GPU).
+
+    mmengine 0.10.7's ``pytorch`` launcher always calls ``torch.cuda.set_device`` and fails without a
+    GPU; its Runner skips its own ``init_dist`` when a process group exists, so on a CPU-only machine we
+    create the gloo group from torchrun's environment first (and :func:`build_runner` wraps the model in
+    DDP without ``device_ids``, which CPU modules require). With a GPU nothing changes.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if launcher != "pytorch" or torch.cuda.is_available() or dist.is_initialized():
+        return
+    dist.init_process_group(backend="gloo")
+
+
 def build_runner(cfg):
     """mmengine's Runner (or the config's ``runner_type``), after our compatibility fixes."""
+    import torch
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
+    launcher = cfg.get("launcher", "none")
+    init_cpu_process_group(launcher)
+    if launcher != "none" and not torch.cuda.is_available():
+        wrapper = cfg.get("model_wrapper_cfg") or dict(type="MMDistributedDataParallel")
+        cfg.model_wrapper_cfg = dict(wrapper, device_ids=None)
     runner = Runner.from_cfg(cfg) if "runner_type" not in cfg else RUNNERS.build(cfg)
     allow_mmengine_checkpoints(runner)
     return runner

@@ -28,10 +28,21 @@ class _MissingOp:
         raise RuntimeError(f"detectron2._C.{self.__name__} was called, but {MESSAGE}")
 
 
+# Informational queries (``detectron2.utils.collect_env``, called by ``default_setup``) answer
+# truthfully instead of raising; every other attribute is a missing op.
+_INFO = {
+    "get_compiler_version": lambda: "none (detectron2._C missing; rv_plugins stand-in)",
+    "get_cuda_version": lambda: "none (detectron2._C missing; rv_plugins stand-in)",
+    "has_cuda": lambda: False,
+}
+
+
 class _StandInModule(types.ModuleType):
     def __getattr__(self, name):
         if name.startswith("__"):
             raise AttributeError(name)
+        if name in _INFO:
+            return _INFO[name]
         return _MissingOp(name)
 
 

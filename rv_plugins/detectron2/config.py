@@ -1,0 +1,106 @@
+"""Detectron2 config keys of rv_plugins and a loader for yaml files that inherit the model zoo.
+
+``add_rv_config(cfg)`` adds (defaults in brackets)::
+
+    MODEL.ROI_MASK_HEAD.HGRU     recurrent mask head (``ROI_MASK_HEAD.NAME: "HGRUMaskHead"``)
+        STEPS [20], TEST_STEPS [0 = STEPS], SOLVER_MODE ["crbp"], NEUMANN_TERMS [0 = STEPS],
+        LCP_LAMBDA [0.9], LCP_WEIGHT [1.0], CHANNELS [256], KERNEL_SIZE [3],
+        INPUT_KERNEL_SIZE [1], NORM ["group"], NORM_GROUPS [32], SHARE_KERNELS [False]
+    MODEL.VISIONGRU              ``BACKBONE.NAME: "build_visiongru_fpn_backbone"``
+        ARCH ["tiny"], OUT_FEATURES [res2..res5], DROP_PATH_RATE [0.1], IMG_SIZE [0 = no pos. emb.],
+        FROZEN_STAGES [-1], WITH_CP [False]
+    MODEL.SEQUENCER2D            ``BACKBONE.NAME: "build_sequencer2d_fpn_backbone"``
+        ARCH ["s"], OUT_FEATURES [res2..res5], DROP_PATH_RATE [0.1], RNN_TYPE ["lstm"],
+        PATCH_SIZES [[] = the arch's], FROZEN_STAGES [-1], WITH_CP [False]
+    DATASETS.SYNTHETIC_PANOPTIC_ROOT ['' = none]: folder written by
+        ``tools/make_synthetic_coco_panoptic.py``; ``tools/train_net.py`` registers it.
+
+Inheriting Detectron2's own configs: Detectron2 v0.6 resolves ``_BASE_`` relative to the yaml
+file, which breaks as soon as our configs live outside its package. Our yaml files therefore
+write ``_BASE_: "detectron2://COCO-PanopticSegmentation/Base-Panoptic-FPN.yaml"``; the config
+node returned by :func:`get_cfg` maps that prefix to the installed model-zoo file
+(``detectron2.model_zoo.get_config_file``) at any depth of the ``_BASE_`` chain, and leaves every
+other ``_BASE_`` (relative, absolute, ``~``) to Detectron2. Plain ``detectron2.config.get_cfg()``
+cannot read these files; use ``rv_plugins.detectron2.config.get_cfg(path)``.
+"""
+from typing import Optional, Sequence
+
+from detectron2 import model_zoo
+from detectron2.config import CfgNode as _D2CfgNode
+from detectron2.config import get_cfg as _d2_get_cfg
+
+ZOO_PREFIX = "detectron2://"
+__all__ = ["add_rv_config", "get_cfg", "RVCfgNode", "ZOO_PREFIX"]
+
+
+def add_rv_config(cfg: _D2CfgNode) -> _D2CfgNode:
+    """Add the rv_plugins keys (see the module docstring) to a Detectron2 config in place; returns it.
+
+    Call it before merging a yaml that uses them. Calling it twice is harmless.
+    """
+    CN = _D2CfgNode
+    hgru = CN()
+    hgru.STEPS = 20
+    hgru.TEST_STEPS = 0
+    hgru.SOLVER_MODE = "crbp"
+    hgru.NEUMANN_TERMS = 0
+    hgru.LCP_LAMBDA = 0.9
+    hgru.LCP_WEIGHT = 1.0
+    hgru.CHANNELS = 256
+    hgru.KERNEL_SIZE = 3
+    hgru.INPUT_KERNEL_SIZE = 1
+    hgru.NORM = "group"
+    hgru.NORM_GROUPS = 32
+    hgru.SHARE_KERNELS = False
+    cfg.MODEL.ROI_MASK_HEAD.HGRU = hgru
+
+    vgru = CN()
+    vgru.ARCH = "tiny"
+    vgru.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    vgru.DROP_PATH_RATE = 0.1
+    vgru.IMG_SIZE = 0
+    vgru.FROZEN_STAGES = -1
+    vgru.WITH_CP = False
+    cfg.MODEL.VISIONGRU = vgru
+
+    seq = CN()
+    seq.ARCH = "s"
+    seq.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    seq.DROP_PATH_RATE = 0.1
+    seq.RNN_TYPE = "lstm"
+    seq.PATCH_SIZES = []
+    seq.FROZEN_STAGES = -1
+    seq.WITH_CP = False
+    cfg.MODEL.SEQUENCER2D = seq
+
+    cfg.DATASETS.SYNTHETIC_PANOPTIC_ROOT = ""
+    return cfg
+
+
+class RVCfgNode(_D2CfgNode):
+    """Detectron2's ``CfgNode`` that also understands ``_BASE_: "detectron2://<zoo path>"``."""
+
+    @classmethod
+    def load_yaml_with_base(cls, filename, allow_unsafe: bool = False):
+        if isinstance(filename, str) and ZOO_PREFIX in filename:
+            # fvcore joins a relative _BASE_ to the including file's folder; keep what follows the prefix
+            zoo_path = filename.split(ZOO_PREFIX, 1)[1]
+            try:
+                filename = model_zoo.get_config_file(zoo_path)
+            except RuntimeError as err:
+                raise FileNotFoundError(
+                    f"_BASE_ {ZOO_PREFIX}{zoo_path}: no such file in the installed Detectron2 model "
+                    "zoo (detectron2/model_zoo/configs); check the path, e.g. "
+                    f"{ZOO_PREFIX}COCO-PanopticSegmentation/Base-Panoptic-FPN.yaml") from err
+        return super().load_yaml_with_base(filename, allow_unsafe=allow_unsafe)
+
+
+def get_cfg(path: Optional[str] = None, opts: Optional[Sequence[str]] = None) -> RVCfgNode:
+    """Detectron2's default config plus :func:`add_rv_config`, then ``path`` (a yaml file, whose
+    ``_BASE_`` may use the ``detectron2://`` prefix) and ``opts`` (``["KEY", "VALUE", ...]``)."""
+    cfg = RVCfgNode(add_rv_config(_d2_get_cfg()))
+    if path is not None:
+        cfg.merge_from_file(path)
+    if opts:
+        cfg.merge_from_list(list(opts))
+    return cfg
