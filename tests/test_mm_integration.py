@@ -31,7 +31,7 @@ def test_every_config_builds_its_model(path):
     assert cfg.default_scope in ("mmseg", "mmpretrain")
     model = _registry(cfg).build(cfg.model)
     n_params = sum(p.numel() for p in model.parameters())
-    assert n_params > 1e5
+    assert n_params > 1000
     if "backbone" in cfg.model:
         assert type(model.backbone).__name__ == cfg.model.backbone.type
 

@@ -24,10 +24,11 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 from torch import nn
 
 from rv_plugins.layers.bilstm2d import RNN_TYPES, BiLSTM2D
+from rv_plugins.backbones.base import HierarchicalBackbone
+from rv_plugins.layers.blocks import run_blocks
 from rv_plugins.layers.drop_path import DropPath
 from rv_plugins.layers.mlp import Mlp
 
@@ -135,16 +136,10 @@ class Sequencer2DStage(nn.Module):
                                       for dp in drop_paths])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
-        for blk in self.blocks:
-            if self.with_cp and torch.is_grad_enabled():
-                x = cp.checkpoint(blk, x, use_reentrant=False)
-            else:
-                x = blk(x)
-        return x
+        return run_blocks(self.blocks, self.downsample(x), self.with_cp)
 
 
-class Sequencer2D(nn.Module):
+class Sequencer2D(HierarchicalBackbone):
     """Sequencer2D backbone (plain PyTorch; toolkit adapters wrap it).
 
     Args:
@@ -190,11 +185,8 @@ class Sequencer2D(nn.Module):
         self.embed_dims, self.depths = cfg["embed_dims"], cfg["depths"]
         self.num_stages = len(self.depths)
         self.in_channels, self.rnn_type = in_channels, rnn_type
-        self.out_indices = self._check_out_indices(out_indices)
-        if not -1 <= frozen_stages <= self.num_stages:
-            raise ValueError(f"Sequencer2D: frozen_stages must be in -1..{self.num_stages}, "
-                             f"got {frozen_stages}")
-        self.frozen_stages, self.norm_eval, self.with_cp = frozen_stages, norm_eval, with_cp
+        self._setup_conventions(out_indices, frozen_stages, norm_eval)
+        self.with_cp = with_cp
         self.init_cfg, self.num_classes = init_cfg, num_classes
 
         self.stem = PatchEmbed(in_channels, self.embed_dims[0], cfg["patch_sizes"][0])
@@ -212,20 +204,6 @@ class Sequencer2D(nn.Module):
         self.head = nn.Linear(self.embed_dims[-1], num_classes) if num_classes > 0 else None
         self.init_weights()
         self._freeze_stages()
-
-    def _check_out_indices(self, out_indices) -> Tuple[int, ...]:
-        if isinstance(out_indices, int):
-            out_indices = (out_indices,)
-        idx = []
-        for i in out_indices:
-            if not -self.num_stages <= i < self.num_stages:
-                raise ValueError(f"Sequencer2D: out_indices {tuple(out_indices)} out of range; "
-                                 f"use stage indices 0..{self.num_stages - 1}")
-            idx.append(i % self.num_stages)
-        if not idx:
-            raise ValueError("Sequencer2D: out_indices is empty; give at least one of "
-                             f"0..{self.num_stages - 1}")
-        return tuple(idx)
 
     # ------------------------------------------------------------------ weights
     def init_weights(self) -> None:
@@ -266,22 +244,6 @@ class Sequencer2D(nn.Module):
                 yield self.stages[i]
             if self.frozen_stages == self.num_stages and self.norm is not None:
                 yield self.norm
-
-    def _freeze_stages(self) -> None:
-        for m in self._frozen_modules():
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad = False
-
-    def train(self, mode: bool = True):
-        """Train mode, keeping frozen stages (and, with ``norm_eval``, norm layers) in eval mode."""
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)):
-                    m.eval()
-        return self
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:

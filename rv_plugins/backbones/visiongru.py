@@ -23,9 +23,10 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 from torch import nn
 
+from rv_plugins.backbones.base import HierarchicalBackbone
+from rv_plugins.layers.blocks import run_blocks
 from rv_plugins.layers.drop_path import DropPath
 from rv_plugins.layers.mingru import MinGRU
 from rv_plugins.layers.mlp import Mlp
@@ -160,16 +161,10 @@ class VisionGRUStage(nn.Module):
                                     for i in range(depth))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
-        for blk in self.blocks:
-            if self.with_cp and torch.is_grad_enabled():
-                x = cp.checkpoint(blk, x, use_reentrant=False)
-            else:
-                x = blk(x)
-        return x
+        return run_blocks(self.blocks, self.downsample(x), self.with_cp)
 
 
-class VisionGRU(nn.Module):
+class VisionGRU(HierarchicalBackbone):
     """VisionGRU backbone (plain PyTorch; toolkit adapters wrap it).
 
     Args:
@@ -210,10 +205,8 @@ class VisionGRU(nn.Module):
         super().__init__()
         self.embed_dims, self.depths = _resolve_arch(arch)
         self.in_channels = in_channels
-        self.out_indices = self._check_out_indices(out_indices)
-        if not -1 <= frozen_stages <= self.num_stages:
-            raise ValueError(f"VisionGRU: frozen_stages must be in -1..{self.num_stages}, got {frozen_stages}")
-        self.frozen_stages, self.norm_eval, self.with_cp = frozen_stages, norm_eval, with_cp
+        self._setup_conventions(out_indices, frozen_stages, norm_eval)
+        self.with_cp = with_cp
         self.init_cfg, self.num_classes = init_cfg, num_classes
 
         self.stem = Stem(in_channels, self.embed_dims[0])
@@ -235,19 +228,6 @@ class VisionGRU(nn.Module):
         self.head = nn.Linear(self.embed_dims[-1], num_classes) if num_classes > 0 else None
         self.init_weights()
         self._freeze_stages()
-
-    def _check_out_indices(self, out_indices) -> Tuple[int, ...]:
-        if isinstance(out_indices, int):
-            out_indices = (out_indices,)
-        idx = []
-        for i in out_indices:
-            if not -self.num_stages <= i < self.num_stages:
-                raise ValueError(f"VisionGRU: out_indices {tuple(out_indices)} out of range; "
-                                 f"use stage indices 0..{self.num_stages - 1}")
-            idx.append(i % self.num_stages)
-        if not idx:
-            raise ValueError("VisionGRU: out_indices is empty; give at least one stage index (0..3)")
-        return tuple(idx)
 
     def init_weights(self) -> None:
         """Truncated-normal (std 0.02) linear weights and positional embedding, zero biases, unit LN.
@@ -275,20 +255,7 @@ class VisionGRU(nn.Module):
     def _freeze_stages(self) -> None:
         if self.frozen_stages >= 0 and self.pos_embed is not None:
             self.pos_embed.requires_grad = False
-        for m in self._frozen_modules():
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad = False
-
-    def train(self, mode: bool = True):
-        """Train mode, keeping frozen stages (and, with ``norm_eval``, BatchNorms) in eval mode."""
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        return self
+        super()._freeze_stages()
 
     def _pos_embed(self, hw: Tuple[int, int]) -> torch.Tensor:
         """Positional embedding for a stem grid ``hw`` -> ``(1, h, w, C0)``."""
