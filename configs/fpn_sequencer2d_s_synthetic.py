@@ -30,7 +30,7 @@ val_dataloader = dict(
     dataset=dict(dataset, num_samples=96, seed=12345, pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
-optim_wrapper = dict(optimizer=dict(lr=2e-3), clip_grad=dict(max_norm=1.0))
+optim_wrapper = dict(optimizer=dict(lr=2e-3), clip_grad=dict(_delete_=True, max_norm=1.0))
 max_iters = 250
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=30),

@@ -13,3 +13,4 @@ _mmengine_scope.patch_now()
 from . import backbones, datasets  # noqa: E402,F401
 from .backbones import *  # noqa: E402,F401,F403
 from .datasets import *  # noqa: E402,F401,F403
+from .pathfinder import *  # noqa: E402,F401,F403
