@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-pytestmark = pytest.mark.detectron2
+pytestmark = [pytest.mark.detectron2, pytest.mark.usefixtures("one_thread")]
 
 rv_d2 = pytest.importorskip("rv_plugins.detectron2")
 from detectron2.layers import ShapeSpec  # noqa: E402
@@ -29,16 +29,6 @@ TINY = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "M
         "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "32",
         "MODEL.RPN.POST_NMS_TOPK_TEST", "16", "INPUT.MIN_SIZE_TEST", str(SIZE),
         "INPUT.MAX_SIZE_TEST", str(SIZE), "MODEL.ROI_MASK_HEAD.HGRU.STEPS", "4"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread for this module (2 threads are several times slower on a shared CPU);
-    the previous setting is restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _generator():

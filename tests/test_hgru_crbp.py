@@ -10,13 +10,7 @@ from rv_plugins.layers.hgru import GaborConv2d, HGRUCell, gabor_bank
 from rv_plugins.solvers.fixed_point import MODES, FixedPointSolver, lipschitz_penalty
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster on a busy shared CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 DT = torch.float64
 

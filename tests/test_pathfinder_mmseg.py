@@ -15,13 +15,7 @@ MODE_CONFIGS = {mode: os.path.join(CONFIG_DIR, f"hgru_{mode}_pathfinder64.py")
                 for mode in ("bptt", "cbptt", "rbp", "crbp")}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions run far faster on one thread when the machine is shared."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _registries():
