@@ -1,23 +1,13 @@
 """tools/benchmark.py: the FLOP/param path on tiny models and one subprocess measurement."""
 import argparse
-import importlib.util
-import os
 
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("rv_benchmark_tool", os.path.join(ROOT, "tools", "benchmark.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tool_loader import load_tool
 
 
 @pytest.fixture(scope="module")
 def tool():
-    return _load_tool()
+    return load_tool("benchmark")
 
 
 def test_flops_and_params_tiny_models(tool):

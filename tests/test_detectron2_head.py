@@ -1,11 +1,11 @@
 """Detectron2 integration of the hGRU mask head (issue 7): configs, training step, C-RBP memory,
 inference, parameter counts, recurrent FPN backbones. Small sizes: R-18 / 64-px images."""
 import glob
-import importlib.util
 import os
 
 import numpy as np
 import pytest
+from tool_loader import load_tool
 import torch
 
 pytestmark = [pytest.mark.detectron2, pytest.mark.usefixtures("one_thread")]
@@ -31,17 +31,9 @@ TINY = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "M
         "INPUT.MAX_SIZE_TEST", str(SIZE), "MODEL.ROI_MASK_HEAD.HGRU.STEPS", "4"]
 
 
-def _generator():
-    spec = importlib.util.spec_from_file_location("make_synth", os.path.join(REPO, "tools",
-                                                                            "make_synthetic_coco_panoptic.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _batched_inputs(n=2, seed=0):
     """Synthetic scenes in Detectron2's training input format (things contiguous 0/1, stuff 1..2)."""
-    gen = _generator()
+    gen = load_tool("make_synthetic_coco_panoptic")
     rng = np.random.RandomState(seed)
     batch = []
     for _ in range(n):

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from tool_loader import load_tool
 
 from rv_plugins import _mmengine_runner as mr
 
@@ -47,14 +48,6 @@ def _tiny_synthetic_cfg(work_dir, max_iters, name, **extra):
         "param_scheduler": [dict(type="ConstantLR", factor=1.0, by_epoch=False)], **extra})
 
 
-def _load_tool(name):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(f"rv_tool_{name}", os.path.join(REPO, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_one_upernet_training_iteration_then_tools_test(tmp_path):
     """One iteration through the runner; then tools/test.py evaluates the checkpoint it saved."""
     runner = mr.build_runner(_tiny_synthetic_cfg(tmp_path, 1, "one_iter", **{"default_hooks.checkpoint.interval": 1}))
@@ -66,7 +59,7 @@ def test_one_upernet_training_iteration_then_tools_test(tmp_path):
     loss = runner.message_hub.get_scalar("train/loss").current()
     assert torch.isfinite(torch.tensor(loss))
 
-    metrics = _load_tool("test").main([
+    metrics = load_tool("test").main([
         SYNTHETIC, str(tmp_path / "iter_1.pth"), "--work-dir", str(tmp_path / "test"), "--cfg-options",
         "test_dataloader.dataset.num_samples=4", "test_dataloader.dataset.img_size=(32,32)",
         "model.data_preprocessor.size=(32,32)", "model.backbone.img_size=32", "experiment_name=one_iter_test"])

@@ -1,6 +1,7 @@
 """rv_plugins.ops: every scan implementation against the step-by-step reference."""
 import pytest
 import torch
+from tool_loader import load_tool
 
 from rv_plugins.ops import backend_name, layout, linear_scan, linear_scan_reference
 
@@ -151,13 +152,8 @@ def test_layout_round_trips_and_views():
 
 
 def test_benchmark_tool_prints_a_table(tmp_path, capsys):
-    import importlib.util
     import json
-    import os
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "benchmark_scan.py")
-    spec = importlib.util.spec_from_file_location("benchmark_scan", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("benchmark_scan")
     tool.main(["--shapes", "2x16x4", "--repeats", "1", "--json", str(tmp_path / "scan.json")])
     out = capsys.readouterr().out
     assert "| 2×16×4 | fwd+bwd |" in out and "Command: `python tools/benchmark_scan.py" in out

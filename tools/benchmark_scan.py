@@ -22,7 +22,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from rv_plugins.ops import backend_name, linear_scan  # noqa: E402
-from rv_plugins.ops import chunked as chunked_mod  # noqa: E402
 from rv_plugins.ops import scan as scan_mod  # noqa: E402
 
 SHAPES = [(8, 3136, 96), (8, 784, 192), (8, 196, 384), (8, 49, 768), (2, 16384, 96)]
@@ -38,26 +37,15 @@ def loop_scan(a, b):
     return linear_scan(a, b, backend="reference")
 
 
-class _ChunkedOnly(torch.autograd.Function):
-    """The pure-PyTorch fallback with its own backward (what the torch backend uses without a compiler)."""
-
-    @staticmethod
-    def forward(ctx, a, b):
-        h = chunked_mod.scan_chunked(a, b).to(a.dtype)
-        ctx.save_for_backward(a, h)
-        return h
-
-    @staticmethod
-    def backward(ctx, g):
-        a, h = ctx.saved_tensors
-        ga, gb, _ = scan_mod.chunked_backward(a, h, None, g, False)
-        return ga, gb
+def chunked_scan(a, b):
+    """Our pure-PyTorch fallback with its own backward, forced (what the torch backend runs without a compiler)."""
+    return scan_mod._LinearScanFn.apply(a, b, None, False, scan_mod._chunked_backend())
 
 
 def methods(device):
     out = {"floor": lambda a, b: (a.clone(), b.clone()),
            "torch": lambda a, b: linear_scan(a, b, backend="torch"),
-           "chunked": _ChunkedOnly.apply}
+           "chunked": chunked_scan}
     if device.type == "cuda":
         out["triton"] = lambda a, b: linear_scan(a, b, backend="triton")
     out["loop"] = loop_scan
