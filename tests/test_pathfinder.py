@@ -91,3 +91,70 @@ def test_model_training_step_every_mode(mode):
     with torch.no_grad():
         logits, info = model(img, steps=6)
     assert info.steps == 6 and torch.isfinite(logits).all()
+
+
+def test_train_pathfinder_tool_trains_saves_and_reevaluates(tmp_path):
+    """A tiny run of tools/train_pathfinder.py; --load re-evaluates the saved model at more steps
+    with the saved settings (the same IoU at the trained step count: evaluation is deterministic)."""
+    from tool_loader import load_tool
+    tool = load_tool("train_pathfinder")
+    ckpt = str(tmp_path / "tiny.pth")
+    trained = tool.main(["--mode", "crbp", "--image-size", "16", "--length", "2",
+                         "--eval-lengths", "2,3", "--num-distractors", "1", "--iters", "3",
+                         "--batch-size", "2", "--channels", "4", "--kernel-size", "3", "--steps", "2",
+                         "--lr-schedule", "cosine", "--eval-samples", "4", "--eval-every", "2",
+                         "--save", ckpt, "--out", str(tmp_path / "tiny.json")])
+    assert [(r["length"], r["steps"]) for r in trained["eval"]] == [(2, 2), (3, 2)]
+    assert all(0.0 <= r["iou"] <= 1.0 and 0.0 < r["all_bright_iou"] <= 1.0 for r in trained["eval"])
+    assert trained["final_lcp"] is not None and trained["mean_neumann_terms"] is not None
+    reloaded = tool.main(["--load", ckpt, "--eval-steps", "2,5", "--eval-samples", "4"])
+    assert reloaded["mode"] == "crbp" and reloaded["kernel_size"] == 3 and reloaded["iters"] == 3
+    assert [(r["length"], r["steps"]) for r in reloaded["eval"]] == [(2, 2), (3, 2), (2, 5), (3, 5)]
+    assert reloaded["eval"][:2] == trained["eval"]
+
+
+def test_step_logits_follow_the_solver_states():
+    """The per-step read-outs (used by tools/analysis/hgru_steps.py) end where forward() ends."""
+    torch.manual_seed(0)
+    model = PathfinderHGRU(channels=4, kernel_size=3, steps=3, mode="crbp", input_scale=3.0).eval()
+    img = (torch.rand(2, 1, 12, 12) > 0.7).float()
+    per_step = model.step_logits(img, 5)
+    assert len(per_step) == 5 and per_step[0].shape == (2, 2, 12, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(per_step[2], model(img)[0])
+        torch.testing.assert_close(per_step[4], model(img, steps=5)[0])
+    assert not torch.allclose(per_step[0], per_step[2])
+
+
+def test_pathfinder_table_merges_training_and_reevaluation_reports():
+    from tool_loader import load_tool
+    tool = load_tool("pathfinder_table")
+    model = dict(mode="crbp", steps=8, image_size=32, train_length=4, iters=10, seed=0)
+    trained = dict(model, train_time_s=12.5, train_peak_rss_increase_mib=100.0, final_lcp=0.0,
+                   final_fixed_point_residual=0.01,
+                   eval=[dict(length=4, steps=8, iou=0.9, all_bright_iou=0.45),
+                         dict(length=6, steps=8, iou=0.7, all_bright_iou=0.41)])
+    late = dict(model, loaded_from="x.pth",
+                eval=[dict(length=4, steps=32, iou=0.85, all_bright_iou=0.45)])
+    other = dict(model, mode="bptt", train_time_s=9.0, eval=[dict(length=4, iou=0.5,
+                                                                  all_bright_iou=0.45)])
+    rows = tool.merge_reports([trained, late, other])
+    assert len(rows) == 2
+    text = tool.table(rows, late_factor=4).splitlines()
+    assert text[2].startswith("| bptt | 8 | 0.5 | - |")  # a report without per-result steps
+    assert text[3] == "| crbp | 8 | 0.9 | 0.7 | 0.85 | - | 100 | 12.5 | 0 | 0.01 |"
+    assert text[4].startswith("| every bright pixel = target | | 0.45 | 0.41 |")
+
+
+def test_readme_pathfinder_table_is_the_one_the_committed_reports_give():
+    """The README's table is regenerated from docs/pathfinder_results/*_N*.json, not typed."""
+    import glob
+    import os
+    from tool_loader import load_tool
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    reports = sorted(glob.glob(os.path.join(repo, "docs", "pathfinder_results", "*_N*.json")))
+    assert reports, "docs/pathfinder_results/ has no reports"
+    text = load_tool("pathfinder_table").main(reports)
+    for doc in ("README.md", os.path.join("docs", "pathfinder.md")):
+        with open(os.path.join(repo, doc)) as handle:
+            assert text in handle.read(), f"{doc}: the Pathfinder table differs from the reports"

@@ -11,7 +11,7 @@ from rv_plugins import _mmengine_runner as mr
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO, "configs", "pathfinder")
-MODE_CONFIGS = {mode: os.path.join(CONFIG_DIR, f"hgru_{mode}_pathfinder64.py")
+MODE_CONFIGS = {mode: os.path.join(CONFIG_DIR, f"hgru_{mode}_pathfinder32.py")
                 for mode in ("bptt", "cbptt", "rbp", "crbp")}
 
 
@@ -28,9 +28,9 @@ def _registries():
 
 def test_pathfinder_configs_exist_and_differ_only_in_mode():
     found = sorted(os.path.basename(p) for p in glob.glob(os.path.join(CONFIG_DIR, "*.py")))
-    expected = ["hgru_pathfinder64_base.py"] + [os.path.basename(p) for p in MODE_CONFIGS.values()]
+    expected = ["hgru_pathfinder32_base.py"] + [os.path.basename(p) for p in MODE_CONFIGS.values()]
     assert found == sorted(expected)
-    base = mr.load_config(os.path.join(CONFIG_DIR, "hgru_pathfinder64_base.py")).to_dict()
+    base = mr.load_config(os.path.join(CONFIG_DIR, "hgru_pathfinder32_base.py")).to_dict()
     for mode, path in MODE_CONFIGS.items():
         cfg = mr.load_config(path).to_dict()
         assert cfg["model"]["backbone"]["mode"] == mode

@@ -14,7 +14,7 @@ import os
 import resource
 import sys
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +53,8 @@ def parse_args(argv=None):
     parser.add_argument("--iters", type=int, default=150)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                        help="cosine: decay the learning rate to 0 over --iters")
     parser.add_argument("--channels", type=int, default=25)
     parser.add_argument("--kernel-size", type=int, default=5)
     parser.add_argument("--lcp-lambda", type=float, default=0.9)
@@ -64,16 +66,24 @@ def parse_args(argv=None):
     parser.add_argument("--target-prior", type=float,
                         help="initialise the read-out bias to this target-class frequency")
     parser.add_argument("--eval-samples", type=int, default=128)
-    parser.add_argument("--eval-steps", type=int, help="steps at test time (default: --steps)")
+    parser.add_argument("--eval-steps", help="comma list of step counts at test time (default: "
+                        "--steps; e.g. 8,40 also tests the dynamics past the trained N = 8)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--eval-every", type=int, default=0,
+                        help="every N iterations log the IoU on --eval-samples // 4 images of the "
+                             "training length (0: only at the end)")
+    parser.add_argument("--save", help="save the trained model's state_dict here (.pth)")
+    parser.add_argument("--load", help="evaluate this --save file instead of training (the "
+                        "model settings are taken from it)")
     parser.add_argument("--out", help="write the results here as JSON")
     args = parser.parse_args(argv)
     scaled = [max(2, round(args.length_scale * length)) for length in PAPER_LENGTHS]
     args.length = args.length or scaled[0]
     args.eval_lengths = ([int(v) for v in args.eval_lengths.split(",")] if args.eval_lengths
                          else scaled)
-    args.eval_steps = args.eval_steps or args.steps
+    args.eval_steps = ([int(v) for v in args.eval_steps.split(",")] if args.eval_steps
+                       else [args.steps])
     return args
 
 
@@ -83,6 +93,8 @@ def train(args, model: PathfinderHGRU) -> Dict:
                               num_distractors=args.num_distractors)
     data = PathfinderDataset(args.iters * args.batch_size, config, seed=args.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.iters)
+                 if args.lr_schedule == "cosine" else None)
     class_weight = torch.tensor([1.0, args.target_weight])
     model.train()
     losses, lcps, residuals, neumann = [], [], [], []
@@ -95,6 +107,8 @@ def train(args, model: PathfinderHGRU) -> Dict:
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         losses.append(float(loss.detach()))
         residuals.append(info.fixed_point_residual)
         if info.lcp is not None:
@@ -105,6 +119,11 @@ def train(args, model: PathfinderHGRU) -> Dict:
             print(f"iter {iteration:4d} loss {loss.item():.4f} lcp {lcps[-1] if lcps else '-'} "
                   f"fp-res {info.fixed_point_residual:.3g} neumann {info.neumann_terms} "
                   f"({time.perf_counter() - start:.0f}s)", file=sys.stderr, flush=True)
+        if args.eval_every and (iteration + 1) % args.eval_every == 0:
+            probe = evaluate(args, model, args.length, samples=max(1, args.eval_samples // 4))
+            print(f"iter {iteration:4d} probe IoU {probe['iou']:.3f} (trivial "
+                  f"{probe['all_bright_iou']:.3f})", file=sys.stderr, flush=True)
+            model.train()
     return dict(train_time_s=round(time.perf_counter() - start, 1),
                 train_peak_rss_increase_mib=round(_peak_rss_mib() - rss_before, 1),
                 final_loss=round(sum(losses[-10:]) / len(losses[-10:]), 4),
@@ -114,39 +133,68 @@ def train(args, model: PathfinderHGRU) -> Dict:
 
 
 @torch.no_grad()
-def evaluate(args, model: PathfinderHGRU, length: int) -> Dict:
-    """IoU of the target class over ``--eval-samples`` held-out images of ``length`` dashes."""
+def evaluate(args, model: PathfinderHGRU, length: int, samples: Optional[int] = None,
+             steps: Optional[int] = None) -> Dict:
+    """IoU of the target class over ``samples`` (default ``--eval-samples``) held-out images of
+    ``length`` dashes, running ``steps`` (default ``--steps``) recurrent steps."""
     config = PathfinderConfig(image_size=args.image_size, length=length,
                               num_distractors=args.num_distractors)
-    data = PathfinderDataset(args.eval_samples, config, seed=args.seed + 10_000)
+    data = PathfinderDataset(samples or args.eval_samples, config, seed=args.seed + 10_000)
     model.eval()
     inter = union = bright_inter = bright_union = 0
     for start in range(0, len(data), args.batch_size):
         batch = _batch(data, start, min(args.batch_size, len(data) - start))
-        logits, _ = model(batch["img"], steps=args.eval_steps)
+        logits, _ = model(batch["img"], steps=steps or args.steps)
         pred, target = logits.argmax(1) == 1, batch["mask"] == 1
         bright = batch["img"][:, 0] > 0
         inter += int((pred & target).sum())
         union += int((pred | target).sum())
         bright_inter += int((bright & target).sum())
         bright_union += int((bright | target).sum())
-    return dict(length=length, iou=round(inter / max(union, 1), 4),
+    return dict(length=length, steps=steps or args.steps, iou=round(inter / max(union, 1), 4),
                 all_bright_iou=round(bright_inter / max(bright_union, 1), 4))
+
+
+# what a --save file fixes: the model, its training data and the training schedule
+SAVED_SETTINGS = ("mode", "steps", "image_size", "length", "num_distractors", "iters", "batch_size",
+                  "lr", "lr_schedule", "channels", "kernel_size", "lcp_lambda", "lcp_weight",
+                  "target_weight", "input_scale", "target_prior", "seed")
+
+
+def _apply_saved_settings(args, saved: Dict, argv: Optional[List[str]]) -> None:
+    """Take the model / data settings of a ``--save`` file; the test lengths too unless given."""
+    for key in SAVED_SETTINGS:
+        setattr(args, key, saved[key])
+    given = argv if argv is not None else sys.argv[1:]
+    if not any(arg.startswith("--eval-lengths") for arg in given):
+        args.eval_lengths = list(saved["eval_lengths"])
+    if not any(arg.startswith("--eval-steps") for arg in given):
+        args.eval_steps = [args.steps]
 
 
 def main(argv: List[str] = None) -> Dict:
     args = parse_args(argv)
+    checkpoint = torch.load(args.load, map_location="cpu", weights_only=False) if args.load else None
+    if checkpoint is not None:
+        _apply_saved_settings(args, checkpoint["args"], argv)
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     model = PathfinderHGRU(channels=args.channels, kernel_size=args.kernel_size, mode=args.mode,
                            steps=args.steps, lcp_lambda=args.lcp_lambda, lcp_weight=args.lcp_weight,
                            input_scale=args.input_scale, target_prior=args.target_prior)
     wall = time.perf_counter()
-    log = train(args, model)
-    results = [evaluate(args, model, length) for length in args.eval_lengths]
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["state_dict"])
+        log = dict(loaded_from=args.load)
+    else:
+        log = train(args, model)
+    results = [evaluate(args, model, length, steps=steps)
+               for steps in args.eval_steps for length in args.eval_lengths]
+    if args.save:
+        torch.save(dict(state_dict=model.state_dict(), args=vars(args)), args.save)
     report = dict(mode=args.mode, steps=args.steps, eval_steps=args.eval_steps,
                   image_size=args.image_size, train_length=args.length, iters=args.iters,
-                  batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                  batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, seed=args.seed,
                   kernel_size=args.kernel_size, channels=args.channels,
                   num_distractors=args.num_distractors, target_weight=args.target_weight,
                   input_scale=args.input_scale, target_prior=args.target_prior,

@@ -6,7 +6,7 @@
       -> read-out: BatchNorm2d -> 1x1 conv          logits: (B, num_classes, H, W)
 """
 import math
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -65,6 +65,21 @@ class PathfinderHGRU(nn.Module):
         ``steps`` overrides the solver's step count for this call (e.g. to test at t = T > N).
         Add ``info.weighted_lcp`` (not None in the LCP modes while training) to the loss.
         """
-        drive = self.input_layer(img * self.input_scale if self.input_scale != 1.0 else img)
+        drive = self.drive(img)
         state, info = self.solver(self.cell, drive, torch.zeros_like(drive), steps=steps)
         return self.readout(state), info
+
+    def drive(self, img: torch.Tensor) -> torch.Tensor:
+        """img ``(B, in_channels, H, W)`` -> the hGRU's constant drive ``x`` ``(B, C, H, W)``."""
+        return self.input_layer(img * self.input_scale if self.input_scale != 1.0 else img)
+
+    @torch.no_grad()
+    def step_logits(self, img: torch.Tensor, steps: int) -> List[torch.Tensor]:
+        """The read-out applied after every step: ``steps`` logits ``(B, num_classes, H, W)`` for
+        ``h_1 .. h_steps`` (the states the solver iterates, here kept for inspection)."""
+        drive = self.drive(img)
+        state, logits = torch.zeros_like(drive), []
+        for _ in range(steps):
+            state = self.cell(drive, state)
+            logits.append(self.readout(state))
+        return logits

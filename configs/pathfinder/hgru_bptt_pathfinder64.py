@@ -1,4 +1,0 @@
-# hGRU on Pathfinder-64 trained with mode 'bptt' (see hgru_pathfinder64_base.py).
-#   python tools/train.py configs/pathfinder/hgru_bptt_pathfinder64.py
-_base_ = ['./hgru_pathfinder64_base.py']
-model = dict(backbone=dict(mode='bptt'))
