@@ -120,7 +120,7 @@ def train(args, model: PathfinderHGRU) -> Dict:
                   f"fp-res {info.fixed_point_residual:.3g} neumann {info.neumann_terms} "
                   f"({time.perf_counter() - start:.0f}s)", file=sys.stderr, flush=True)
         if args.eval_every and (iteration + 1) % args.eval_every == 0:
-            probe = evaluate(args, model, args.length, samples=max(1, args.eval_samples // 4))
+            probe, = evaluate(args, model, args.length, samples=max(1, args.eval_samples // 4))
             print(f"iter {iteration:4d} probe IoU {probe['iou']:.3f} (trivial "
                   f"{probe['all_bright_iou']:.3f})", file=sys.stderr, flush=True)
             model.train()
@@ -134,25 +134,31 @@ def train(args, model: PathfinderHGRU) -> Dict:
 
 @torch.no_grad()
 def evaluate(args, model: PathfinderHGRU, length: int, samples: Optional[int] = None,
-             steps: Optional[int] = None) -> Dict:
+             steps: Optional[List[int]] = None) -> List[Dict]:
     """IoU of the target class over ``samples`` (default ``--eval-samples``) held-out images of
-    ``length`` dashes, running ``steps`` (default ``--steps``) recurrent steps."""
+    ``length`` dashes after each of ``steps`` (default ``[--steps]``) recurrent steps; one pass
+    over the images reads every step count off the same run (``PathfinderHGRU.step_logits``)."""
+    steps = steps or [args.steps]
     config = PathfinderConfig(image_size=args.image_size, length=length,
                               num_distractors=args.num_distractors)
     data = PathfinderDataset(samples or args.eval_samples, config, seed=args.seed + 10_000)
     model.eval()
-    inter = union = bright_inter = bright_union = 0
+    inter, union = dict.fromkeys(steps, 0), dict.fromkeys(steps, 0)
+    bright_inter = bright_union = 0
     for start in range(0, len(data), args.batch_size):
         batch = _batch(data, start, min(args.batch_size, len(data) - start))
-        logits, _ = model(batch["img"], steps=steps or args.steps)
-        pred, target = logits.argmax(1) == 1, batch["mask"] == 1
+        per_step = model.step_logits(batch["img"], max(steps))
+        target = batch["mask"] == 1
+        for count in steps:
+            pred = per_step[count - 1].argmax(1) == 1
+            inter[count] += int((pred & target).sum())
+            union[count] += int((pred | target).sum())
         bright = batch["img"][:, 0] > 0
-        inter += int((pred & target).sum())
-        union += int((pred | target).sum())
         bright_inter += int((bright & target).sum())
         bright_union += int((bright | target).sum())
-    return dict(length=length, steps=steps or args.steps, iou=round(inter / max(union, 1), 4),
-                all_bright_iou=round(bright_inter / max(bright_union, 1), 4))
+    all_bright = round(bright_inter / max(bright_union, 1), 4)
+    return [dict(length=length, steps=count, iou=round(inter[count] / max(union[count], 1), 4),
+                 all_bright_iou=all_bright) for count in steps]
 
 
 # what a --save file fixes: the model, its training data and the training schedule
@@ -188,8 +194,9 @@ def main(argv: List[str] = None) -> Dict:
         log = dict(loaded_from=args.load)
     else:
         log = train(args, model)
-    results = [evaluate(args, model, length, steps=steps)
-               for steps in args.eval_steps for length in args.eval_lengths]
+    per_length = [evaluate(args, model, length, steps=args.eval_steps)
+                  for length in args.eval_lengths]
+    results = [row for by_steps in zip(*per_length) for row in by_steps]  # steps-major order
     if args.save:
         torch.save(dict(state_dict=model.state_dict(), args=vars(args)), args.save)
     report = dict(mode=args.mode, steps=args.steps, eval_steps=args.eval_steps,
