@@ -58,7 +58,12 @@ def parse_args(argv=None):
     parser.add_argument("--channels", type=int, default=25)
     parser.add_argument("--kernel-size", type=int, default=5)
     parser.add_argument("--lcp-lambda", type=float, default=0.9)
-    parser.add_argument("--lcp-weight", type=float, default=1.0)
+    parser.add_argument("--lcp-weight", type=float, default=10.0,
+                        help="LCP weight; 10 with --lcp-reduction mean is the authors' Pathfinder "
+                             "training (c-rbp/pathfinder_experiments, mainclean.py: penalty.mean() * 10)")
+    parser.add_argument("--lcp-reduction", choices=("mean", "sum"), default="mean",
+                        help="reduce the LCP over the state's elements by mean (the authors' "
+                             "Pathfinder code) or sum (their COCO code; our runs before 2026-11-25)")
     parser.add_argument("--target-weight", type=float, default=1.0,
                         help="cross-entropy weight of the target class (the paper: 1)")
     parser.add_argument("--input-scale", type=float, default=1.0,
@@ -164,13 +169,14 @@ def evaluate(args, model: PathfinderHGRU, length: int, samples: Optional[int] = 
 # what a --save file fixes: the model, its training data and the training schedule
 SAVED_SETTINGS = ("mode", "steps", "image_size", "length", "num_distractors", "iters", "batch_size",
                   "lr", "lr_schedule", "channels", "kernel_size", "lcp_lambda", "lcp_weight",
-                  "target_weight", "input_scale", "target_prior", "seed")
+                  "lcp_reduction", "target_weight", "input_scale", "target_prior", "seed")
 
 
 def _apply_saved_settings(args, saved: Dict, argv: Optional[List[str]]) -> None:
     """Take the model / data settings of a ``--save`` file; the test lengths too unless given."""
+    legacy = dict(lcp_reduction="sum", lcp_weight=1.0)  # saves made before these were settings
     for key in SAVED_SETTINGS:
-        setattr(args, key, saved[key])
+        setattr(args, key, saved[key] if key in saved else legacy[key])
     given = argv if argv is not None else sys.argv[1:]
     if not any(arg.startswith("--eval-lengths") for arg in given):
         args.eval_lengths = list(saved["eval_lengths"])
@@ -187,7 +193,7 @@ def main(argv: List[str] = None) -> Dict:
     torch.set_num_threads(args.threads)
     model = PathfinderHGRU(channels=args.channels, kernel_size=args.kernel_size, mode=args.mode,
                            steps=args.steps, lcp_lambda=args.lcp_lambda, lcp_weight=args.lcp_weight,
-                           input_scale=args.input_scale, target_prior=args.target_prior)
+                           lcp_reduction=args.lcp_reduction, input_scale=args.input_scale, target_prior=args.target_prior)
     wall = time.perf_counter()
     if checkpoint is not None:
         model.load_state_dict(checkpoint["state_dict"])
@@ -205,7 +211,8 @@ def main(argv: List[str] = None) -> Dict:
                   kernel_size=args.kernel_size, channels=args.channels,
                   num_distractors=args.num_distractors, target_weight=args.target_weight,
                   input_scale=args.input_scale, target_prior=args.target_prior,
-                  lcp_lambda=args.lcp_lambda, lcp_weight=args.lcp_weight, **log,
+                  lcp_lambda=args.lcp_lambda, lcp_weight=args.lcp_weight,
+                  lcp_reduction=args.lcp_reduction, **log,
                   wall_time_s=round(time.perf_counter() - wall, 1), eval=results,
                   command="PYTHONPATH=. python tools/train_pathfinder.py " + " ".join(
                       argv if argv is not None else sys.argv[1:]))
