@@ -37,7 +37,9 @@ param_scheduler = [
     dict(type='PolyLR', eta_min=0.0, power=1.0, begin=30, end=max_iters, by_epoch=False),
 ]
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
+custom_imports = dict(imports=['rv_plugins.mmseg', 'rv_plugins.engine.hooks'], allow_failed_imports=False)
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=10, log_metric_by_epoch=False),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=1),
+    # kill-safe: written atomically, the old one deleted after the new is complete (rv_plugins.engine.hooks)
+    checkpoint=dict(type='AtomicCheckpointHook', by_epoch=False, interval=50, max_keep_ckpts=1),
     visualization=dict(type='SegVisualizationHook', draw=False))

@@ -15,39 +15,13 @@ DATA_HINTS = {
 }
 
 
-def _mmengine_checkpoint_globals():
-    """Classes an mmengine 0.10.7 checkpoint pickles besides tensors (its message hub's history)."""
-    import numpy as np
-    from mmengine.logging.history_buffer import HistoryBuffer
+def allow_mmengine_checkpoints(runner=None) -> None:
+    """torch >= 2.6 loads checkpoints with ``weights_only=True``; mmengine 0.10.7's checkpoints then fail
+    on its message hub. The narrow allow-list lives in :mod:`rv_plugins.utils.checkpoint` (also applied
+    when the mm adapters are imported); ``runner`` is accepted for the callers and not needed."""
+    from rv_plugins.utils.checkpoint import allow_mmengine_checkpoints as allow
 
-    multiarray = getattr(np, "_core", None) or np.core
-    classes = [HistoryBuffer, np.ndarray, np.dtype, multiarray.multiarray._reconstruct, multiarray.multiarray.scalar]
-    return classes + [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool", "uint8")]
-
-
-def allow_mmengine_checkpoints(runner) -> None:
-    """torch >= 2.6 loads checkpoints with ``weights_only=True``; mmengine 0.10.7's resume then fails on
-    its message hub (``Unsupported global: ...HistoryBuffer``, then ``builtins.getattr``, which the
-    HistoryBuffer uses to pickle its bound statistics methods). The classes are allow-listed for the
-    process; ``getattr`` only while this runner resumes or loads the checkpoint the user named."""
-    import functools
-
-    import torch
-
-    if not hasattr(torch.serialization, "safe_globals"):
-        return
-    classes = _mmengine_checkpoint_globals()
-    torch.serialization.add_safe_globals(classes)
-
-    def trusting(method):
-        @functools.wraps(method)
-        def wrapper(*args, **kwargs):
-            with torch.serialization.safe_globals(classes + [getattr]):
-                return method(*args, **kwargs)
-        return wrapper
-
-    runner.resume = trusting(runner.resume)
-    runner.load_checkpoint = trusting(runner.load_checkpoint)
+    allow()
 
 
 def load_config(path: str, cfg_options: Optional[dict] = None):
@@ -121,6 +95,34 @@ def build_runner(cfg):
     runner = Runner.from_cfg(cfg) if "runner_type" not in cfg else RUNNERS.build(cfg)
     allow_mmengine_checkpoints(runner)
     return runner
+
+
+def use_atomic_checkpoints(cfg) -> bool:
+    """Swap mmengine's plain ``CheckpointHook`` for ``AtomicCheckpointHook`` (same arguments; see
+    ``rv_plugins.engine.hooks``): every config trained with our tools gets kill-safe checkpoints,
+    resume from the newest complete one and a work-dir lock. Returns whether the hook is ours."""
+    import rv_plugins.engine.hooks  # noqa: F401  (registers the hook)
+
+    hooks = cfg.get("default_hooks")
+    if hooks is None:
+        cfg.default_hooks = hooks = {}
+    ckpt = hooks.get("checkpoint", "missing")
+    if ckpt == "missing":  # mmengine would add CheckpointHook(interval=1) by epoch
+        hooks["checkpoint"] = ckpt = dict(type="CheckpointHook", interval=1)
+    if ckpt is None:
+        return False
+    kind = ckpt.get("type")
+    if kind in ("CheckpointHook", "mmengine.CheckpointHook"):
+        ckpt["type"] = "AtomicCheckpointHook"
+    return ckpt.get("type") == "AtomicCheckpointHook"
+
+
+def is_main_rank() -> bool:
+    """Rank 0 (or a single process), before any process group exists."""
+    for var in ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK"):
+        if var in os.environ:
+            return int(os.environ[var]) == 0
+    return True
 
 
 def default_work_dir(config_path: str) -> str:

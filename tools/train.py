@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from mmengine.config import DictAction  # noqa: E402
 
 from rv_plugins import _mmengine_runner as mr  # noqa: E402
+from rv_plugins.engine import checkpointing as ck  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -43,13 +44,29 @@ def main(argv=None):
         else:
             cfg.optim_wrapper.type = "AmpOptimWrapper"
             cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
+    ours = mr.use_atomic_checkpoints(cfg)
+    if args.resume is not None and args.resume != "auto" and "://" not in args.resume \
+            and not os.path.isfile(args.resume):
+        sys.exit(f"error: --resume {args.resume}: no such file (give --resume without a path to resume "
+                 f"from the newest complete checkpoint of {cfg.work_dir})")
+    mr.check_datasets(cfg, ("train_dataloader", "val_dataloader"))
+    if mr.is_main_rank():  # before the runner writes anything into the work dir
+        try:
+            ck.acquire_work_dir_lock(cfg.work_dir)
+        except ck.WorkDirLocked as e:
+            sys.exit(f"error: {e}")
     if args.resume == "auto":
         cfg.resume, cfg.load_from = True, None
+        if not ours:  # AtomicCheckpointHook chooses the checkpoint itself (and logs it)
+            cfg.load_from = ck.find_resume_checkpoint(cfg.work_dir)
+            cfg.resume = cfg.load_from is not None
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
-    mr.check_datasets(cfg, ("train_dataloader", "val_dataloader"))
-    runner = mr.build_runner(cfg)
-    runner.train()
+    try:
+        runner = mr.build_runner(cfg)
+        runner.train()
+    finally:
+        ck.release_work_dir_lock(cfg.work_dir)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@
 #   PYTHONPATH=. python tools/train_pathfinder.py --mode crbp --image-size 32 --length-scale 0.3 \
 #       --kernel-size 5 --steps 8 --batch-size 16 --iters 2500 --lr 3e-3 --lr-schedule cosine \
 #       --input-scale 3 --target-prior 0.02
-custom_imports = dict(imports=['rv_plugins.mmseg'], allow_failed_imports=False)
+custom_imports = dict(imports=['rv_plugins.mmseg', 'rv_plugins.engine.hooks'], allow_failed_imports=False)
 default_scope = 'mmseg'
 
 image_size = 32
@@ -54,7 +54,8 @@ default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=1),
+    # kill-safe: written atomically, the old one deleted after the new is complete (rv_plugins.engine.hooks)
+    checkpoint=dict(type='AtomicCheckpointHook', by_epoch=False, interval=250, max_keep_ckpts=1),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='SegVisualizationHook', draw=False))
 env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
