@@ -293,3 +293,152 @@ def test_gabor_bank_and_layer():
     bar[..., 8, :] = 1.0
     response = layer(bar)
     assert bool((response >= 0).all()) and response.max() > 0.1
+
+
+# --------------------------------------------------------------------------- validation, reliability
+
+def test_settings_are_validated_when_set_and_when_reassigned():
+    for bad in (-1, 1.5, True, "3"):
+        with pytest.raises(ValueError, match="neumann_terms"):
+            FixedPointSolver("rbp", steps=3, neumann_terms=bad)
+    for bad in (-0.1, math.nan, math.inf):
+        with pytest.raises(ValueError, match="lcp_weight"):
+            FixedPointSolver("crbp", lcp_weight=bad)
+        with pytest.raises(ValueError, match="lcp_lambda"):
+            FixedPointSolver("crbp", lcp_lambda=bad)
+    with pytest.raises(TypeError, match="lcp_weight"):
+        FixedPointSolver("crbp", lcp_weight="1e-3")
+    for bad in (2.5, True, "4", 0):
+        with pytest.raises(ValueError, match="steps"):
+            FixedPointSolver("bptt", steps=bad)
+    with pytest.raises(ValueError, match="neumann_norm_cap"):
+        FixedPointSolver("rbp", neumann_norm_cap=0.0)
+    solver = FixedPointSolver("rbp", steps=3, neumann_terms=0)  # 0 terms: the one-step gradient
+    with pytest.raises(ValueError, match="neumann_terms"):
+        solver.neumann_terms = -1
+    with pytest.raises(ValueError, match="lcp_weight"):
+        solver.lcp_weight = -1.0
+    with pytest.raises(ValueError, match="steps"):
+        solver(lambda x, h: h, torch.zeros(2), torch.zeros(2), steps=1)
+    assert solver.neumann_terms == 0 and solver.steps == 3
+
+
+class _LSTMStep(torch.nn.Module):
+    """A user's mistake: the LSTM cell's (h, c) tuple returned as the next state."""
+
+    def __init__(self):
+        super().__init__()
+        self.cell = torch.nn.LSTMCell(3, 4)
+
+    def forward(self, x, h):
+        return self.cell(x, (h, torch.zeros_like(h)))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_transition_must_return_one_tensor_shaped_like_the_state(mode):
+    x, h0 = torch.randn(2, 3), torch.zeros(2, 4)
+    with pytest.raises(TypeError, match=r"_LSTMStep returned a tuple of 2 \(a tensor of shape \(2, 4\)"):
+        FixedPointSolver(mode, steps=3)(_LSTMStep(), x, h0)
+    with pytest.raises(TypeError, match=r"LSTMCell.*\(h, c\) tuple"):
+        FixedPointSolver(mode, steps=3)(torch.nn.LSTMCell(3, 4), x, h0)
+    with pytest.raises(TypeError, match=r"returned a tensor of shape \(2, 2\) at step 1.*\(2, 4\)"):
+        FixedPointSolver(mode, steps=3)(lambda x, h: h[:, :2], x, h0)
+    gru = torch.nn.GRUCell(3, 4)  # (input, h) -> h: a valid transition as it is
+    h, _ = FixedPointSolver(mode, steps=3)(gru, x, h0)
+    assert h.shape == (2, 4)
+
+
+def _implicit_grad(solver, weight):
+    """d h_N / d x of F(x, h) = weight * h + x (scalar state), and the solver's info."""
+    x = torch.ones(1, dtype=DT, requires_grad=True)
+    h, info = solver(lambda x, h: weight * h + x, x, torch.zeros_like(x))
+    h.sum().backward()
+    return float(x.grad), info
+
+
+def test_slow_contraction_is_flagged_with_a_matching_error_estimate(caplog):
+    """J = 0.999 I: 20 terms give 20.8 instead of the implicit value 1000, and the solver says so."""
+    with caplog.at_level("WARNING", logger="rv_plugins.solvers.fixed_point"):
+        grad, info = _implicit_grad(FixedPointSolver("rbp", steps=20), 0.999)
+    assert grad == pytest.approx(sum(0.999 ** k for k in range(21)))  # 20.8
+    assert info.neumann_stop == "max_terms" and info.neumann_terms == 20
+    assert info.neumann_error_estimate == pytest.approx((1000 - grad) / grad, rel=1e-6)  # 47.1
+    assert info.rbp_unreliable and "estimated relative error" in info.rbp_unreliable_reason
+    assert any("RBP gradient unreliable" in r.getMessage() for r in caplog.records)
+
+
+def test_expanding_map_is_flagged_by_forward_and_backward(caplog):
+    """F = 2h + x: BPTT's gradient is 2^20 - 1 ~ 1e6; RBP stops at once and returns 1, flagged."""
+    with caplog.at_level("WARNING", logger="rv_plugins.solvers.fixed_point"):
+        bptt, _ = _implicit_grad(FixedPointSolver("bptt", steps=20), 2.0)
+        grad, info = _implicit_grad(FixedPointSolver("rbp", steps=20, warn_interval_s=0), 2.0)
+    assert bptt == 2 ** 20 - 1 and grad == 1.0
+    assert info.neumann_stop == "growth" and info.neumann_terms == 0
+    assert info.neumann_error_estimate == math.inf
+    assert "fixed-point residual" in info.rbp_unreliable_reason  # forward: 0.5 > 0.05
+    assert "not smaller" in info.rbp_unreliable_reason           # backward: the series diverges
+    assert len([r for r in caplog.records if "unreliable" in r.getMessage()]) == 2
+
+
+@pytest.mark.parametrize("weight", [1.0, -1.0])
+def test_norm_preserving_jacobian_cannot_hang(weight):
+    """|J| = 1 along g (F = w h + x, |w| = 1): a term equal to the previous one stops the series;
+    without that rule the series still ends at neumann_terms."""
+    grad, info = _implicit_grad(FixedPointSolver("rbp", steps=5), weight)
+    assert info.neumann_stop == "growth" and info.neumann_terms == 0 and grad == 1.0
+    assert info.rbp_unreliable
+    grad, info = _implicit_grad(FixedPointSolver("rbp", steps=5, neumann_terms=50,
+                                                 stop_on_growth=False), weight)
+    assert info.neumann_stop == "max_terms" and info.neumann_terms == 50
+    assert grad == (51.0 if weight == 1.0 else 1.0) and info.rbp_unreliable
+
+
+def test_authors_norm_cap_stops_the_series_before_the_sum_exceeds_it():
+    """J = 0.5 I, g = 1: partial sums 1.5, 1.75, 1.875 ...; a cap of 1.8 keeps 1.75 (two terms)."""
+    grad, info = _implicit_grad(FixedPointSolver("rbp", steps=60, neumann_norm_cap=1.8), 0.5)
+    assert grad == pytest.approx(1.75) and info.neumann_terms == 2 and info.neumann_stop == "norm_cap"
+    assert info.rbp_unreliable and "norm_cap" in info.rbp_unreliable_reason  # error 0.25/1.75
+    grad, info = _implicit_grad(FixedPointSolver("rbp", steps=60, neumann_tol=1e-12), 0.5)
+    assert grad == pytest.approx(2.0) and info.neumann_stop == "tolerance"
+    assert not info.rbp_unreliable and info.neumann_error_estimate < 1e-10
+
+
+def test_unconverged_forward_is_flagged_before_the_backward():
+    x = torch.ones(1, dtype=DT, requires_grad=True)
+    _, info = FixedPointSolver("crbp", steps=2)(lambda x, h: 0.5 * h + x, x, torch.zeros_like(x))
+    assert info.rbp_unreliable and info.rbp_unreliable_reason.startswith("fixed-point residual 0.333")
+    _, info = FixedPointSolver("bptt", steps=2)(lambda x, h: 0.5 * h + x, x, torch.zeros_like(x))
+    assert not info.rbp_unreliable  # BPTT's gradient is exact whatever the residual
+
+
+def test_converged_contraction_is_not_flagged(caplog):
+    torch.manual_seed(4)
+    cell = ContractiveConvCell()
+    x = torch.randn(1, 3, 5, 6, dtype=DT, requires_grad=True)
+    with caplog.at_level("WARNING", logger="rv_plugins.solvers.fixed_point"):
+        h, info = FixedPointSolver("crbp", steps=60, neumann_terms=200)(cell, x, torch.zeros_like(x))
+        (h.sum() + info.weighted_lcp).backward()
+    assert info.neumann_stop == "tolerance" and not info.rbp_unreliable
+    assert info.rbp_unreliable_reason is None and not caplog.records
+
+
+def test_unreliability_warnings_are_rate_limited(caplog):
+    from rv_plugins.solvers.fixed_point import RateLimitedWarning
+    now = [0.0]
+    warner = RateLimitedWarning(interval_s=60, clock=lambda: now[0])
+    import logging
+    log = logging.getLogger("rv_plugins.test_rate_limit")
+    with caplog.at_level("WARNING", logger=log.name):
+        shown = [warner(log, "a"), warner(log, "b"), warner(log, "c")]
+        now[0] = 61.0
+        shown.append(warner(log, "d"))
+    assert shown == [True, False, False, True]
+    assert [r.getMessage() for r in caplog.records] == [
+        "a", "d (2 similar warning(s) in the last 61 s not shown)"]
+    caplog.clear()
+    solver = FixedPointSolver("rbp", steps=20)  # default: one warning per minute per solver
+    with caplog.at_level("WARNING", logger="rv_plugins.solvers.fixed_point"):
+        for _ in range(5):
+            _, info = _implicit_grad(solver, 2.0)
+            assert info.rbp_unreliable  # the flag is set every time, the log line once
+    assert len(caplog.records) == 1
