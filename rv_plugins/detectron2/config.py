@@ -3,9 +3,17 @@
 ``add_rv_config(cfg)`` adds (defaults in brackets)::
 
     MODEL.ROI_MASK_HEAD.HGRU     recurrent mask head (``ROI_MASK_HEAD.NAME: "HGRUMaskHead"``)
-        STEPS [20], TEST_STEPS [0 = STEPS], SOLVER_MODE ["crbp"], NEUMANN_TERMS [0 = STEPS],
-        LCP_LAMBDA [0.9], LCP_WEIGHT [1.0], CHANNELS [256], KERNEL_SIZE [3],
-        INPUT_KERNEL_SIZE [1], NORM ["group"], NORM_GROUPS [32], SHARE_KERNELS [False]
+        CELL ["pathfinder"; "coco" = the C-RBP authors' COCO cell and read-out],
+        STEPS [20], TEST_STEPS [0 = STEPS], SOLVER_MODE ["crbp"], NEUMANN_TERMS [15; 0 = STEPS],
+        NEUMANN_NORM_CAP [0.0 = off; the authors' code: 1.0], LCP_LAMBDA [0.9; their code: 0.95],
+        LCP_WEIGHT [1e-3], LCP_REDUCTION ["sum"], CHANNELS [256], KERNEL_SIZE [3],
+        INPUT_KERNEL_SIZE [1], NORM ["group"], NORM_GROUPS [32], SHARE_KERNELS [False],
+        READOUT_NORM ["SyncBN"; "coco" only; a Detectron2 norm name, "" = none]
+        Solver defaults = the authors' COCO runs (c-rbp/panoptic_segmentation:
+        configs/BASE-RCNN-RFPN-CBP*.yaml XI 0.001; rnns.py CBP_penalty summed, tau 0.95;
+        mask_head.py 15 Neumann iterations), lambda = 0.9 as the paper says. CELL stays
+        "pathfinder" by default so configs and checkpoints that do not name a cell keep their
+        architecture; our COCO configs (configs/detectron2/) name "coco".
     MODEL.VISIONGRU              ``BACKBONE.NAME: "build_visiongru_fpn_backbone"``
         ARCH ["tiny"], OUT_FEATURES [res2..res5], DROP_PATH_RATE [0.1], IMG_SIZE [0 = no pos. emb.],
         FROZEN_STAGES [-1], WITH_CP [False]
@@ -40,18 +48,22 @@ def add_rv_config(cfg: _D2CfgNode) -> _D2CfgNode:
     """
     CN = _D2CfgNode
     hgru = CN()
+    hgru.CELL = "pathfinder"      # "coco": the authors' COCO cell (drive = ROI features, norm read-out)
     hgru.STEPS = 20
     hgru.TEST_STEPS = 0
     hgru.SOLVER_MODE = "crbp"
-    hgru.NEUMANN_TERMS = 0
-    hgru.LCP_LAMBDA = 0.9
-    hgru.LCP_WEIGHT = 1.0
+    hgru.NEUMANN_TERMS = 15       # the authors' mask_head.py: neumann_iterations = 15; 0 = STEPS
+    hgru.NEUMANN_NORM_CAP = 0.0   # 0 = off; the authors' RBPFun stops when ||sum|| > 1.0
+    hgru.LCP_LAMBDA = 0.9         # the paper; the authors' code: tau = 0.95 (rnns.py CBP_penalty)
+    hgru.LCP_WEIGHT = 1e-3        # the authors' XI: 0.001 (configs/BASE-RCNN-RFPN-CBP*.yaml)
+    hgru.LCP_REDUCTION = "sum"    # CBP_penalty returns vj_penalty.sum()
     hgru.CHANNELS = 256
     hgru.KERNEL_SIZE = 3
     hgru.INPUT_KERNEL_SIZE = 1
     hgru.NORM = "group"
     hgru.NORM_GROUPS = 32
     hgru.SHARE_KERNELS = False
+    hgru.READOUT_NORM = "SyncBN"  # "coco" only: the authors' OUTPUTNORM
     cfg.MODEL.ROI_MASK_HEAD.HGRU = hgru
 
     vgru = CN()
