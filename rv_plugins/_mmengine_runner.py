@@ -51,18 +51,52 @@ def _datasets(node):
             yield from _datasets(value)
 
 
+def _data_folders(ds) -> list:
+    """The image/annotation folders a file-based dataset reads (relative to its data_root)."""
+    prefix = ds.get("data_prefix")
+    if isinstance(prefix, str) and prefix:
+        return [prefix]
+    if isinstance(prefix, dict):
+        return [v for v in prefix.values() if isinstance(v, str) and v]
+    split = ds.get("split")  # mmpretrain's ImageNet: data_root/<split>/
+    return [split] if isinstance(split, str) and split else []
+
+
+def _has_file(folder: str) -> bool:
+    for _, _, files in os.walk(folder, followlinks=True):
+        if any(not f.startswith(".") for f in files):
+            return True
+    return False
+
+
 def check_datasets(cfg, which=("train_dataloader", "val_dataloader", "test_dataloader")) -> None:
-    """Fail early, naming the missing folder and how to get the data."""
+    """Fail early, naming the missing (or empty) folder and how to get the data."""
     for key in which:
         for ds in _datasets(cfg.get(key)):
             root = ds.get("data_root") or ""
-            if root and not root.startswith(("s3:", "http:", "https:")) and not osp.isdir(root):
-                kind = str(ds.get("type"))
-                hint = DATA_HINTS.get(kind, "").format(root=root)
-                raise FileNotFoundError(
-                    f"{key}: the {kind} data root {osp.abspath(root)!r} does not exist. {hint} "
-                    f"Or point the config at your copy: --cfg-options {key}.dataset.data_root=/path/to/data. "
-                    f"To try the pipeline without any data, use a *_synthetic.py config.")
+            if not root or root.startswith(("s3:", "http:", "https:")) or "://" in root:
+                continue
+            kind = str(ds.get("type"))
+            hint = DATA_HINTS.get(kind, "").format(root=root)
+            fix = (f"{hint} Or point the config at your copy: --cfg-options {key}.dataset.data_root=/path/to/data. "
+                   f"To try the pipeline without any data, use a *_synthetic.py config.")
+            if not osp.isdir(root):
+                raise FileNotFoundError(f"{key}: the {kind} data root {osp.abspath(root)!r} does not exist. {fix}")
+            for sub in _data_folders(ds):
+                folder = sub if osp.isabs(sub) else osp.join(root, sub)
+                if not osp.isdir(folder):
+                    raise FileNotFoundError(
+                        f"{key}: the {kind} data root {osp.abspath(root)!r} exists but has no folder "
+                        f"{sub!r} ({osp.abspath(folder)}). {fix}")
+                if not _has_file(folder):
+                    raise FileNotFoundError(
+                        f"{key}: the {kind} folder {osp.abspath(folder)!r} exists but holds no files "
+                        f"(an unfinished download or unzip?), so the dataset would be empty. {fix}")
+            ann = ds.get("ann_file")
+            if isinstance(ann, str) and ann:
+                path = ann if osp.isabs(ann) else osp.join(root, ann)
+                if osp.isfile(path) and osp.getsize(path) == 0:
+                    raise ValueError(f"{key}: the {kind} annotation file {osp.abspath(path)!r} is empty. {fix}")
 
 
 def init_cpu_process_group(launcher: str) -> None:

@@ -172,6 +172,8 @@ class BiLSTM2D(nn.Module):
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         """The four directions before the fc: ``(B, H, W, C)`` -> ``(B, H, W, 4D)``, channels
         ``[vertical fwd (top->bottom), vertical bwd, horizontal fwd (left->right), horizontal bwd]``."""
+        if x.numel() == 0:  # an empty batch: nothing to scan (the RNN paths reshape with -1, ambiguous at 0)
+            return x.new_zeros(*x.shape[:3], 4 * self.hidden_dim)
         if self.resolved_impl(x.device) == "native":
             return torch.cat([self.mix_vertical(x), self.mix_horizontal(x)], dim=-1)
         if self.rnn_type == "mingru":

@@ -1,0 +1,185 @@
+"""Bad inputs a real user gives: each one gets an error that names the problem and the fix, or a correct
+result, never a crash deep inside a library or a silently wrong run (issue 15).
+
+Checkpoint files given as ``checkpoint=``, the scan op's edge cases and the solver's arguments have their
+own tests (test_weights / test_ops_scan / test_hgru_crbp); the kill-and-resume machinery is in
+test_fault_injection.py.
+"""
+import os
+import os.path as osp
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from rv_plugins import _mmengine_runner as mr
+from rv_plugins.backbones.sequencer2d import Sequencer2D
+from rv_plugins.backbones.visiongru import VisionGRU
+from rv_plugins.engine import checkpointing as ck
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SMALL = {
+    Sequencer2D: dict(arch=dict(depths=[1, 1, 1, 1], embed_dims=[16, 16, 32, 32], patch_sizes=[7, 2, 1, 1])),
+    VisionGRU: dict(arch=dict(embed_dims=[8, 16, 16, 32], depths=[1, 1, 1, 1])),
+}
+
+
+# ------------------------------------------------------------------------------------------ backbones
+
+@pytest.mark.parametrize("cls", [Sequencer2D, VisionGRU])
+@pytest.mark.parametrize("training", [False, True])
+def test_empty_batch_gives_empty_outputs(cls, training):
+    model = cls(out_indices=(0, 1, 2, 3), **SMALL[cls]).train(training)
+    outs = model(torch.zeros(0, 3, 28, 28))
+    full = model.eval()(torch.zeros(1, 3, 28, 28))
+    assert [tuple(o.shape) for o in outs] == [(0,) + tuple(f.shape[1:]) for f in full]
+
+
+@pytest.mark.parametrize("rnn_type", ["lstm", "gru", "mingru"])
+@pytest.mark.parametrize("impl", ["native", "fused"])
+def test_sequencer_empty_batch_every_rnn_path(rnn_type, impl):
+    model = Sequencer2D(rnn_type=rnn_type, rnn_impl=impl, out_indices=(1,), **SMALL[Sequencer2D]).eval()
+    with torch.no_grad():
+        (out,) = model(torch.zeros(0, 3, 28, 28))
+    assert out.shape == (0, 16, 2, 2)
+
+
+@pytest.mark.parametrize("cls", [Sequencer2D, VisionGRU])
+@pytest.mark.parametrize("rate", [1.5, 1.0, -0.1, float("nan")])
+def test_drop_path_rate_outside_unit_interval(cls, rate):
+    with pytest.raises(ValueError, match=r"drop_path_rate.*\[0, 1\)"):
+        cls(drop_path_rate=rate, **SMALL[cls])
+
+
+@pytest.mark.parametrize("cls", [Sequencer2D, VisionGRU])
+@pytest.mark.parametrize("bad", [1.5, "0123", True, (0, 1.0), None])
+def test_out_indices_of_wrong_type(cls, bad):
+    with pytest.raises(TypeError, match=rf"{cls.__name__}: out_indices must be") as err:
+        cls(out_indices=bad, **SMALL[cls])
+    assert f"got {bad!r}" in str(err.value) and "out_indices=(0, 1, 2, 3)" in str(err.value)
+
+
+def test_out_indices_accepted_forms():
+    kw = SMALL[VisionGRU]
+    assert VisionGRU(out_indices=2, **kw).out_indices == (2,)
+    assert VisionGRU(out_indices=[0, -1], **kw).out_indices == (0, 3)
+    with pytest.raises(ValueError, match="out of range"):
+        VisionGRU(out_indices=(4,), **kw)
+
+
+def test_public_imports_are_light():
+    code = ("import sys\n"
+            "from rv_plugins.backbones import VisionGRU, Sequencer2D\n"
+            "from rv_plugins.solvers import FixedPointSolver\n"
+            "from rv_plugins.engine import find_resume_checkpoint, WorkDirLock\n"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('mmengine', 'mmcv', 'mmseg', 'mmpretrain', 'detectron2'))\n"
+            "assert not heavy, heavy\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------------------- datasets
+
+def _ade_cfg(root):
+    return {"train_dataloader": {"dataset": {
+        "type": "ADE20KDataset", "data_root": str(root),
+        "data_prefix": {"img_path": "images/training", "seg_map_path": "annotations/training"}}}}
+
+
+def test_dataset_root_with_empty_image_folder(tmp_path):
+    (tmp_path / "images" / "training").mkdir(parents=True)
+    (tmp_path / "annotations" / "training").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"images/training' exists but holds no files.*ADEChallengeData2016"):
+        mr.check_datasets(_ade_cfg(tmp_path), ("train_dataloader",))
+
+
+def test_dataset_root_without_image_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"exists but has no folder 'images/training'.*data_root="):
+        mr.check_datasets(_ade_cfg(tmp_path), ("train_dataloader",))
+
+
+def test_dataset_root_with_images_passes(tmp_path):
+    for sub in ("images/training", "annotations/training"):
+        (tmp_path / sub).mkdir(parents=True)
+        (tmp_path / sub / "a.png").write_bytes(b"x")
+    mr.check_datasets(_ade_cfg(tmp_path), ("train_dataloader",))
+
+
+def test_imagenet_split_folder_empty(tmp_path):
+    (tmp_path / "train").mkdir()
+    cfg = {"train_dataloader": {"dataset": {"type": "ImageNet", "data_root": str(tmp_path), "split": "train"}}}
+    with pytest.raises(FileNotFoundError, match=r"train' exists but holds no files.*ImageNet-1k"):
+        mr.check_datasets(cfg, ("train_dataloader",))
+
+
+# -------------------------------------------------------------------------------- resume and the lock
+
+def test_resume_cases_name_the_file_and_the_reason(tmp_path):
+    logs = []
+    assert ck.find_resume_checkpoint(str(tmp_path), log=logs.append) is None
+    assert "nothing to resume" in logs[-1]
+    (tmp_path / "last_checkpoint").write_text("")
+    torch.save({"meta": {"iter": 2}}, tmp_path / "iter_2.pth")
+    (tmp_path / "iter_4.pth").write_bytes(b"PK\x03\x04" + b"\0" * 100)   # corrupted zip
+    logs.clear()
+    assert ck.find_resume_checkpoint(str(tmp_path), log=logs.append) == str(tmp_path / "iter_2.pth")
+    text = "\n".join(logs)
+    assert "last_checkpoint is empty" in text and "skipped" in text and "iter_4.pth" in text
+
+
+def _run_train(args, timeout=600, env=None):
+    return subprocess.run([sys.executable, osp.join(ROOT, "tools", "train.py")] + args, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})))
+
+
+def test_second_training_run_in_same_work_dir_is_refused(tmp_path):
+    pytest.importorskip("mmseg")
+    work_dir = tmp_path / "wd"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {ROOT!r})
+        from rv_plugins.engine import checkpointing as ck
+        ck.acquire_work_dir_lock({str(work_dir)!r}); print('locked', flush=True); time.sleep(120)""")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        out = _run_train([osp.join(ROOT, "configs", "upernet_visiongru_ti_synthetic.py"),
+                          "--work-dir", str(work_dir)])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert out.returncode != 0
+    assert f"pid {holder.pid}" in out.stderr and "another --work-dir" in out.stderr, out.stderr[-2000:]
+    assert not (work_dir / "last_checkpoint").exists()
+
+
+@pytest.mark.slow
+def test_resume_skips_corrupted_latest_checkpoint_via_tools(tmp_path):
+    """tools/train.py --resume with a corrupted newest checkpoint: resumes from the previous one, names
+    the skipped file and why, and ends at max_iters."""
+    pytest.importorskip("mmseg")
+    work_dir = tmp_path / "wd"
+    dims = "[8,16,32,64]"
+    common = [osp.join(ROOT, "configs", "upernet_visiongru_ti_synthetic.py"), "--work-dir", str(work_dir),
+              "--cfg-options", "train_cfg.val_interval=1000", "default_hooks.checkpoint.interval=2",
+              "default_hooks.checkpoint.max_keep_ckpts=3", "train_dataloader.batch_size=2",
+              "model.backbone.arch._delete_=True", f"model.backbone.arch.embed_dims={dims}",
+              "model.backbone.arch.depths=[1,1,1,1]", f"model.decode_head.in_channels={dims}",
+              "model.decode_head.channels=16", "model.auxiliary_head.in_channels=32",
+              "model.auxiliary_head.channels=8"]
+    first = _run_train(common + ["train_cfg.max_iters=4"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    data = (work_dir / "iter_4.pth").read_bytes()
+    (work_dir / "iter_4.pth").write_bytes(data[: len(data) // 3])      # as a non-atomic writer would leave it
+    second = _run_train(common + ["train_cfg.max_iters=6", "--resume"])
+    log = second.stdout + second.stderr
+    assert second.returncode == 0, log[-3000:]
+    assert "skipped" in log and "iter_4.pth" in log and "truncated" in log
+    assert "resumed epoch: 0, iter: 2" in log
+    assert ck.checkpoint_problem(str(work_dir / "iter_6.pth")) is None
