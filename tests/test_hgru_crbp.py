@@ -442,3 +442,83 @@ def test_unreliability_warnings_are_rate_limited(caplog):
             _, info = _implicit_grad(solver, 2.0)
             assert info.rbp_unreliable  # the flag is set every time, the log line once
     assert len(caplog.records) == 1
+
+
+# --------------------------------------------------------------------------- the authors' COCO cell and head
+
+def _coco_step_by_hand(cell, x, h):
+    """The authors' COCO cell written out from its equations (CocoHGRUCell's docstring)."""
+    sp, k = F.softplus, cell.kernel_size
+    a = F.conv2d(sp(F.conv2d(h, cell.gate_channel_in.weight, cell.gate_channel_in.bias)),
+                 cell.gate_channel_out.weight)
+    s = F.conv2d(sp(F.conv2d(h, cell.gate_spatial_in, cell.gate_spatial_bias, padding=k // 2)),
+                 cell.gate_spatial_out, padding=k // 2)
+    g1 = torch.sigmoid(a * s + cell.gain_bias)
+    c1 = cell.norm_inh(F.conv2d(h * g1, cell.w_inh, padding=k // 2))
+    h1 = sp(x - c1 * (cell.alpha * h + cell.mu))
+    g2 = torch.sigmoid(F.conv2d(h1, cell.mix_gate.weight, cell.mix_gate.bias))
+    candidate = sp(cell.norm_exc(F.conv2d(h1, cell.w_exc, padding=k // 2)))
+    return (1 - g2) * h + g2 * candidate
+
+
+def test_coco_cell_matches_its_equations_and_the_authors_init():
+    from rv_plugins.layers.hgru import CocoHGRUCell
+    torch.manual_seed(5)
+    cell = CocoHGRUCell(8, kernel_size=3, norm_groups=4).double()
+    with torch.no_grad():  # move the norms off their init so they matter
+        cell.norm_inh.weight.uniform_(0.5, 1.5)
+        cell.norm_exc.bias.uniform_(-0.5, 0.5)
+    x, h = torch.rand(2, 8, 7, 7, dtype=DT), torch.rand(2, 8, 7, 7, dtype=DT)
+    torch.testing.assert_close(cell(x, h), _coco_step_by_hand(cell, x, h), rtol=1e-12, atol=1e-12)
+    fresh = CocoHGRUCell(256)
+    bias = fresh.gain_bias.detach().flatten()
+    assert 1.0 <= float(bias.min()) and float(bias.max()) <= 19.0 and float(bias.std()) > 3
+    torch.testing.assert_close(fresh.mix_gate.bias, -bias)
+    assert isinstance(fresh.norm_inh, torch.nn.GroupNorm) and fresh.norm_inh.num_groups == 32
+    assert fresh.norm_inh.eps == 1e-5 and float(fresh.norm_exc.weight.mean()) == pytest.approx(0.1)
+    assert float(fresh.alpha.mean()) == pytest.approx(0.1) and float(fresh.mu.mean()) == 1.0
+    std = float(fresh.w_inh.std())  # kaiming normal: sqrt(2 / fan_in), fan_in = 256 * 9
+    assert std == pytest.approx(math.sqrt(2 / (256 * 9)), rel=0.02)
+    shapes = {n: tuple(p.shape) for n, p in fresh.named_parameters()}
+    assert shapes["gate_channel_in.weight"] == (64, 256, 1, 1) and "gate_channel_out.bias" not in shapes
+    assert shapes["gate_spatial_in"] == (128, 256, 3, 3) and shapes["gate_spatial_out"] == (1, 128, 3, 3)
+    assert sum(p.numel() for p in fresh.parameters()) == 1_576_256
+
+
+def test_coco_head_saves_783552_parameters_against_the_4conv_head():
+    """R-50 defaults: 256-channel ROI features, 80 classes. Detectron2's head: 4 x conv3x3(256) +
+    deconv2x2(256) + conv1x1(80); the authors' recurrent head: cell + BN + the same deconv/predictor."""
+    from rv_plugins.heads.hgru_mask_head import HGRUMaskPredictor
+    c, k = 256, 80
+    four_conv = 4 * (c * c * 9 + c) + (c * c * 4 + c) + (c * k + k)
+    coco = sum(p.numel() for p in HGRUMaskPredictor(cell="coco").parameters())
+    ours = sum(p.numel() for p in HGRUMaskPredictor(cell="pathfinder").parameters())
+    assert four_conv == 2_643_280 and coco == 1_859_728 and ours == 1_662_288
+    assert four_conv - coco == 783_552  # the paper's "0.78M fewer parameters"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_coco_head_trains_in_every_mode(mode):
+    from rv_plugins.heads.hgru_mask_head import HGRUMaskPredictor
+    torch.manual_seed(6)
+    head = HGRUMaskPredictor(in_channels=16, num_classes=3, channels=16, cell="coco", steps=4,
+                             norm_groups=4, solver_mode=mode).train()
+    assert head.input_proj is None and isinstance(head.readout_norm, torch.nn.BatchNorm2d)
+    x = torch.rand(3, 16, 14, 14)
+    logits, info = head(x)
+    assert logits.shape == (3, 3, 28, 28)
+    (logits.square().mean() + (info.weighted_lcp if info.weighted_lcp is not None else 0)).backward()
+    missing = [n for n, p in head.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing
+    assert head.solver.lcp_weight == 1e-3 and head.solver.neumann_terms == 15  # the authors' COCO values
+    assert head.cell.gate_bias_range == (1.0, 3.0)  # U(1, steps - 1) as the authors
+
+
+def test_coco_head_rejects_a_projection_width_and_shared_kernels():
+    from rv_plugins.heads.hgru_mask_head import HGRUMaskPredictor
+    with pytest.raises(ValueError, match="no projection.*channels=64"):
+        HGRUMaskPredictor(in_channels=64, channels=32, cell="coco", norm_groups=8)
+    with pytest.raises(ValueError, match="share_kernels"):
+        HGRUMaskPredictor(cell="coco", share_kernels=True)
+    with pytest.raises(ValueError, match="unknown cell"):
+        HGRUMaskPredictor(cell="gala")

@@ -1,28 +1,60 @@
 """Recurrent Mask R-CNN mask predictor: an hGRU run to a fixed point replaces the 4-conv stack.
 
 Plain PyTorch (no toolkit imports); ``rv_plugins.detectron2.mask_head`` wraps it for Detectron2.
-Pipeline for ROI features ``x`` of shape ``(N, C_in, S, S)`` (``S = 14`` in Mask R-CNN)::
+Two cells (``cell=``), for ROI features ``x`` of shape ``(N, C_in, S, S)`` (``S = 14`` in Mask R-CNN):
 
-    drive = relu(conv_k(x))                    (N, C, S, S)   input projection, k = 1 or 3
-    h*    = fixed point of h <- hGRU(drive, h) (N, C, S, S)   3x3 horizontal kernels, h0 = 0,
-                                                              run by FixedPointSolver
-    up    = relu(deconv2x2/2(h*))              (N, D, 2S, 2S) as Detectron2's head
-    logits = conv1x1(up)                       (N, K, 2S, 2S) K = num_classes (1 if class-agnostic)
+``'coco'``: the C-RBP authors' COCO head (``c-rbp/panoptic_segmentation``,
+``RecurrentMaskRCNNConvUpsampleHead`` with ``GALA: True``, ``OUTPUTNORM: SyncBN``)::
 
-Training with ``mode='crbp'`` (C-RBP: RBP + Lipschitz-constant penalty) keeps the memory saved
-for the backward pass constant in the number of steps; the caller adds ``info.weighted_lcp``
-to its loss.
+    h*     = fixed point of h <- CocoHGRUCell(x, h)  (N, C_in, S, S)  the ROI features are the
+                                                                      drive (no projection), h0 = 0
+    up     = relu(deconv2x2/2(norm(h*)))             (N, D, 2S, 2S)   norm: BatchNorm (theirs: SyncBN)
+    logits = conv1x1(up)                             (N, K, 2S, 2S)
+
+``'pathfinder'`` (this package's first head; the Pathfinder form of the cell)::
+
+    drive  = relu(conv_k(x))                         (N, C, S, S)     input projection, k = 1 or 3
+    h*     = fixed point of h <- HGRUCell(drive, h)  (N, C, S, S)     h0 = 0
+    up     = relu(deconv2x2/2(h*))                   (N, D, 2S, 2S)   as Detectron2's head
+    logits = conv1x1(up)                             (N, K, 2S, 2S)   K = num_classes (1 if class-agnostic)
+
+At 256 channels, 80 classes and 3x3 kernels, ``'coco'`` has 1,859,728 parameters (783,552 fewer
+than Detectron2's 4-conv head, the paper's "0.78M fewer") and ``'pathfinder'`` 1,662,288.
+
+Training with ``solver_mode='crbp'`` (C-RBP: RBP + Lipschitz-constant penalty) keeps the memory
+saved for the backward pass constant in the number of steps; the caller adds
+``info.weighted_lcp`` to its loss. Solver defaults follow the authors' COCO runs: penalty summed,
+weight 1e-3, 15 Neumann terms, lambda 0.9 (the paper; their code has 0.95).
 """
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rv_plugins.layers.hgru import HGRUCell
+from rv_plugins.layers.hgru import CocoHGRUCell, HGRUCell
 from rv_plugins.solvers.fixed_point import MODES, FixedPointSolver, SolverInfo
 
-__all__ = ["HGRUMaskPredictor"]
+__all__ = ["HGRUMaskPredictor", "CELLS", "READOUT_NORMS"]
+
+CELLS = ("coco", "pathfinder")
+READOUT_NORMS = ("batch", "syncbatch", "group", "none")
+
+
+def _readout_norm(norm: Union[str, nn.Module, None], channels: int, groups: int) -> nn.Module:
+    """The read-out normalisation of the ``'coco'`` head: a name in ``READOUT_NORMS`` or a module."""
+    if isinstance(norm, nn.Module):
+        return norm
+    if norm == "batch":
+        return nn.BatchNorm2d(channels)
+    if norm == "syncbatch":  # plain BatchNorm when not distributed
+        return nn.SyncBatchNorm(channels)
+    if norm == "group":
+        return nn.GroupNorm(groups, channels)
+    if norm in ("none", "", None):
+        return nn.Identity()
+    raise ValueError(f"HGRUMaskPredictor: readout_norm={norm!r}; use one of {READOUT_NORMS} or "
+                     "an nn.Module")
 
 
 class HGRUMaskPredictor(nn.Module):
@@ -32,23 +64,34 @@ class HGRUMaskPredictor(nn.Module):
     Args:
         in_channels: channels of the ROI features (FPN width, 256 in Mask R-CNN).
         num_classes: mask classes ``K`` (1 for class-agnostic masks).
-        channels: hGRU channels ``C``.
+        cell: ``'pathfinder'`` (default: this package's head, unchanged, so saved models and
+            configs keep their meaning) or ``'coco'`` (the authors' COCO head; see the module
+            docstring).
+        channels: hGRU channels ``C``; with ``cell='coco'`` it must equal ``in_channels``.
         kernel_size: hGRU horizontal kernel size (3 in the paper's Mask R-CNN head).
-        input_kernel_size: 1 or 3, the input projection ``C_in -> C``.
+        input_kernel_size: 1 or 3, the input projection ``C_in -> C`` (``'pathfinder'`` only).
         deconv_channels: channels ``D`` of the 2x deconvolution (``None``: ``channels``).
-        solver_mode, steps, neumann_terms, lcp_lambda, lcp_weight: passed to
-            :class:`FixedPointSolver` (``lcp_lambda=0.9`` as in the paper's COCO runs).
-        norm, norm_groups, share_kernels: passed to :class:`HGRUCell`. ``'group'`` (default here)
-            keeps every ROI independent of the others in the batch; ``'batch'`` is the authors'
-            Pathfinder choice (batch statistics also at inference).
+        readout_norm: ``'coco'`` only: the norm before the deconvolution, a name in
+            ``READOUT_NORMS`` or a module (default ``'batch'``; the authors: SyncBN).
+        solver_mode, steps, neumann_terms, neumann_norm_cap, lcp_lambda, lcp_weight,
+            lcp_reduction: passed to :class:`FixedPointSolver`. Defaults: the authors' COCO runs
+            (15 terms, weight 1e-3, summed; lambda 0.9 as the paper - their code: 0.95; their
+            code also caps the Neumann sum's norm at 1.0, off here by default).
+        norm, norm_groups: the hGRU's horizontal norms. ``'group'`` (default here and the
+            authors' COCO choice) keeps every ROI independent of the others in the batch.
+        share_kernels: one inhibition/excitation kernel (``'pathfinder'`` only).
     """
 
     def __init__(self, in_channels: int = 256, num_classes: int = 80, channels: int = 256,
                  kernel_size: int = 3, input_kernel_size: int = 1, deconv_channels: Optional[int] = None,
-                 solver_mode: str = "crbp", steps: int = 20, neumann_terms: Optional[int] = None,
-                 lcp_lambda: float = 0.9, lcp_weight: float = 1.0, norm: str = "group",
-                 norm_groups: int = 32, share_kernels: bool = False):
+                 solver_mode: str = "crbp", steps: int = 20, neumann_terms: Optional[int] = 15,
+                 lcp_lambda: float = 0.9, lcp_weight: float = 1e-3, norm: str = "group",
+                 norm_groups: int = 32, share_kernels: bool = False, cell: str = "pathfinder",
+                 readout_norm: Union[str, nn.Module, None] = "batch",
+                 lcp_reduction: str = "sum", neumann_norm_cap: Optional[float] = None):
         super().__init__()
+        if cell not in CELLS:
+            raise ValueError(f"HGRUMaskPredictor: unknown cell {cell!r}; choose one of {CELLS}")
         if input_kernel_size not in (1, 3):
             raise ValueError(f"HGRUMaskPredictor: input_kernel_size={input_kernel_size}; use 1 or 3")
         if solver_mode not in MODES:
@@ -59,14 +102,31 @@ class HGRUMaskPredictor(nn.Module):
         if norm == "group" and channels % norm_groups != 0:
             raise ValueError(f"HGRUMaskPredictor: channels ({channels}) must be divisible by "
                              f"norm_groups ({norm_groups}) for norm='group'; change either")
+        if cell == "coco" and channels != in_channels:
+            raise ValueError(f"HGRUMaskPredictor(cell='coco'): channels={channels} but the ROI "
+                             f"features have {in_channels}; this cell takes the ROI features as "
+                             f"its drive (no projection), so set channels={in_channels}, or use "
+                             "cell='pathfinder' (1x1 projection to any width)")
+        if cell == "coco" and share_kernels:
+            raise ValueError("HGRUMaskPredictor(cell='coco'): share_kernels is a 'pathfinder' "
+                             "option; the authors' COCO cell has separate kernels")
         deconv_channels = channels if deconv_channels is None else deconv_channels
         self.in_channels, self.channels, self.num_classes = in_channels, channels, num_classes
-        self.input_proj = nn.Conv2d(in_channels, channels, input_kernel_size,
-                                    padding=input_kernel_size // 2)
-        self.cell = HGRUCell(channels, kernel_size, share_kernels=share_kernels, norm=norm,
-                             norm_groups=norm_groups)
+        self.cell_kind = cell
+        if cell == "coco":
+            self.input_proj = None
+            self.cell = CocoHGRUCell(channels, kernel_size, norm=norm, norm_groups=norm_groups,
+                                     gate_bias_range=(1.0, float(max(steps, 2) - 1)))
+            self.readout_norm = _readout_norm(readout_norm, channels, norm_groups)
+        else:
+            self.input_proj = nn.Conv2d(in_channels, channels, input_kernel_size,
+                                        padding=input_kernel_size // 2)
+            self.cell = HGRUCell(channels, kernel_size, share_kernels=share_kernels, norm=norm,
+                                 norm_groups=norm_groups)
+            self.readout_norm = None
         self.solver = FixedPointSolver(mode=solver_mode, steps=steps, neumann_terms=neumann_terms,
-                                       lcp_lambda=lcp_lambda, lcp_weight=lcp_weight)
+                                       neumann_norm_cap=neumann_norm_cap, lcp_lambda=lcp_lambda,
+                                       lcp_weight=lcp_weight, lcp_reduction=lcp_reduction)
         self.deconv = nn.ConvTranspose2d(channels, deconv_channels, kernel_size=2, stride=2)
         self.predictor = nn.Conv2d(deconv_channels, num_classes, 1)
         self.reset_parameters()
@@ -75,8 +135,9 @@ class HGRUMaskPredictor(nn.Module):
         """MSRA (He) fan-out init for the projection and deconvolution (as Detectron2's head),
         N(0, 0.001) for the predictor, zero biases; the hGRU keeps its own initialisation."""
         for layer in (self.input_proj, self.deconv):
-            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(layer.bias)
+            if layer is not None:
+                nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(layer.bias)
         nn.init.normal_(self.predictor.weight, std=0.001)
         nn.init.zeros_(self.predictor.bias)
 
@@ -94,7 +155,9 @@ class HGRUMaskPredictor(nn.Module):
             logits = x.new_zeros(0, self.num_classes, 2 * height, 2 * width)
             zero = sum(p.sum() for p in self.parameters()) * 0.0  # keeps every parameter in the graph
             return logits + zero, SolverInfo(self.solver.mode, steps or self.solver.steps, 0.0)
-        drive = F.relu(self.input_proj(x))
+        drive = x if self.input_proj is None else F.relu(self.input_proj(x))
         h, info = self.solver(self.cell, drive, torch.zeros_like(drive), steps=steps)
+        if self.readout_norm is not None:
+            h = self.readout_norm(h)
         logits = self.predictor(F.relu(self.deconv(h)))
         return logits, info

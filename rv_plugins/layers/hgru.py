@@ -18,9 +18,12 @@ BatchNorm with batch statistics only (eps 1e-3, weight 0.1) on both horizontal c
 
 The cell is independent of any task: ``x`` is any constant drive with ``C`` channels and ``h`` any
 state of the same shape (e.g. Pathfinder maps or ``(N, C, 14, 14)`` ROI features).
+
+:class:`CocoHGRUCell` is the other variant: the cell of the C-RBP authors' COCO mask head
+(``c-rbp/panoptic_segmentation``), with an attention-like gain gate and fewer nonlinearities.
 """
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +48,17 @@ def _make_norm(kind: str, channels: int, eps: float, weight_init: float, groups:
     nn.init.constant_(norm.weight, weight_init)
     nn.init.zeros_(norm.bias)
     return norm
+
+
+def _same_conv2d(inp: torch.Tensor, weight: torch.Tensor,
+                 bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """'Same'-padded k x k convolution ``(B, C_in, H, W) -> (B, C_out, H, W)`` (zero padding
+    ``(k - 1) // 2`` before and ``k // 2`` after, as PyTorch's ``padding='same'``)."""
+    k = weight.shape[-1]
+    if k % 2 == 1:
+        return F.conv2d(inp, weight, bias, padding=k // 2)
+    before, after = (k - 1) // 2, k // 2
+    return F.conv2d(F.pad(inp, (before, after, before, after)), weight, bias)
 
 
 class HGRUCell(nn.Module):
@@ -103,13 +117,8 @@ class HGRUCell(nn.Module):
             self.mix_gate.bias.copy_(-self.gain_gate.bias)
 
     def _horizontal(self, inp: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """'Same'-padded k x k convolution ``(B, C, H, W) -> (B, C, H, W)`` (zero padding
-        ``(k - 1) // 2`` before and ``k // 2`` after, as PyTorch's ``padding='same'``)."""
-        k = self.kernel_size
-        if k % 2 == 1:
-            return F.conv2d(inp, weight, padding=k // 2)
-        before, after = (k - 1) // 2, k // 2
-        return F.conv2d(F.pad(inp, (before, after, before, after)), weight)
+        """'Same'-padded k x k convolution ``(B, C, H, W) -> (B, C, H, W)``."""
+        return _same_conv2d(inp, weight)
 
     def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """x (drive), h (state): ``(B, C, H, W)`` -> next state ``(B, C, H, W)``, all >= 0."""
@@ -129,6 +138,109 @@ class HGRUCell(nn.Module):
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, kernel_size={self.kernel_size}, "
                 f"share_kernels={self.share_kernels}, norm={self.norm_kind!r}")
+
+
+class CocoHGRUCell(nn.Module):
+    """The C-RBP authors' COCO mask-head hGRU step ``(x, h) -> h_next``, all ``(B, C, H, W)``.
+
+    Read in ``c-rbp/panoptic_segmentation`` (``detectron2/modeling/backbone/rnns.py``,
+    ``hConvGRUCell`` with their COCO settings ``GALA: True``, ``LESS_SOFTPLUS: True``,
+    ``NL: softplus``, ``NORM: GN``, kernel 3; ``configs/BASE-RCNN-RFPN-CBP*.yaml``); written here
+    from that description, not copied. With ``sp`` = softplus, ``*`` a 'same' k x k convolution::
+
+        a  = V2(sp(V1 h))                       channel path C -> C/r -> C (1x1; V1 has a bias)
+        s  = S2 * sp(S1 * h + b_s)              spatial path C -> C/2 -> 1 (k x k)
+        g1 = sigmoid(a . s + b_g)               attention-like gain gate, b_g per channel
+        c1 = norm_inh(W_inh * (h . g1))
+        h1 = sp(x - c1 . (alpha h + mu))        no inner softplus
+        g2 = sigmoid(U2 h1)                     mix gate (1x1)
+        h~ = sp(norm_exc(W_exc * h1))           no kappa / gamma / omega
+        h_next = (1 - g2) . h + g2 . h~         no outer softplus (stays >= 0 from h0 >= 0)
+
+    Differences from :class:`HGRUCell` (the Pathfinder form): the gain gate, the missing inner,
+    candidate and outer nonlinearities, GroupNorm (eps 1e-5, 32 groups) instead of BatchNorm,
+    kaiming-normal kernels instead of orthogonal, and gate biases drawn from ``U(low, high)``
+    without a log (their ``bias.data.log()`` is not in place; with 20 steps ``U(1, 19)``), the
+    mix gate's bias the negative of the gain gate's.
+
+    Args:
+        channels: channels of ``x`` and ``h`` (``C``; the ROI feature width, 256 in Mask R-CNN).
+        kernel_size: size of the horizontal and spatial-gate kernels (the authors: 3).
+        reduction: ``r`` of the channel path (the authors: 4).
+        norm, norm_groups, norm_eps, norm_weight_init: the two horizontal normalisations
+            (``'group'``/``'batch'``/``'none'``; the authors: GroupNorm(32), eps 1e-5, weight 0.1).
+        alpha, mu: initial per-channel coefficients (the authors: 0.1, 1).
+        gate_bias_range: ``b_g ~ U(low, high)``, ``U2``'s bias ``= -b_g`` (the authors:
+            ``(1, steps - 1)``).
+    """
+
+    def __init__(self, channels: int = 256, kernel_size: int = 3, reduction: int = 4,
+                 norm: str = "group", norm_groups: int = 32, norm_eps: float = 1e-5,
+                 norm_weight_init: float = 0.1, alpha: float = 0.1, mu: float = 1.0,
+                 gate_bias_range: Tuple[float, float] = (1.0, 19.0)):
+        super().__init__()
+        if kernel_size < 1 or reduction < 1 or channels < max(2, reduction):
+            raise ValueError(f"CocoHGRUCell: channels={channels}, kernel_size={kernel_size}, "
+                             f"reduction={reduction}; need kernel_size >= 1 and channels >= "
+                             "max(2, reduction) (the gate has C/r and C/2 hidden channels)")
+        low, high = gate_bias_range
+        if not low <= high:
+            raise ValueError(f"CocoHGRUCell: gate_bias_range {gate_bias_range} must satisfy low <= high")
+        self.channels, self.kernel_size, self.reduction = channels, kernel_size, reduction
+        self.norm_kind, self.gate_bias_range = norm, (float(low), float(high))
+        hidden, spatial = channels // reduction, channels // 2
+        kernel = (kernel_size, kernel_size)
+        self.gate_channel_in = nn.Conv2d(channels, hidden, 1)
+        self.gate_channel_out = nn.Conv2d(hidden, channels, 1, bias=False)
+        self.gate_spatial_in = nn.Parameter(torch.empty(spatial, channels, *kernel))
+        self.gate_spatial_bias = nn.Parameter(torch.empty(spatial))
+        self.gate_spatial_out = nn.Parameter(torch.empty(1, spatial, *kernel))
+        self.gain_bias = nn.Parameter(torch.empty(1, channels, 1, 1))
+        self.w_inh = nn.Parameter(torch.empty(channels, channels, *kernel))
+        self.w_exc = nn.Parameter(torch.empty(channels, channels, *kernel))
+        self.mix_gate = nn.Conv2d(channels, channels, 1)
+        self.norm_inh = _make_norm(norm, channels, norm_eps, norm_weight_init, norm_groups)
+        self.norm_exc = _make_norm(norm, channels, norm_eps, norm_weight_init, norm_groups)
+        self.alpha = nn.Parameter(torch.full((1, channels, 1, 1), float(alpha)))
+        self.mu = nn.Parameter(torch.full((1, channels, 1, 1), float(mu)))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Kaiming-normal kernels (PyTorch's defaults, as the authors), zero spatial-gate bias,
+        ``b_g ~ U(low, high)``, mix-gate bias ``-b_g``; ``V1``'s bias keeps PyTorch's init."""
+        for weight in (self.w_inh, self.w_exc, self.gate_channel_in.weight,
+                       self.gate_channel_out.weight, self.gate_spatial_in, self.gate_spatial_out,
+                       self.mix_gate.weight):
+            nn.init.kaiming_normal_(weight)
+        with torch.no_grad():
+            self.gate_spatial_bias.zero_()
+            self.gain_bias.uniform_(*self.gate_bias_range)
+            self.mix_gate.bias.copy_(-self.gain_bias.flatten())
+
+    def gain(self, h: torch.Tensor) -> torch.Tensor:
+        """The attention-like gain gate ``g1`` ``(B, C, H, W)`` in (0, 1) of a state ``h``."""
+        channel = self.gate_channel_out(F.softplus(self.gate_channel_in(h)))
+        spatial = _same_conv2d(F.softplus(_same_conv2d(h, self.gate_spatial_in,
+                                                       self.gate_spatial_bias)),
+                               self.gate_spatial_out)
+        return torch.sigmoid(channel * spatial + self.gain_bias)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """x (drive), h (state): ``(B, C, H, W)`` -> next state ``(B, C, H, W)``."""
+        if x.dim() != 4 or x.shape != h.shape or x.shape[1] != self.channels:
+            raise ValueError(f"CocoHGRUCell: x {tuple(x.shape)} and h {tuple(h.shape)} must both be "
+                             f"(B, {self.channels}, H, W); the drive is the ROI features "
+                             "themselves, so set channels to their width and start h with "
+                             "zeros_like(x)")
+        inhibition = self.norm_inh(_same_conv2d(h * self.gain(h), self.w_inh))
+        h1 = F.softplus(x - inhibition * (self.alpha * h + self.mu))
+        mix = torch.sigmoid(self.mix_gate(h1))
+        candidate = F.softplus(self.norm_exc(_same_conv2d(h1, self.w_exc)))
+        return (1 - mix) * h + mix * candidate
+
+    def extra_repr(self) -> str:
+        return (f"channels={self.channels}, kernel_size={self.kernel_size}, "
+                f"reduction={self.reduction}, norm={self.norm_kind!r}")
 
 
 def gabor_bank(num_orientations: int = 12, phases: Tuple[float, ...] = (0.0, math.pi / 2),
