@@ -8,15 +8,21 @@ released code (minGRU-pytorch 0.0.12) applies ``g`` (:func:`g_activation`): ``g(
 weights need ``candidate_act='g'``.
 
 Neither gate depends on ``h_{t-1}``, so the whole sequence is one call of
-:func:`rv_plugins.ops.linear_scan` with ``a = 1 - z`` and ``b = z * h~`` (a parallel scan, no Python
-loop over tokens). ``1 - sigmoid(g)`` is computed as ``sigmoid(-g)`` for accuracy.
+:func:`rv_plugins.ops.mingru_scan` on the raw input projection: the gates ``sigmoid(-gate)`` (``1 - z``
+without cancellation) and ``sigmoid(gate) * act(cand)`` are computed in float32 inside the scan and
+recomputed in its backward, so no gate tensor is materialised (a parallel scan, no Python loop over
+tokens).
+
+Memory-lean inference: under ``torch.no_grad()`` / ``inference_mode`` and outside training, a sequence
+longer than ``infer_chunk_tokens`` runs in token chunks (projection, scan, output projection per chunk)
+that carry the state through ``h0``; the result equals the one-call path to float rounding.
 """
 from typing import Optional
 
 import torch
 from torch import nn
 
-from rv_plugins.ops import linear_scan
+from rv_plugins.ops import mingru_scan
 
 CANDIDATE_ACTIVATIONS = ("identity", "g")
 
@@ -54,14 +60,40 @@ class MinGRU(nn.Module):
         self.in_proj = nn.Linear(dim, 2 * self.hidden_dim, bias=bias)  # gate and candidate together
         self.out_proj = nn.Linear(self.hidden_dim, out_dim or dim, bias=bias) if proj_out else nn.Identity()
 
+    # Token chunk of the memory-lean inference path (no autograd, eval mode); an instance attribute
+    # of the same name overrides it (tests use small values).
+    infer_chunk_tokens = 4096
+
     def forward(self, x: torch.Tensor, h0: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x: ``(B, L, dim)``; h0: optional ``(B, hidden_dim)`` -> ``(B, L, out_dim)``."""
-        gate, candidate = self.in_proj(x).chunk(2, dim=-1)
-        z = torch.sigmoid(gate)
-        if self.candidate_act == "g":
-            candidate = g_activation(candidate)
-        h = linear_scan(torch.sigmoid(-gate), z * candidate, h0, reverse=self.reverse, backend=self.backend)
+        chunk = self.infer_chunk_tokens
+        if not self.training and not torch.is_grad_enabled() and x.shape[1] > chunk:
+            return self._forward_chunked(x, h0, chunk)
+        h = mingru_scan(self.in_proj(x), h0, reverse=self.reverse, candidate_act=self.candidate_act,
+                        backend=self.backend)
         return self.out_proj(h)
+
+    def _forward_chunked(self, x: torch.Tensor, h0: Optional[torch.Tensor], chunk: int) -> torch.Tensor:
+        """No-autograd forward in token chunks of ``chunk``, the state carried between them through ``h0``.
+
+        Peak extra memory: one chunk's projection ``(B, chunk, 2 * hidden_dim)`` and state instead of the
+        whole sequence's. ``x`` ``(B, L, dim)`` -> ``(B, L, out_dim)``.
+        """
+        B, L, _ = x.shape
+        starts = list(range(0, L, chunk))
+        if self.reverse:
+            starts.reverse()
+        out, state = None, h0
+        for t0 in starts:
+            t1 = min(t0 + chunk, L)
+            h = mingru_scan(self.in_proj(x[:, t0:t1]), state, reverse=self.reverse,
+                            candidate_act=self.candidate_act, backend=self.backend)
+            state = h[:, 0] if self.reverse else h[:, -1]
+            y = self.out_proj(h)
+            if out is None:
+                out = y.new_empty(B, L, y.shape[-1])
+            out[:, t0:t1] = y
+        return out
 
     def extra_repr(self) -> str:
         return (f"hidden_dim={self.hidden_dim}, reverse={self.reverse}, backend={self.backend}, "
