@@ -42,12 +42,16 @@ def test_pathfinder_configs_exist_and_differ_only_in_mode():
 def test_every_pathfinder_config_builds(mode):
     cfg = mr.load_config(MODE_CONFIGS[mode])
     assert cfg.default_scope == "mmseg"
-    assert cfg.custom_imports == dict(imports=["rv_plugins.mmseg"], allow_failed_imports=False)
+    assert "rv_plugins.mmseg" in cfg.custom_imports["imports"]
+    assert cfg.custom_imports["allow_failed_imports"] is False
     _, MODELS, _ = _registries()
     model = MODELS.build(cfg.model)
     assert type(model).__name__ == "RecurrentSegmentor"
     assert type(model.backbone).__name__ == cfg.model.backbone.type
     assert model.backbone.solver.mode == mode
+    # the authors' Pathfinder penalty scale (mainclean.py: penalty.mean() * 10)
+    solver = model.backbone.solver
+    assert (solver.lcp_reduction, solver.lcp_weight, solver.lcp_lambda) == ("mean", 10.0, 0.9)
 
 
 def test_dataset_and_transform_yield_images_with_their_target_masks():
@@ -103,6 +107,7 @@ def test_one_runner_iteration_trains_and_logs_the_solver(mode, tmp_path):
     assert ("train/loss_lcp" in scalars) == (mode in ("cbptt", "crbp"))
     assert ("train/lcp" in scalars) == (mode in ("cbptt", "crbp"))
     assert ("train/neumann_terms" in scalars) == (mode in ("rbp", "crbp"))
+    assert ("train/rbp_unreliable" in scalars) == (mode in ("rbp", "crbp"))
     total = scalars["train/loss"].current()
     parts = scalars["train/loss_ce"].current() + (
         scalars["train/loss_lcp"].current() if "train/loss_lcp" in scalars else 0.0)
@@ -146,3 +151,16 @@ def test_readout_prior_and_input_scale_of_the_plain_model():
         assert torch.allclose(scaled(img)[0], plain(img * 3.0)[0], atol=1e-5)
     with pytest.raises(ValueError, match="target_prior"):
         PathfinderHGRU(channels=4, kernel_size=3, num_classes=3, target_prior=0.1)
+
+
+def test_unreliable_rbp_is_flagged_in_the_run_log(tmp_path):
+    """An RBP step from a state far from its fixed point (1 step without a graph) is flagged: the
+    scalar is 1 and the solver's warning is in the run's log file."""
+    cfg = _tiny_cfg("rbp", tmp_path)
+    cfg.model.backbone.steps = 2  # the residual after 2 steps from h0 = 0 is far above 0.05
+    runner = mr.build_runner(cfg)
+    runner.train()
+    assert runner.message_hub.log_scalars["train/rbp_unreliable"].current() == 1.0
+    logs = glob.glob(os.path.join(str(tmp_path), "**", "*.log"), recursive=True)
+    text = "".join(open(path).read() for path in logs)
+    assert "RBP gradient unreliable: fixed-point residual" in text

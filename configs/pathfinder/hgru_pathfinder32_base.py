@@ -9,7 +9,7 @@
 # The same recipe as the measured plain-PyTorch runs (docs/pathfinder.md):
 #   PYTHONPATH=. python tools/train_pathfinder.py --mode crbp --image-size 32 --length-scale 0.3 \
 #       --kernel-size 5 --steps 8 --batch-size 16 --iters 2500 --lr 3e-3 --lr-schedule cosine \
-#       --input-scale 3 --target-prior 0.02
+#       --input-scale 3 --target-prior 0.02     (its defaults: --lcp-reduction mean --lcp-weight 10)
 custom_imports = dict(imports=['rv_plugins.mmseg', 'rv_plugins.engine.hooks'], allow_failed_imports=False)
 default_scope = 'mmseg'
 
@@ -24,7 +24,10 @@ model = dict(
                            pad_val=0, seg_pad_val=255, size_divisor=1),
     backbone=dict(type='PathfinderHGRU', in_channels=1, channels=25, kernel_size=5,
                   input_kernel_size=7, num_classes=2, mode='crbp', steps=steps,
-                  lcp_lambda=0.9, lcp_weight=1.0,
+                  # the authors' Pathfinder penalty: `penalty.mean() * 10` with lambda 0.9
+                  # (github.com/c-rbp/pathfinder_experiments, mainclean.py); the summed penalty
+                  # (their COCO choice) would be ~40,000x stronger on a 16x25x32x32 state
+                  lcp_lambda=0.9, lcp_weight=10.0, lcp_reduction='mean',
                   input_scale=3.0,        # 1-px lines: stronger drive (see PathfinderHGRU)
                   target_prior=0.02),     # read-out starts at the ~2 % target frequency
     class_weight=None,

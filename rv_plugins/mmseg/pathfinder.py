@@ -12,7 +12,10 @@ Registers, in mmseg's registries:
   ``loss_ce`` (per-pixel cross-entropy) and, in the LCP modes, ``loss_lcp`` (``lcp_weight * LCP``);
   the solver diagnostics go to the training log under keys without ``loss`` (so mmengine logs them
   but does not add them to the loss): ``fp_residual``, ``lcp`` (unweighted), ``jac_colsum_max``
-  and, after the backward pass of the RBP modes, ``neumann_terms`` / ``neumann_residual``.
+  and, after the backward pass of the RBP modes, ``neumann_terms`` / ``neumann_residual`` and
+  ``rbp_unreliable`` (1 when the solver flagged this step's RBP gradient: unconverged forward,
+  or a Neumann series that diverged or was cut with a large error). The solver's rate-limited
+  warning that says why goes to mmengine's current logger (the run's log file).
 
 All model math lives in ``rv_plugins.models`` / ``rv_plugins.solvers``; this file is glue.
 """
@@ -23,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from mmcv.transforms import BaseTransform
 from mmengine.dataset import BaseDataset
+from mmengine.logging import MMLogger
 from mmseg.models.segmentors.base import BaseSegmentor
 from mmseg.registry import DATASETS, MODELS, TRANSFORMS
 
@@ -157,11 +161,15 @@ class RecurrentSegmentor(BaseSegmentor):
 
     def train_step(self, data, optim_wrapper) -> Dict[str, torch.Tensor]:
         """mmengine's step, then the RBP backward's Neumann diagnostics of this very step."""
+        solver = getattr(self.backbone, "solver", None)
+        if solver is not None and hasattr(solver, "logger"):
+            solver.logger = MMLogger.get_current_instance()  # warnings into the run's log
         log_vars = super().train_step(data, optim_wrapper)
         info = self._last_info
         if info is not None and info.neumann_terms is not None:
             log_vars["neumann_terms"] = torch.tensor(float(info.neumann_terms))
             log_vars["neumann_residual"] = torch.tensor(float(info.neumann_residual))
+            log_vars["rbp_unreliable"] = torch.tensor(float(info.rbp_unreliable))
         return log_vars
 
 

@@ -25,7 +25,10 @@ class PathfinderHGRU(nn.Module):
         input_kernel_size: Gabor kernel size (the paper: 7).
         num_classes: read-out classes (2: background / target contour).
         mode, steps, neumann_terms, lcp_lambda, lcp_weight, lcp_reduction: the
-            :class:`FixedPointSolver` settings.
+            :class:`FixedPointSolver` settings. The penalty defaults are the authors' Pathfinder
+            scale (``c-rbp/pathfinder_experiments``, ``mainclean.py``: ``penalty.mean() * 10``):
+            the mean over every element of the state, weight 10, ``lambda = 0.9``. The sum
+            (``lcp_reduction='sum'``, the authors' COCO choice) is ~``B*C*H*W`` times stronger.
         input_scale: the image is multiplied by this before the Gabor layer (images in [0, 1]
             with 1-px lines give squared responses ~0.3, too weak to move the hGRU state off
             its resting value; 3 gives a clear contrast on 64-px Pathfinder).
@@ -39,7 +42,7 @@ class PathfinderHGRU(nn.Module):
     def __init__(self, in_channels: int = 1, channels: int = 25, kernel_size: int = 15,
                  input_kernel_size: int = 7, num_classes: int = 2, mode: str = "crbp",
                  steps: int = 20, neumann_terms: Optional[int] = None, lcp_lambda: float = 0.9,
-                 lcp_weight: float = 1.0, lcp_reduction: str = "sum", input_scale: float = 1.0,
+                 lcp_weight: float = 10.0, lcp_reduction: str = "mean", input_scale: float = 1.0,
                  target_prior: Optional[float] = None, **cell_kwargs):
         super().__init__()
         if target_prior is not None and (num_classes != 2 or not 0 < target_prior < 1):
