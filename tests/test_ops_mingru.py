@@ -103,3 +103,31 @@ def test_torch_backend_matches_reference_fp64(case):
 def test_torch_backend_non_contiguous_fp32(bidirectional):
     compare("torch", 2, 19, 6, False, bidirectional, "g", True, dtype=torch.float32, atol=1e-5, rtol=1e-5,
             non_contiguous=True)
+
+
+@pytest.fixture(params=["cpu-kernel", "chunked"])
+def cpu_path(request, monkeypatch):
+    """The two CPU paths of backend='torch': the compiled kernel and the no-compiler fallback."""
+    if request.param == "chunked":
+        monkeypatch.setenv("RV_SCAN_DISABLE_CPU_KERNEL", "1")
+    from rv_plugins.ops import backend_name
+    assert backend_name("cpu", "torch") == f"torch[{request.param}]"
+    return request.param
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_cpu_paths_match_reference_fp64(case, cpu_path):
+    B, L, H, reverse, bidi, act, use_h0 = case
+    compare("torch", B, L, H, reverse, bidi, act, use_h0)
+
+
+@pytest.mark.parametrize("case", CASES[1:4])
+def test_cpu_paths_match_reference_fp32(case, cpu_path):
+    B, L, H, reverse, bidi, act, use_h0 = case
+    compare("torch", B, L, H, reverse, bidi, act, use_h0, dtype=torch.float32, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_cpu_paths_non_contiguous_fp32(bidirectional, cpu_path):
+    compare("torch", 2, 19, 6, False, bidirectional, "g", True, dtype=torch.float32, atol=1e-5, rtol=1e-5,
+            non_contiguous=True)

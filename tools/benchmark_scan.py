@@ -38,8 +38,23 @@ def loop_scan(a, b):
 
 
 def chunked_scan(a, b):
-    """Our pure-PyTorch fallback with its own backward, forced (what the torch backend runs without a compiler)."""
-    return scan_mod._LinearScanFn.apply(a, b, None, False, scan_mod._chunked_backend())
+    """Our pure-PyTorch fallback, forced (what the torch backend runs without a compiler); the op
+    reads ``RV_SCAN_DISABLE_CPU_KERNEL`` when it runs, forward and backward."""
+    return _ChunkedOnly.apply(a, b)
+
+
+class _ChunkedOnly(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        h = scan_mod._chunked_forward(a, b, None, False).to(a.dtype)
+        ctx.save_for_backward(a, h)
+        return h
+
+    @staticmethod
+    def backward(ctx, grad_h):
+        a, h = ctx.saved_tensors
+        grad_a, grad_b, _ = scan_mod._chunked_backward(a, h, None, grad_h, False)
+        return grad_a.to(a.dtype), grad_b.to(a.dtype)
 
 
 def methods(device):

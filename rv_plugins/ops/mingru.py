@@ -20,9 +20,10 @@ Backends are those of :func:`rv_plugins.ops.linear_scan`: ``"reference"`` (plain
 the step loop, autograd records everything; the truth the others are tested against), ``"torch"``
 (compiled CPU kernel, or composed PyTorch ops + the chunked scan without a compiler), ``"triton"``.
 """
-from typing import Optional
+from typing import List, Optional
 
 import torch
+from torch import Tensor
 
 CANDIDATE_ACTIVATIONS = ("identity", "g")
 
@@ -104,6 +105,156 @@ def mingru_scan_reference(proj: torch.Tensor, h0: Optional[torch.Tensor] = None,
     return torch.cat([h_f, h_b], dim=-1).to(proj.dtype)
 
 
+def _act_and_grad(cand: Tensor, candidate_act: str):
+    if candidate_act == "g":
+        return g_activation(cand), g_activation_grad(cand)
+    return cand, torch.ones_like(cand)
+
+
+def _split(x: Tensor, ndir: int, width: int):
+    """The ``ndir`` direction blocks of width ``width`` along the last dim."""
+    return [x[..., d * width:(d + 1) * width] for d in range(ndir)]
+
+
+def _directions(reverse: bool, bidirectional: bool):
+    return (False, True) if bidirectional else (reverse,)
+
+
+# ----------------------------------------------------------------------------- composed kernels
+# Gates as PyTorch ops in float32, any linear-scan kernel pair for the recurrence: the path without
+# a compiler (chunked scan) and, for now, the Triton path's backward.
+def _composed_forward(scan_fwd, proj, h0, reverse, bidirectional, candidate_act):
+    dirs = _directions(reverse, bidirectional)
+    H = proj.shape[-1] // (2 * len(dirs))
+    out = proj.new_empty(proj.shape[0], proj.shape[1], len(dirs) * H)
+    h0s = [None] * len(dirs) if h0 is None else _split(h0, len(dirs), H)
+    for d, (rev, p, h0_d) in enumerate(zip(dirs, _split(proj, len(dirs), 2 * H), h0s)):
+        a, b = gates(p, candidate_act)
+        out[..., d * H:(d + 1) * H] = scan_fwd(a, b, None if h0_d is None else h0_d.to(a.dtype), rev)
+    return out
+
+
+def _composed_backward(scan_bwd, proj, h, h0, grad_h, reverse, bidirectional, candidate_act):
+    dirs = _directions(reverse, bidirectional)
+    H = proj.shape[-1] // (2 * len(dirs))
+    acc = _acc_dtype(proj.dtype)
+    grad_proj = torch.empty(proj.shape, dtype=proj.dtype, device=proj.device)
+    grad_h0 = None if h0 is None else torch.empty(h0.shape, dtype=h0.dtype, device=h0.device)
+    h0s = [None] * len(dirs) if h0 is None else _split(h0, len(dirs), H)
+    for d, rev in enumerate(dirs):
+        gate, cand = proj[..., 2 * d * H:(2 * d + 2) * H].to(acc).chunk(2, -1)
+        z, a = torch.sigmoid(gate), torch.sigmoid(-gate)
+        c, dc = _act_and_grad(cand, candidate_act)
+        h0_d = None if h0s[d] is None else h0s[d].to(acc)
+        ga, gb, gh0 = scan_bwd(a, h[..., d * H:(d + 1) * H].to(acc), h0_d,
+                               grad_h[..., d * H:(d + 1) * H].to(acc), rev)
+        ga, gb = ga.to(acc), gb.to(acc)
+        za = z * a
+        grad_proj[..., 2 * d * H:(2 * d + 1) * H] = za * (gb * c - ga)
+        grad_proj[..., (2 * d + 1) * H:(2 * d + 2) * H] = gb * z * dc
+        if grad_h0 is not None:
+            grad_h0[:, d * H:(d + 1) * H] = gh0
+    return grad_proj, grad_h0
+
+
+def _kernels(name: str, device: torch.device):
+    """``forward(proj, h0, reverse, bidirectional, act) -> h`` and
+    ``backward(proj, h, h0, grad_h, reverse, bidirectional, act) -> (grad_proj, grad_h0 or None)``."""
+    if name == "cpu-kernel":
+        from . import cpu_kernel
+        return cpu_kernel.mingru_forward, cpu_kernel.mingru_backward
+    if name == "triton":
+        from . import triton_scan
+        triton_scan.check_device(device)
+        return triton_scan.mingru_forward, triton_scan.mingru_backward
+    from . import scan
+    fwd = lambda *args: _composed_forward(scan._chunked_forward, *args)  # noqa: E731
+    bwd = lambda *args: _composed_backward(scan._chunked_backward, *args)  # noqa: E731
+    return fwd, bwd
+
+
+# ----------------------------------------------------------------------------- torch.library ops
+@torch.library.custom_op("rv_plugins::mingru_scan", mutates_args=())
+def _mingru_scan_op(proj: Tensor, h0: Optional[Tensor], reverse: bool, bidirectional: bool,
+                    candidate_act: str, backend: str) -> Tensor:
+    """``h`` (B, L, H or 2H), contiguous, in ``proj``'s dtype; ``backend``: ``"torch"`` or ``"triton"``."""
+    from .scan import kernel_name
+    forward, _ = _kernels(kernel_name(backend, proj.device), proj.device)
+    return forward(proj, h0, reverse, bidirectional, candidate_act).to(proj.dtype).contiguous()
+
+
+def _out_width(proj: Tensor, bidirectional: bool) -> int:
+    return proj.shape[-1] // 2
+
+
+@_mingru_scan_op.register_fake
+def _(proj, h0, reverse, bidirectional, candidate_act, backend):
+    return proj.new_empty(proj.shape[0], proj.shape[1], _out_width(proj, bidirectional))
+
+
+@torch.library.custom_op("rv_plugins::mingru_scan_backward", mutates_args=())
+def _mingru_scan_backward_op(proj: Tensor, h: Tensor, h0: Optional[Tensor], grad_h: Tensor, reverse: bool,
+                             bidirectional: bool, candidate_act: str, backend: str) -> List[Tensor]:
+    """``[grad_proj (proj's shape, contiguous), grad_h0]`` (``grad_h0`` empty when ``h0`` is None);
+    the gates are recomputed from ``proj``."""
+    from .scan import kernel_name
+    _, backward = _kernels(kernel_name(backend, proj.device), proj.device)
+    grad_proj, grad_h0 = backward(proj, h, h0, grad_h, reverse, bidirectional, candidate_act)
+    grad_h0 = proj.new_empty(0) if grad_h0 is None else grad_h0.to(h0.dtype).contiguous()
+    return [grad_proj.to(proj.dtype).contiguous(), grad_h0]
+
+
+@_mingru_scan_backward_op.register_fake
+def _(proj, h, h0, grad_h, reverse, bidirectional, candidate_act, backend):
+    grad_h0 = proj.new_empty(0) if h0 is None else torch.empty(h0.shape, dtype=h0.dtype, device=h0.device)
+    return [torch.empty(proj.shape, dtype=proj.dtype, device=proj.device), grad_h0]
+
+
+def _differentiable_backward(proj, h, h0, grad_h, reverse, bidirectional, candidate_act, backend):
+    """The backward as differentiable ops (gates as PyTorch ops, the linear-scan op for the adjoint
+    recurrence): used under ``create_graph=True``, so double backward is exact on every backend."""
+    from .scan import _first, _shift
+    dirs = _directions(reverse, bidirectional)
+    H = proj.shape[-1] // (2 * len(dirs))
+    acc = _acc_dtype(proj.dtype)
+    grads, grads_h0 = [], []
+    h0s = [None] * len(dirs) if h0 is None else _split(h0, len(dirs), H)
+    for d, rev in enumerate(dirs):
+        gate, cand = proj[..., 2 * d * H:(2 * d + 2) * H].to(acc).chunk(2, -1)
+        z, a = torch.sigmoid(gate), torch.sigmoid(-gate)
+        c, dc = _act_and_grad(cand, candidate_act)
+        a_next = _shift(a, None, rev, towards_past=False)
+        g = torch.ops.rv_plugins.linear_scan(a_next, grad_h[..., d * H:(d + 1) * H].to(acc), None, not rev, backend)
+        h0_d = None if h0s[d] is None else h0s[d].to(acc)
+        h_prev = _shift(h[..., d * H:(d + 1) * H].to(acc), h0_d, rev, towards_past=True)
+        gz = g * z
+        grads += [gz * a * (c - h_prev), gz * dc]
+        if h0 is not None:
+            grads_h0.append(_first(a, rev) * _first(g, rev))
+    grad_h0 = None if h0 is None else torch.cat(grads_h0, -1).to(h0.dtype)
+    return torch.cat(grads, -1).to(proj.dtype), grad_h0
+
+
+def _mingru_setup(ctx, inputs, output):
+    proj, h0, reverse, bidirectional, candidate_act, backend = inputs
+    ctx.save_for_backward(proj, output, h0)
+    ctx.args = (reverse, bidirectional, candidate_act, backend)
+
+
+def _mingru_backward(ctx, grad_h):
+    from .scan import _needs_graph
+    proj, h, h0 = ctx.saved_tensors
+    if _needs_graph(proj, h, h0, grad_h):
+        grad_proj, grad_h0 = _differentiable_backward(proj, h, h0, grad_h, *ctx.args)
+    else:
+        grad_proj, grad_h0 = torch.ops.rv_plugins.mingru_scan_backward(proj, h, h0, grad_h.contiguous(), *ctx.args)
+        grad_h0 = None if h0 is None else grad_h0
+    return grad_proj, grad_h0, None, None, None, None
+
+
+_mingru_scan_op.register_autograd(_mingru_backward, setup_context=_mingru_setup)
+
+
 def mingru_scan(proj: torch.Tensor, h0: Optional[torch.Tensor] = None, reverse: bool = False,
                 bidirectional: bool = False, candidate_act: str = "identity",
                 backend: Optional[str] = None) -> torch.Tensor:
@@ -116,23 +267,18 @@ def mingru_scan(proj: torch.Tensor, h0: Optional[torch.Tensor] = None, reverse: 
         reverse: scan ``t = L-1 .. 0`` (a bool; not with ``bidirectional``).
         bidirectional: both directions in one call, written into one ``(B, L, 2H)`` buffer.
         candidate_act: ``"identity"`` (the minGRU / VisionGRU papers) or ``"g"`` (VisionGRU's released code).
-        backend: as :func:`rv_plugins.ops.linear_scan` (``None``: best for the device).
+        backend: as :func:`rv_plugins.ops.linear_scan` (``None``: Triton on CUDA, else ``"torch"``:
+            the compiled CPU kernel, or PyTorch gates + the chunked scan without a compiler).
 
     Returns:
         ``h``: ``(B, L, H)`` or ``(B, L, 2H)`` in ``proj``'s dtype; gates and state in float32
-        (float64 for float64 input). Differentiable w.r.t. ``proj`` and ``h0``.
+        (float64 for float64 input). Differentiable w.r.t. ``proj`` and ``h0``, twice as well.
+        Except for ``"reference"`` this is the ``torch.ops.rv_plugins.mingru_scan`` custom op; its
+        backward recomputes the gates and returns one gradient in ``proj``'s layout.
     """
-    from .scan import linear_scan
-    H = check_mingru_inputs(proj, h0, reverse, bidirectional, candidate_act)
+    from .scan import _public_backend
+    check_mingru_inputs(proj, h0, reverse, bidirectional, candidate_act)
+    backend = _public_backend(backend, proj.device)
     if backend == "reference":
         return mingru_scan_reference(proj, h0, reverse, bidirectional, candidate_act)
-    acc = _acc_dtype(proj.dtype)
-    h0 = None if h0 is None else h0.to(acc)
-    if not bidirectional:
-        a, b = gates(proj, candidate_act)
-        return linear_scan(a, b, h0, reverse, backend).to(proj.dtype)
-    a_f, b_f = gates(proj[..., :2 * H], candidate_act)
-    a_b, b_b = gates(proj[..., 2 * H:], candidate_act)
-    h_f = linear_scan(a_f, b_f, None if h0 is None else h0[:, :H], False, backend)
-    h_b = linear_scan(a_b, b_b, None if h0 is None else h0[:, H:], True, backend)
-    return torch.cat([h_f, h_b], dim=-1).to(proj.dtype)
+    return torch.ops.rv_plugins.mingru_scan(proj, h0, reverse, bidirectional, candidate_act, backend)

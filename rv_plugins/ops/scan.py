@@ -15,22 +15,25 @@ The backward is the same recurrence run the other way:
 ``g_t = dL/dh_t + a_{t+1} g_{t+1}``, ``dL/db_t = g_t``, ``dL/da_t = g_t h_{t-1}``, ``dL/dh0 = a_0 g_0``
 (indices in scan order: for ``reverse=True`` read ``t+1`` as ``t-1``).
 """
+import importlib.util
 import os
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
+from torch import Tensor
 
 from . import chunked
 from .reference import linear_scan_reference
 
 BACKENDS = ("reference", "torch", "triton")
-# Callables ``f(a_shape)`` told of every ``linear_scan`` call: the FLOP counter
-# (``rv_plugins.utils.flops``) counts the scan's work through this, whatever backend runs it.
+# Deprecated and no longer called: the FLOP counter now counts the ``rv_plugins::linear_scan`` and
+# ``rv_plugins::mingru_scan`` ops themselves (``rv_plugins.utils.flops``). Kept so old imports work.
 SCAN_OBSERVERS = []
+_HAS_TRITON = importlib.util.find_spec("triton") is not None
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _check_inputs(a: torch.Tensor, b: torch.Tensor, h0: Optional[torch.Tensor]) -> None:
+def _check_inputs(a: torch.Tensor, b: torch.Tensor, h0: Optional[torch.Tensor], reverse=False) -> None:
     if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
         raise TypeError(f"linear_scan: a and b must be tensors, got {type(a).__name__} and {type(b).__name__}")
     if a.dim() != 3:
@@ -46,6 +49,9 @@ def _check_inputs(a: torch.Tensor, b: torch.Tensor, h0: Optional[torch.Tensor]) 
         raise ValueError(f"linear_scan: a is on {a.device} but b is on {b.device}; move both to one device")
     if a.shape[1] == 0:
         raise ValueError(f"linear_scan: empty sequence (L=0) in a.shape={tuple(a.shape)}")
+    if not isinstance(reverse, bool):
+        raise TypeError(f"linear_scan: reverse must be a bool, got {reverse!r} ({type(reverse).__name__}); "
+                        "pass reverse=True or reverse=False")
     if h0 is not None:
         B, _, D = a.shape
         if not isinstance(h0, torch.Tensor) or tuple(h0.shape) != (B, D):
@@ -72,8 +78,39 @@ def _shift(x: torch.Tensor, fill: Optional[torch.Tensor], reverse: bool, towards
     return torch.cat([fill, x[:, :-1]], 1) if later_first else torch.cat([x[:, 1:], fill], 1)
 
 
-def chunked_backward(a, h, h0, grad_h, reverse) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    """Backward of the scan with the chunked forward: one reverse scan plus element-wise products."""
+def kernel_name(backend: Optional[str], device: torch.device) -> str:
+    """The kernels a backend name means on ``device``: ``"reference"``, ``"cpu-kernel"``, ``"chunked"``
+    or ``"triton"`` (``backend=None``: Triton on CUDA when installed, else ``"torch"``)."""
+    if backend is None:
+        backend = "triton" if device.type == "cuda" and _HAS_TRITON else "torch"
+    if backend not in BACKENDS:
+        raise ValueError(f"linear_scan: unknown backend {backend!r}; choose one of {BACKENDS} or None")
+    if backend != "torch":
+        return backend
+    if device.type == "cpu" and os.environ.get("RV_SCAN_DISABLE_CPU_KERNEL", "0") != "1":
+        from . import cpu_kernel
+        if cpu_kernel.available():
+            return "cpu-kernel"
+    return "chunked"
+
+
+def _public_backend(backend: Optional[str], device: torch.device) -> str:
+    """``backend`` as passed to the ops (``"torch"``/``"triton"``; kernels are picked inside the op, so
+    ``torch.compile`` sees one opaque call and no Python branching on the environment)."""
+    if backend is None:
+        return "triton" if device.type == "cuda" and _HAS_TRITON else "torch"
+    if backend not in BACKENDS:
+        raise ValueError(f"linear_scan: unknown backend {backend!r}; choose one of {BACKENDS} or None")
+    return backend
+
+
+# ----------------------------------------------------------------------------- kernels (no autograd)
+def _chunked_forward(a, b, h0, reverse):
+    return chunked.scan_chunked(a, b, h0, reverse)
+
+
+def _chunked_backward(a, h, h0, grad_h, reverse) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """Backward with the chunked scan: one scan of ``(a_next, grad_h)`` the other way plus products."""
     acc = torch.promote_types(a.dtype, torch.float32)
     a_next = _shift(a.to(acc), None, reverse, towards_past=False)
     g = chunked.scan_chunked(a_next, grad_h.to(acc), None, reverse=not reverse)
@@ -82,60 +119,80 @@ def chunked_backward(a, h, h0, grad_h, reverse) -> Tuple[torch.Tensor, torch.Ten
     return g * h_prev, g, grad_h0
 
 
-class _Backend:
-    """A pair of no-grad kernels: ``forward(a, b, h0, reverse) -> h`` and
-    ``backward(a, h, h0, grad_h, reverse) -> (grad_a, grad_b, grad_h0)``."""
-
-    def __init__(self, name, forward, backward):
-        self.name, self.forward, self.backward = name, forward, backward
-
-
-def _chunked_backend() -> _Backend:
-    return _Backend("torch[chunked]", chunked.scan_chunked, chunked_backward)
-
-
-def _resolve(backend: Optional[str], device: torch.device) -> Optional[_Backend]:
-    """Map a backend name to kernels (``None`` means the reference loop)."""
-    if backend is None:
-        backend = "triton" if device.type == "cuda" and _triton_available() else "torch"
-    if backend not in BACKENDS:
-        raise ValueError(f"linear_scan: unknown backend {backend!r}; choose one of {BACKENDS} or None")
-    if backend == "reference":
-        return None
-    if backend == "triton":
+def _kernels(name: str, device: torch.device):
+    """``(forward(a, b, h0, reverse) -> h, backward(a, h, h0, grad_h, reverse) -> (ga, gb, gh0))``."""
+    if name == "triton":
         from . import triton_scan
         triton_scan.check_device(device)
-        return _Backend("triton", triton_scan.scan_forward, triton_scan.scan_backward)
-    if device.type == "cpu" and os.environ.get("RV_SCAN_DISABLE_CPU_KERNEL", "0") != "1":
+        return triton_scan.scan_forward, triton_scan.scan_backward
+    if name == "cpu-kernel":
         from . import cpu_kernel
-        if cpu_kernel.available():
-            return _Backend("torch[cpu-kernel]", cpu_kernel.scan_forward, cpu_kernel.scan_backward)
-    return _chunked_backend()
+        return cpu_kernel.scan_forward, cpu_kernel.scan_backward
+    return _chunked_forward, _chunked_backward
 
 
-def _triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+# ----------------------------------------------------------------------------- torch.library ops
+@torch.library.custom_op("rv_plugins::linear_scan", mutates_args=())
+def _linear_scan_op(a: Tensor, b: Tensor, h0: Optional[Tensor], reverse: bool, backend: str) -> Tensor:
+    """``h`` (B, L, D), contiguous, in ``a``'s dtype; ``backend`` is ``"torch"`` or ``"triton"``."""
+    forward, _ = _kernels(kernel_name(backend, a.device), a.device)
+    return forward(a, b, h0, reverse).to(a.dtype).contiguous()
 
 
-class _LinearScanFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, a, b, h0, reverse, kernels):
-        h = kernels.forward(a, b, h0, reverse).to(a.dtype)
-        ctx.save_for_backward(a, h, h0)
-        ctx.reverse, ctx.kernels = reverse, kernels
-        ctx.h0_dtype = None if h0 is None else h0.dtype
-        return h
+@_linear_scan_op.register_fake
+def _(a, b, h0, reverse, backend):
+    return torch.empty(a.shape, dtype=a.dtype, device=a.device)
 
-    @staticmethod
-    def backward(ctx, grad_h):
-        a, h, h0 = ctx.saved_tensors
-        grad_a, grad_b, grad_h0 = ctx.kernels.backward(a, h, h0, grad_h, ctx.reverse)
-        grad_h0 = None if grad_h0 is None else grad_h0.to(ctx.h0_dtype)
-        return grad_a.to(a.dtype), grad_b.to(a.dtype), grad_h0, None, None
+
+@torch.library.custom_op("rv_plugins::linear_scan_backward", mutates_args=())
+def _linear_scan_backward_op(a: Tensor, h: Tensor, h0: Optional[Tensor], grad_h: Tensor, reverse: bool,
+                             backend: str) -> List[Tensor]:
+    """``[grad_a, grad_b, grad_h0]`` (``grad_h0`` is an empty tensor when ``h0`` is None)."""
+    _, backward = _kernels(kernel_name(backend, a.device), a.device)
+    grad_a, grad_b, grad_h0 = backward(a, h, h0, grad_h, reverse)
+    grad_h0 = a.new_empty(0) if grad_h0 is None else grad_h0.to(h0.dtype).contiguous()
+    return [grad_a.to(a.dtype).contiguous(), grad_b.to(a.dtype).contiguous(), grad_h0]
+
+
+@_linear_scan_backward_op.register_fake
+def _(a, h, h0, grad_h, reverse, backend):
+    empty = lambda: torch.empty(a.shape, dtype=a.dtype, device=a.device)  # noqa: E731
+    grad_h0 = a.new_empty(0) if h0 is None else torch.empty(h0.shape, dtype=h0.dtype, device=h0.device)
+    return [empty(), empty(), grad_h0]
+
+
+def _differentiable_backward(a, h, h0, grad_h, reverse, backend):
+    """The backward written with differentiable ops (the scan op itself, shifts and products), used
+    when the graph of the backward is wanted (``create_graph=True``): double backward is exact."""
+    a_next = _shift(a, None, reverse, towards_past=False)
+    g = torch.ops.rv_plugins.linear_scan(a_next, grad_h.to(a.dtype), None, not reverse, backend)
+    h_prev = _shift(h, h0, reverse, towards_past=True)
+    grad_h0 = None if h0 is None else (_first(a, reverse) * _first(g, reverse)).to(h0.dtype)
+    return g * h_prev, g, grad_h0
+
+
+def _needs_graph(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _linear_scan_setup(ctx, inputs, output):
+    a, b, h0, reverse, backend = inputs
+    ctx.save_for_backward(a, output, h0)
+    ctx.reverse, ctx.backend = reverse, backend
+
+
+def _linear_scan_backward(ctx, grad_h):
+    a, h, h0 = ctx.saved_tensors
+    if _needs_graph(a, h, h0, grad_h):
+        grad_a, grad_b, grad_h0 = _differentiable_backward(a, h, h0, grad_h, ctx.reverse, ctx.backend)
+    else:
+        grad_a, grad_b, grad_h0 = torch.ops.rv_plugins.linear_scan_backward(a, h, h0, grad_h.contiguous(),
+                                                                            ctx.reverse, ctx.backend)
+        grad_h0 = None if h0 is None else grad_h0
+    return grad_a, grad_b, grad_h0, None, None
+
+
+_linear_scan_op.register_autograd(_linear_scan_backward, setup_context=_linear_scan_setup)
 
 
 def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: Optional[torch.Tensor] = None,
@@ -147,24 +204,24 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: Optional[torch.Tensor] = N
         b: input, ``(B, L, D)``, same dtype and device as ``a``.
         h0: optional initial state ``(B, D)`` (zeros when ``None``). With ``reverse=True`` it enters
             at the end of the sequence.
-        reverse: scan from ``t = L-1`` down to ``0``.
+        reverse: scan from ``t = L-1`` down to ``0`` (a bool).
         backend: ``None`` (Triton on CUDA, the compiled/chunked ``"torch"`` path on the CPU),
             ``"reference"``, ``"torch"`` or ``"triton"``.
 
     Returns:
         ``h`` of shape ``(B, L, D)`` in the inputs' dtype; float16/bfloat16 accumulate in float32.
-        Differentiable with respect to ``a``, ``b`` and ``h0`` on every backend.
+        Differentiable with respect to ``a``, ``b`` and ``h0`` on every backend, twice as well
+        (``create_graph=True`` runs a backward made of differentiable ops). Except for ``"reference"``
+        this is the ``torch.ops.rv_plugins.linear_scan`` custom op (``torch.compile`` keeps it whole).
     """
-    _check_inputs(a, b, h0)
-    for observer in SCAN_OBSERVERS:
-        observer(tuple(a.shape))
-    kernels = _resolve(backend, a.device)
-    if kernels is None:
+    _check_inputs(a, b, h0, reverse)
+    backend = _public_backend(backend, a.device)
+    if backend == "reference":
         return linear_scan_reference(a, b, h0, reverse)
-    return _LinearScanFn.apply(a, b, h0, bool(reverse), kernels)
+    return torch.ops.rv_plugins.linear_scan(a, b, h0, reverse, backend)
 
 
 def backend_name(device="cpu", backend: Optional[str] = None) -> str:
     """The kernels ``linear_scan`` would run for ``device`` and ``backend`` (for logs and benchmarks)."""
-    kernels = _resolve(backend, torch.device(device))
-    return "reference" if kernels is None else kernels.name
+    name = kernel_name(backend, torch.device(device))
+    return name if name in ("reference", "triton") else f"torch[{name}]"

@@ -158,3 +158,14 @@ def scan_backward(a, h, h0, grad_h, reverse):
         a, h, h0_, grad_h, grad_a, grad_b, grad_h0 if grad_h0 is not None else a, L, D,
         HAS_H0=h0 is not None, REVERSE=bool(reverse), BLOCK_L=block_l, BLOCK_D=block_d, ACC=_acc(a.dtype))
     return grad_a, grad_b, grad_h0
+
+
+def mingru_forward(proj, h0, reverse, bidirectional, candidate_act):
+    """Fused minGRU scan on Triton (see ``rv_plugins.ops.mingru``): proj (B, L, 2H|4H) -> h (B, L, H|2H)."""
+    from .mingru import _composed_forward
+    return _composed_forward(scan_forward, proj, h0, reverse, bidirectional, candidate_act)
+
+
+def mingru_backward(proj, h, h0, grad_h, reverse, bidirectional, candidate_act):
+    from .mingru import _composed_backward
+    return _composed_backward(scan_backward, proj, h, h0, grad_h, reverse, bidirectional, candidate_act)

@@ -8,6 +8,8 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
+#include <cmath>
+#include <cstdint>
 #include <vector>
 
 namespace {
@@ -114,9 +116,195 @@ std::vector<torch::Tensor> backward(torch::Tensor a, torch::Tensor h, torch::Ten
   return {ga, gb, gh0};
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// Fused minGRU scan: gates from the raw projection, computed in the accumulation type.
+//   proj row (one token) = [gate_0, cand_0, gate_1, cand_1, ...] blocks of H per direction;
+//   z = sigmoid(gate), a = sigmoid(-gate), c = act(cand); h = a * h_prev + z * c.
+// Backward (g = dL/dh_t accumulated in scan order, hp = h_prev):
+//   dgate = g * z * a * (c - hp),  dcand = g * z * act'(cand),  dh0 = a_first * g_first.
+
+// exp(x) for float, vectorisable (no libm call): x = n ln2 + r, |r| <= ln2/2, degree-7 Taylor
+// polynomial (relative error < 1e-8 before rounding), scaled by 2^n through the exponent bits.
+static inline float exp_f(float x) {
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  const float n = std::floor(x * 1.4426950408889634f + 0.5f);
+  const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  return p * __builtin_bit_cast(float, bits);
+}
+static inline double exp_f(double x) { return std::exp(x); }
+
+// z = sigmoid(g), a = sigmoid(-g) without cancellation (NaN in, NaN out).
+template <typename acc_t>
+static inline void gates_of(acc_t g, acc_t& z, acc_t& a) {
+  const acc_t e = exp_f(-std::abs(g));  // in (0, 1]
+  const acc_t s = acc_t(1) / (acc_t(1) + e);  // sigmoid(|g|)
+  const acc_t t = e * s;                      // sigmoid(-|g|)
+  const bool pos = g >= acc_t(0);
+  z = pos ? s : t;
+  a = pos ? t : s;
+  const bool nan = g != g;
+  z = nan ? g : z;
+  a = nan ? g : a;
+}
+
+// act(c) and act'(c): identity, or g(c) = c + 0.5 (c >= 0), sigmoid(c) (c < 0).
+template <typename acc_t, bool kG>
+static inline void act_of(acc_t c, acc_t& y, acc_t& dy) {
+  if (!kG) { y = c; dy = acc_t(1); return; }
+  const acc_t e = exp_f(-std::abs(c));
+  const acc_t s = e / (acc_t(1) + e);  // sigmoid(c) for c < 0
+  const bool pos = c >= acc_t(0);
+  y = pos ? c + acc_t(0.5) : s;
+  dy = pos ? acc_t(1) : s * (acc_t(1) - s);
+}
+
+struct MinGRUShape {
+  int64_t B, L, H, ndir;   // ndir = 2 for bidirectional (direction 1 scans backwards)
+  int64_t sb, st;          // proj strides of batch and time (channel stride 1)
+  bool reverse;            // single-direction reverse scan
+};
+
+template <typename scalar_t, bool kG>
+void mingru_forward_kernel(const scalar_t* proj, const scalar_t* h0, scalar_t* h, MinGRUShape s) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const int64_t nblocks = (s.H + kBlock - 1) / kBlock;
+  const int64_t W = s.ndir * s.H;  // output row width
+  at::parallel_for(0, s.B * s.ndir * nblocks, 1, [&](int64_t begin, int64_t end) {
+    acc_t state[kBlock];
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t bi = job / (s.ndir * nblocks), dir = (job / nblocks) % s.ndir;
+      const int64_t d0 = (job % nblocks) * kBlock, n = std::min(kBlock, s.H - d0);
+      const bool rev = s.ndir == 2 ? dir == 1 : s.reverse;
+      for (int64_t d = 0; d < n; ++d) state[d] = h0 ? acc_t(h0[bi * W + dir * s.H + d0 + d]) : acc_t(0);
+      for (int64_t k = 0; k < s.L; ++k) {
+        const int64_t t = rev ? s.L - 1 - k : k;
+        const scalar_t* gp = proj + bi * s.sb + t * s.st + dir * 2 * s.H + d0;
+        const scalar_t* cp = gp + s.H;
+        scalar_t* hk = h + (bi * s.L + t) * W + dir * s.H + d0;
+        for (int64_t d = 0; d < n; ++d) {
+          acc_t z, a, c, dc;
+          gates_of<acc_t>(acc_t(gp[d]), z, a);
+          act_of<acc_t, kG>(acc_t(cp[d]), c, dc);
+          state[d] = a * state[d] + z * c;
+          hk[d] = scalar_t(state[d]);
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t, bool kG>
+void mingru_backward_kernel(const scalar_t* proj, const scalar_t* h, const scalar_t* h0, const scalar_t* gh,
+                            scalar_t* gproj, scalar_t* gh0, MinGRUShape s) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const int64_t nblocks = (s.H + kBlock - 1) / kBlock;
+  const int64_t W = s.ndir * s.H;
+  const int64_t P = 2 * W;  // grad_proj is contiguous
+  at::parallel_for(0, s.B * s.ndir * nblocks, 1, [&](int64_t begin, int64_t end) {
+    acc_t g[kBlock], a_next[kBlock], zero[kBlock];
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t bi = job / (s.ndir * nblocks), dir = (job / nblocks) % s.ndir;
+      const int64_t d0 = (job % nblocks) * kBlock, n = std::min(kBlock, s.H - d0);
+      const bool rev = s.ndir == 2 ? dir == 1 : s.reverse;
+      for (int64_t d = 0; d < n; ++d) { g[d] = 0; a_next[d] = 0; zero[d] = 0; }
+      for (int64_t k = s.L - 1; k >= 0; --k) {  // scan positions, last first
+        const int64_t t = rev ? s.L - 1 - k : k;
+        const int64_t t_prev = rev ? t + 1 : t - 1;
+        const scalar_t* gp = proj + bi * s.sb + t * s.st + dir * 2 * s.H + d0;
+        const scalar_t* cp = gp + s.H;
+        const int64_t row = (bi * s.L + t) * W + dir * s.H + d0;
+        const scalar_t* ghk = gh + row;
+        scalar_t* ggate = gproj + (bi * s.L + t) * P + dir * 2 * s.H + d0;
+        scalar_t* gcand = ggate + s.H;
+        const scalar_t* hp = k > 0 ? h + (bi * s.L + t_prev) * W + dir * s.H + d0
+                                   : (h0 ? h0 + bi * W + dir * s.H + d0 : nullptr);
+        if (hp) {
+          for (int64_t d = 0; d < n; ++d) {
+            acc_t z, a, c, dc;
+            gates_of<acc_t>(acc_t(gp[d]), z, a);
+            act_of<acc_t, kG>(acc_t(cp[d]), c, dc);
+            g[d] = acc_t(ghk[d]) + a_next[d] * g[d];
+            const acc_t gz = g[d] * z;
+            ggate[d] = scalar_t(gz * a * (c - acc_t(hp[d])));
+            gcand[d] = scalar_t(gz * dc);
+            a_next[d] = a;
+          }
+        } else {
+          for (int64_t d = 0; d < n; ++d) {
+            acc_t z, a, c, dc;
+            gates_of<acc_t>(acc_t(gp[d]), z, a);
+            act_of<acc_t, kG>(acc_t(cp[d]), c, dc);
+            g[d] = acc_t(ghk[d]) + a_next[d] * g[d];
+            const acc_t gz = g[d] * z;
+            ggate[d] = scalar_t(gz * a * c);
+            gcand[d] = scalar_t(gz * dc);
+            a_next[d] = a;
+          }
+        }
+      }
+      if (gh0) {
+        for (int64_t d = 0; d < n; ++d) gh0[bi * W + dir * s.H + d0 + d] = scalar_t(a_next[d] * g[d]);
+      }
+    }
+  });
+}
+
+MinGRUShape mingru_shape(const torch::Tensor& proj, bool reverse, bool bidirectional) {
+  TORCH_CHECK(proj.device().is_cpu() && proj.dim() == 3, "mingru_cpu: proj must be a (B, L, P) CPU tensor");
+  TORCH_CHECK(proj.stride(2) == 1, "mingru_cpu: proj's channel stride must be 1 (call .contiguous())");
+  MinGRUShape s;
+  s.ndir = bidirectional ? 2 : 1;
+  TORCH_CHECK(proj.size(2) % (2 * s.ndir) == 0, "mingru_cpu: proj's last dim must be 2H (4H if bidirectional)");
+  s.B = proj.size(0); s.L = proj.size(1); s.H = proj.size(2) / (2 * s.ndir);
+  s.sb = proj.stride(0); s.st = proj.stride(1); s.reverse = reverse;
+  return s;
+}
+
+torch::Tensor mingru_forward(torch::Tensor proj, torch::Tensor h0, bool reverse, bool bidirectional, bool act_g) {
+  const MinGRUShape s = mingru_shape(proj, reverse, bidirectional);
+  const bool has_h0 = h0.numel() > 0;
+  auto h = torch::empty({s.B, s.L, s.ndir * s.H}, proj.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, proj.scalar_type(), "mingru_cpu_forward", [&] {
+    const scalar_t* h0p = has_h0 ? h0.data_ptr<scalar_t>() : nullptr;
+    if (act_g) mingru_forward_kernel<scalar_t, true>(proj.data_ptr<scalar_t>(), h0p, h.data_ptr<scalar_t>(), s);
+    else mingru_forward_kernel<scalar_t, false>(proj.data_ptr<scalar_t>(), h0p, h.data_ptr<scalar_t>(), s);
+  });
+  return h;
+}
+
+std::vector<torch::Tensor> mingru_backward(torch::Tensor proj, torch::Tensor h, torch::Tensor h0,
+                                           torch::Tensor grad_h, bool reverse, bool bidirectional, bool act_g) {
+  const MinGRUShape s = mingru_shape(proj, reverse, bidirectional);
+  TORCH_CHECK(h.is_contiguous() && grad_h.is_contiguous(), "mingru_cpu: h and grad_h must be contiguous");
+  const bool has_h0 = h0.numel() > 0;
+  auto gproj = torch::empty({s.B, s.L, 2 * s.ndir * s.H}, proj.options());
+  auto gh0 = has_h0 ? torch::empty_like(h0) : torch::empty({0}, proj.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, proj.scalar_type(), "mingru_cpu_backward", [&] {
+    const scalar_t* h0p = has_h0 ? h0.data_ptr<scalar_t>() : nullptr;
+    scalar_t* gh0p = has_h0 ? gh0.data_ptr<scalar_t>() : nullptr;
+    if (act_g) mingru_backward_kernel<scalar_t, true>(proj.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), h0p,
+                                                      grad_h.data_ptr<scalar_t>(), gproj.data_ptr<scalar_t>(), gh0p, s);
+    else mingru_backward_kernel<scalar_t, false>(proj.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), h0p,
+                                                 grad_h.data_ptr<scalar_t>(), gproj.data_ptr<scalar_t>(), gh0p, s);
+  });
+  return {gproj, gh0};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "linear scan forward (CPU)");
   m.def("backward", &backward, "linear scan backward (CPU)");
+  m.def("mingru_forward", &mingru_forward, "fused minGRU gates + scan forward (CPU)");
+  m.def("mingru_backward", &mingru_backward, "fused minGRU scan backward, gradient in proj's layout (CPU)");
 }
