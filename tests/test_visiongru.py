@@ -76,7 +76,7 @@ def test_forward_shapes_any_size(hw, out_indices):
 
 
 def test_positional_embedding_is_resized_and_used():
-    model = VisionGRU(SMALL, img_size=64).eval()
+    model = VisionGRU(SMALL, img_size=64, preset="paper").eval()  # the paper's positional embedding
     x = torch.randn(1, 3, 50, 90)
     with torch.no_grad():
         out = model(x)[0]
@@ -133,7 +133,7 @@ def test_reverse_scan_equals_flipped_map_scan():
 @pytest.mark.parametrize("frozen", [0, 2, 4])
 def test_frozen_stages(frozen):
     arch = dict(embed_dims=[8, 16, 32, 64], depths=[2, 1, 1, 1])  # every stage gets drop path > 0
-    model = VisionGRU(arch, out_indices=(0, 1, 2, 3), frozen_stages=frozen, drop_path_rate=0.9)
+    model = VisionGRU(arch, out_indices=(0, 1, 2, 3), frozen_stages=frozen, drop_path_rate=0.9, preset="paper")
     x = torch.randn(8, 3, 32, 32)
     with torch.no_grad():
         deterministic = model.eval()(x)

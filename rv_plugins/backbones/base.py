@@ -6,7 +6,7 @@ freezes, stem first); this class validates ``out_indices`` / ``frozen_stages`` a
 state that eval mode freezes; LayerNorm/GroupNorm are listed so that ``norm_eval`` means the same
 whatever norm a user swaps in.
 """
-from typing import Iterator, Sequence, Tuple, Union
+from typing import Iterator, Optional, Sequence, Tuple, Union
 
 from torch import nn
 
@@ -34,6 +34,26 @@ class HierarchicalBackbone(nn.Module):
 
     def _frozen_modules(self) -> Iterator[nn.Module]:
         raise NotImplementedError
+
+    def load_pretrained(self, checkpoint, prefix: Optional[str] = None, strict: bool = False,
+                        map_location="cpu"):
+        """Load a checkpoint (path, URL or state dict) with :func:`rv_plugins.utils.checkpoint.load_pretrained`:
+        prefixes detected, positional embeddings resized, a one-line report (returned), and an error when
+        none of this model's tensors is in it."""
+        from rv_plugins.utils.checkpoint import load_pretrained
+        return load_pretrained(self, checkpoint, prefix=prefix, strict=strict, map_location=map_location)
+
+    def _apply_init_cfg(self):
+        """Honour ``self.init_cfg``: ``None`` or ``dict(type='Pretrained', checkpoint=..., prefix=...)``
+        (anything else raises: the plain classes have no other initialisers). Subclasses call it at the
+        end of ``init_weights``."""
+        from rv_plugins.utils.checkpoint import check_pretrained_cfg
+        cfg = getattr(self, "init_cfg", None)
+        check_pretrained_cfg(cfg, type(self).__name__)
+        if cfg is None:
+            return None
+        return self.load_pretrained(cfg["checkpoint"], prefix=cfg.get("prefix"),
+                                    map_location=cfg.get("map_location", "cpu"))
 
     def _freeze_stages(self) -> None:
         for m in self._frozen_modules():

@@ -163,7 +163,11 @@ class Sequencer2D(HierarchicalBackbone):
         num_classes: ``> 0`` adds the classifier (implies ``final_norm``) used by :meth:`forward_head`.
         rnn_impl: BiLSTM2D implementation, ``'auto'``, ``'native'`` or ``'fused'`` (same results).
         scan_backend: ``linear_scan`` backend for ``rnn_type='mingru'``.
-        init_cfg: stored for the toolkit adapter (mmengine); :meth:`init_weights` ignores it.
+        init_cfg: ``None`` or ``dict(type='Pretrained', checkpoint=PATH_OR_URL, prefix=None)``, loaded by
+            :meth:`init_weights` (at construction for this plain class; when the runner initialises the
+            model for the mm adapters) via :func:`rv_plugins.utils.checkpoint.load_pretrained` (prefixes
+            detected, one-line report, error if nothing matched). timm checkpoints: convert with
+            :func:`convert_timm_state_dict` first.
 
     Shapes: ``forward(x)`` with ``x`` of shape ``(B, in_channels, H, W)``, any ``H, W >= 1``,
     returns a tuple with, for every ``i`` in ``out_indices`` (in order), a channels-first map
@@ -209,7 +213,7 @@ class Sequencer2D(HierarchicalBackbone):
     def init_weights(self) -> None:
         """The authors' initialisation: Xavier-uniform linear weights with zero biases (MLP biases
         N(0, 1e-6)), zero classifier, LeCun-normal convolutions, unit LayerNorms, RNN weights
-        U(-1/sqrt(D), 1/sqrt(D)). Loading a checkpoint (``init_cfg``) is left to the toolkit adapter."""
+        U(-1/sqrt(D), 1/sqrt(D)); then ``init_cfg``'s checkpoint if one is given."""
         for name, m in self.named_modules():
             if isinstance(m, nn.Linear):
                 if name == "head":
@@ -235,6 +239,7 @@ class Sequencer2D(HierarchicalBackbone):
                 bound = 1.0 / math.sqrt(m.hidden_size)
                 for p in m.parameters():
                     nn.init.uniform_(p, -bound, bound)
+        self._apply_init_cfg()
 
     # ------------------------------------------------------------------ freezing
     def _frozen_modules(self):

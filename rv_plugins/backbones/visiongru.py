@@ -28,11 +28,11 @@ from torch import nn
 from rv_plugins.backbones.base import HierarchicalBackbone
 from rv_plugins.layers.blocks import run_blocks
 from rv_plugins.layers.drop_path import DropPath
-from rv_plugins.layers.mingru import MinGRU
+from rv_plugins.layers.mingru import CANDIDATE_ACTIVATIONS, MinGRU
 from rv_plugins.layers.mlp import Mlp
 from rv_plugins.ops.layout import from_sequence, to_sequence
 
-__all__ = ["VisionGRU", "GRU2DBlock", "GRU2DMixer", "ARCH_SETTINGS", "ARCH_ALIASES"]
+__all__ = ["VisionGRU", "GRU2DBlock", "GRU2DMixer", "ARCH_SETTINGS", "ARCH_ALIASES", "PRESETS"]
 
 # Widths: base width 72 (Ti) / 104 (B), doubled at every downsampling, as in the authors' code
 # (``dim = 288 // 4`` and ``416 // 4``); depths are the paper's ([2, 2, 8, 2] and [2, 2, 15, 2]).
@@ -43,6 +43,16 @@ ARCH_SETTINGS: Dict[str, Dict[str, list]] = {
     "base": dict(embed_dims=[104, 208, 416, 832], depths=[2, 2, 15, 2]),
 }
 ARCH_ALIASES = {"ti": "tiny", "t": "tiny", "b": "base"}
+
+# The two published descriptions of VisionGRU differ in two points (README, "Pretrained weights"):
+#   'released': the authors' released code and ImageNet weights: minGRU candidate through g(.)
+#               (minGRU-pytorch 0.0.12), no positional embedding. Converted authors' checkpoints
+#               (tools/convert_visiongru_checkpoint.py) need it; it is the default.
+#   'paper':    the paper's text: linear candidate (its Eq. 8) and a learned positional embedding.
+PRESETS: Dict[str, Dict[str, object]] = {
+    "released": dict(candidate_act="g", pos_embed=False),
+    "paper": dict(candidate_act="identity", pos_embed=True),
+}
 
 _STEM_NORM_EPS = 1e-6  # stem and downsampling LayerNorms (the authors' value; blocks use 1e-5)
 
@@ -171,9 +181,10 @@ class VisionGRU(HierarchicalBackbone):
         arch: ``'tiny'`` (aliases ``'ti'``, ``'t'``), ``'base'`` (``'b'``), or
             ``dict(embed_dims=[c0, c1, c2, c3], depths=[d0, d1, d2, d3])``.
         in_channels: image channels.
-        img_size: int or (H, W) the learned positional embedding is made for; it lives on the
-            ``ceil(H/4) x ceil(W/4)`` stem grid and is bicubic-resized to other grids.
-            ``None``: no positional embedding (the authors' code has none; the paper has one).
+        img_size: int or (H, W) the learned positional embedding (if the preset or ``pos_embed``
+            asks for one) is made for; it lives on the ``ceil(H/4) x ceil(W/4)`` stem grid and is
+            bicubic-resized to other grids (in ``forward`` and when a checkpoint is loaded).
+            ``None``: no positional embedding whatever the preset.
         out_indices: stages whose outputs ``forward`` returns (0..3, negatives count from the end).
             Stages after the last one listed are not run.
         frozen_stages: ``-1`` freezes nothing; ``0`` freezes the stem and positional embedding;
@@ -184,8 +195,16 @@ class VisionGRU(HierarchicalBackbone):
         drop_path_rate: stochastic depth, rising linearly from 0 to this value over all blocks.
         with_cp: gradient checkpointing per block (``torch.utils.checkpoint``; recomputes in backward).
         scan_backend: ``linear_scan`` backend for every minGRU (``None``: best for the device).
-        init_cfg: stored for the toolkit adapter (mmengine); ``init_weights`` ignores it.
+        init_cfg: ``None`` or ``dict(type='Pretrained', checkpoint=PATH_OR_URL, prefix=None)``: loaded
+            by :meth:`init_weights` (at construction for this plain class; when the runner initialises
+            the model for the mm adapters) through :func:`rv_plugins.utils.checkpoint.load_pretrained`
+            (prefixes detected, positional embedding resized, one-line report, error if nothing matched).
         num_classes: ``> 0`` adds the classifier used by :meth:`forward_head`.
+        preset: ``'released'`` (default: the authors' released code and weights, minGRU candidate
+            through ``g``, no positional embedding) or ``'paper'`` (the paper's text: linear candidate,
+            positional embedding). See ``PRESETS``.
+        candidate_act: ``'identity'`` or ``'g'``; overrides the preset's.
+        pos_embed: ``True``/``False`` overrides the preset's choice of a positional embedding.
 
     Shapes: ``forward(x)`` with ``x`` of shape ``(B, in_channels, H, W)``, any ``H, W >= 1``, returns
     a tuple with, for every ``i`` in ``out_indices`` (in order), a channels-first map
@@ -201,16 +220,27 @@ class VisionGRU(HierarchicalBackbone):
                  img_size: Optional[Union[int, Tuple[int, int]]] = 224, out_indices: Sequence[int] = (3,),
                  frozen_stages: int = -1, norm_eval: bool = False, drop_path_rate: float = 0.1,
                  with_cp: bool = False, scan_backend: Optional[str] = None, init_cfg: Optional[dict] = None,
-                 num_classes: int = 0):
+                 num_classes: int = 0, preset: str = "released", candidate_act: Optional[str] = None,
+                 pos_embed: Optional[bool] = None):
         super().__init__()
         self.embed_dims, self.depths = _resolve_arch(arch)
+        if preset not in PRESETS:
+            raise ValueError(f"VisionGRU: unknown preset {preset!r}; choose 'released' (the authors' released "
+                             "code and weights) or 'paper' (the paper's text)")
+        self.preset = preset
+        self.candidate_act = candidate_act or PRESETS[preset]["candidate_act"]
+        if self.candidate_act not in CANDIDATE_ACTIVATIONS:
+            raise ValueError(f"VisionGRU: candidate_act={candidate_act!r}; choose one of {CANDIDATE_ACTIVATIONS}")
+        use_pos_embed = PRESETS[preset]["pos_embed"] if pos_embed is None else bool(pos_embed)
+        if pos_embed and img_size is None:
+            raise ValueError("VisionGRU: pos_embed=True needs img_size (the image size the embedding is made for)")
         self.in_channels = in_channels
         self._setup_conventions(out_indices, frozen_stages, norm_eval)
         self.with_cp = with_cp
         self.init_cfg, self.num_classes = init_cfg, num_classes
 
         self.stem = Stem(in_channels, self.embed_dims[0])
-        if img_size is None:
+        if img_size is None or not use_pos_embed:
             self.pos_embed = None
         else:
             ih, iw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
@@ -226,14 +256,17 @@ class VisionGRU(HierarchicalBackbone):
                                               dpr[start:start + depth], downsample=i > 0,
                                               with_cp=with_cp, backend=scan_backend))
         self.head = nn.Linear(self.embed_dims[-1], num_classes) if num_classes > 0 else None
+        for m in self.modules():  # the preset's candidate activation in every minGRU
+            if isinstance(m, MinGRU):
+                m.candidate_act = self.candidate_act
         self.init_weights()
         self._freeze_stages()
 
     def init_weights(self) -> None:
-        """Truncated-normal (std 0.02) linear weights and positional embedding, zero biases, unit LN.
+        """Truncated-normal (std 0.02) linear weights and positional embedding, zero biases, unit LN,
+        then ``init_cfg``'s checkpoint if one is given (see the class docstring).
 
-        Convolutions keep PyTorch's default initialisation. Loading a checkpoint (``init_cfg``) is
-        left to the toolkit adapter.
+        Convolutions keep PyTorch's default initialisation.
         """
         for m in self.modules():
             if isinstance(m, nn.Linear):
@@ -245,6 +278,7 @@ class VisionGRU(HierarchicalBackbone):
                 nn.init.zeros_(m.bias)
         if self.pos_embed is not None:
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self._apply_init_cfg()
 
     def _frozen_modules(self):
         if self.frozen_stages >= 0:

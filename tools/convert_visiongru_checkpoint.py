@@ -1,0 +1,110 @@
+"""Convert the VisionGRU authors' checkpoint (github.com/YangLiu9208/VisionGRU) to rv_plugins' layout.
+
+    python tools/convert_visiongru_checkpoint.py their_visiongru_ti.pth checkpoints/visiongru_ti_released.pth
+    python tools/convert_visiongru_checkpoint.py SRC DST --format mmpretrain      # backbone.* + head.fc.*
+    python tools/convert_visiongru_checkpoint.py SRC DST --verify --authors-code /path/to/VisionGRU/vig
+
+The source may carry torch.compile's ``_orig_mod.`` and DDP's ``module.`` prefixes, or sit under
+``state_dict`` / ``model``. Renames every key (see ``rv_plugins.utils.visiongru_authors``), swaps the
+minGRU input projection's rows ([candidate; gate] -> our [gate; candidate]) and checks that the result
+loads with ``strict=True`` into ``VisionGRU(arch, preset='released', num_classes=N)`` (the released
+model: minGRU candidate through g, no positional embedding). The output is ``{'state_dict': ...,
+'meta': {...}}``: plain keys (``stem.*``, ``stages.*``, ``head.*``) for ``init_cfg=dict(type='Pretrained',
+...)`` in our configs or ``VisionGRU(...).load_pretrained``; ``--format mmpretrain`` writes
+``backbone.*`` and ``head.fc.*`` so mmpretrain's tools (and ``configs/visiongru_ti_in1k.py``) evaluate it
+as it is.
+
+``--verify`` imports the authors' model definition (``visionGRU.py`` of their ``vig/`` folder, which
+needs ``minGRU_pytorch``; give the folder with ``--authors-code``), loads the source into it and ours
+into ours, and prints the largest logit difference on a random batch (their code fixes 224x224 input).
+"""
+import argparse
+import importlib
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+
+from rv_plugins.backbones.visiongru import VisionGRU  # noqa: E402
+from rv_plugins.utils.checkpoint import extract_state_dict, read_checkpoint  # noqa: E402
+from rv_plugins.utils.visiongru_authors import _strip, convert_authors_state_dict  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src", help="the authors' checkpoint (.pth)")
+    p.add_argument("dst", help="where to write ours")
+    p.add_argument("--format", choices=["plain", "mmpretrain"], default="plain",
+                   help="plain: VisionGRU keys (stem.*, stages.*, head.*); mmpretrain: backbone.* + head.fc.*")
+    p.add_argument("--verify", action="store_true",
+                   help="compare logits with the authors' model code (needs it importable; see --authors-code)")
+    p.add_argument("--authors-code", help="folder holding the authors' visionGRU.py (their vig/ folder)")
+    p.add_argument("--batch", type=int, default=2, help="--verify: random images per batch")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def build_ours(state, arch):
+    """Our released-preset model with ``state`` loaded strictly -> (model in eval mode, num_classes)."""
+    num_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
+    model = VisionGRU(arch=arch, preset="released", img_size=None, num_classes=num_classes,
+                      drop_path_rate=0.0, out_indices=(3,))
+    model.load_state_dict(state, strict=True)
+    return model.eval(), num_classes
+
+
+def ours_logits(model, x):
+    return model.forward_head(model(x))
+
+
+def verify(src_state, ours, num_classes, args) -> dict:
+    """Authors' model (imported) vs ours on ``args.batch`` random 224x224 images -> figures dict."""
+    if args.authors_code:
+        sys.path.insert(0, os.path.abspath(args.authors_code))
+    try:
+        authors = importlib.import_module("visionGRU")
+        theirs = authors.VisionGRU(num_classes=num_classes)
+    except Exception as err:  # noqa: BLE001 - report any import/build failure the same way
+        raise SystemExit(f"--verify: cannot import/build the authors' model ({type(err).__name__}: {err}); "
+                         "pass --authors-code pointing at their vig/ folder (with minGRU-pytorch installed)")
+    theirs.load_state_dict(_strip(src_state), strict=True)
+    theirs.eval()
+    gen = torch.Generator().manual_seed(args.seed)
+    x = torch.randn(args.batch, 3, 224, 224, generator=gen)
+    with torch.no_grad():
+        a, b = theirs(x), ours_logits(ours, x)
+    diff = (a - b).abs().max().item()
+    scale = a.abs().max().item()
+    top1 = (a.argmax(1) == b.argmax(1)).float().mean().item()
+    return dict(max_abs_diff=diff, max_rel_diff=diff / max(scale, 1e-12), top1_agreement=top1)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    src_state = extract_state_dict(read_checkpoint(args.src), args.src)
+    ours_state, arch = convert_authors_state_dict(src_state)
+    ours, num_classes = build_ours(ours_state, arch)
+    print(f"converted {len(ours_state)} tensors, arch {arch}, {num_classes} classes; loads strictly into "
+          "VisionGRU(preset='released')")
+    if args.format == "mmpretrain":
+        out = {(k.replace("head.", "head.fc.", 1) if k.startswith("head.") else f"backbone.{k}"): v
+               for k, v in ours_state.items()}
+    else:
+        out = ours_state
+    meta = dict(arch=arch, preset="released", num_classes=num_classes, source=os.path.abspath(args.src),
+                format=args.format, converter="tools/convert_visiongru_checkpoint.py")
+    os.makedirs(os.path.dirname(os.path.abspath(args.dst)), exist_ok=True)
+    torch.save({"state_dict": out, "meta": meta}, args.dst)
+    print(f"wrote {args.dst}")
+    if args.verify:
+        figures = verify(src_state, ours, num_classes, args)
+        print(f"verify: max |logit diff| {figures['max_abs_diff']:.3e}, relative to max |logit| "
+              f"{figures['max_rel_diff']:.3e}, top-1 agreement {figures['top1_agreement']:.3f}")
+        return figures
+    return None
+
+
+if __name__ == "__main__":
+    main()
