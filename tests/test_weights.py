@@ -257,3 +257,50 @@ def test_plain_classes_honour_init_cfg(tmp_path):
     torch.save(seq_src.state_dict(), seq_path)
     seq = Sequencer2D(SEQ_SMALL, out_indices=(0, 1), init_cfg=dict(type="Pretrained", checkpoint=seq_path))
     assert all(torch.equal(seq.state_dict()[k], v) for k, v in seq_src.state_dict().items())
+
+
+# --------------------------------------------------------------------------- Sequencer2D vs timm
+SEQ_TIMM_TINY = dict(depths=[1, 1, 1, 1], embed_dims=[16, 32, 32, 32], patch_sizes=[7, 2, 1, 1])
+
+
+def _timm_pair(arch):
+    timm = pytest.importorskip("timm")
+    from rv_plugins.backbones.sequencer2d import convert_timm_state_dict
+    if arch == "s":
+        ref = timm.create_model("sequencer2d_s", pretrained=False)
+        kw = dict(arch="s", num_classes=1000)
+    else:
+        from timm.models.sequencer import Sequencer2d
+        ref = Sequencer2d(num_classes=10, layers=arch["depths"], patch_sizes=arch["patch_sizes"],
+                          embed_dims=arch["embed_dims"], hidden_sizes=[c // 4 for c in arch["embed_dims"]],
+                          mlp_ratios=[3.0] * 4)
+        kw = dict(arch=arch, num_classes=10)
+    torch.nn.init.normal_(ref.head.fc.weight, std=0.02)  # timm's head starts at zero
+    state = convert_timm_state_dict(ref.state_dict())
+    floor, ceil = Sequencer2D(**kw, grid_rounding="floor"), Sequencer2D(**kw)
+    floor.load_state_dict(state)
+    ceil.load_state_dict(state)
+    return ref.eval(), floor.eval(), ceil.eval()
+
+
+@pytest.mark.parametrize("arch", [SEQ_TIMM_TINY, pytest.param("s", marks=pytest.mark.slow)], ids=["tiny", "s"])
+@pytest.mark.parametrize("hw", [(160, 224), (256, 256)])
+def test_sequencer_floor_gives_timm_logits_at_any_size(arch, hw):
+    ref, floor, ceil = _timm_pair(arch)
+    x = torch.randn(1, 3, *hw)
+    with torch.no_grad():
+        expected = ref(x)
+        torch.testing.assert_close(floor.forward_head(floor(x)), expected, atol=1e-5, rtol=1e-4)
+        # the default (pad up) sees the border timm drops: other logits at these sizes
+        assert not torch.allclose(ceil.forward_head(ceil(x)), expected, atol=1e-3)
+    assert tuple(floor(x)[0].shape[2:]) == (hw[0] // 14, hw[1] // 14)
+
+
+def test_sequencer_grid_rounding_errors():
+    with pytest.raises(ValueError, match="grid_rounding"):
+        Sequencer2D(SEQ_SMALL, out_indices=(1,), grid_rounding="round")
+    model = Sequencer2D(SEQ_SMALL, out_indices=(1,), grid_rounding="floor")
+    with pytest.raises(ValueError, match="smaller than the 4x4 patch"):
+        model(torch.randn(1, 3, 3, 8))
+    with pytest.raises(ValueError, match="smaller than the 2x2 downsampling"):
+        model(torch.randn(1, 3, 4, 8))

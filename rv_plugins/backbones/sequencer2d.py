@@ -78,7 +78,13 @@ def _pad_to_multiple(x: torch.Tensor, p: int) -> torch.Tensor:
 
 
 class PatchEmbed(nn.Module):
-    """Stem: ``(B, C_in, H, W)`` -> ``p x p`` conv, stride ``p`` -> ``(B, ceil(H/p), ceil(W/p), dim)``."""
+    """Stem: ``(B, C_in, H, W)`` -> ``p x p`` conv, stride ``p`` -> ``(B, ceil(H/p), ceil(W/p), dim)``.
+
+    ``floor = True`` (set by ``Sequencer2D(grid_rounding='floor')``): no padding, ``(B, floor(H/p),
+    floor(W/p), dim)``, the last ``H mod p`` rows / ``W mod p`` columns dropped (timm's behaviour).
+    """
+
+    floor = False
 
     def __init__(self, in_channels: int, dim: int, patch_size: int):
         super().__init__()
@@ -86,6 +92,12 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.floor:
+            if min(x.shape[2:]) < self.patch_size:
+                raise ValueError(f"Sequencer2D(grid_rounding='floor'): input {tuple(x.shape[2:])} is smaller "
+                                 f"than the {self.patch_size}x{self.patch_size} patch; use a larger image or "
+                                 "grid_rounding='ceil'")
+            return self.proj(x).permute(0, 2, 3, 1)
         return self.proj(_pad_to_multiple(x, self.patch_size)).permute(0, 2, 3, 1)
 
 
@@ -93,8 +105,11 @@ class Downsample(nn.Module):
     """``(B, H, W, C_in)`` -> ``p x p`` conv, stride ``p`` -> ``(B, ceil(H/p), ceil(W/p), dim)``.
 
     A map whose size does not divide by ``p`` is zero-padded at the bottom/right for the conv only
-    (as Swin's patch merging does), so the following RNNs run on real tokens.
+    (as Swin's patch merging does), so the following RNNs run on real tokens. ``floor = True``: no
+    padding, ``floor`` sizes (timm's behaviour; see :class:`PatchEmbed`).
     """
+
+    floor = False
 
     def __init__(self, in_dim: int, dim: int, patch_size: int):
         super().__init__()
@@ -102,7 +117,13 @@ class Downsample(nn.Module):
         self.down = nn.Conv2d(in_dim, dim, patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _pad_to_multiple(x.permute(0, 3, 1, 2), self.patch_size)
+        x = x.permute(0, 3, 1, 2)
+        if not self.floor:
+            x = _pad_to_multiple(x, self.patch_size)
+        elif min(x.shape[2:]) < self.patch_size:
+            raise ValueError(f"Sequencer2D(grid_rounding='floor'): a {tuple(x.shape[2:])} map is smaller than "
+                             f"the {self.patch_size}x{self.patch_size} downsampling; use a larger image or "
+                             "grid_rounding='ceil'")
         return self.down(x).permute(0, 2, 3, 1)
 
 
@@ -163,6 +184,10 @@ class Sequencer2D(HierarchicalBackbone):
         num_classes: ``> 0`` adds the classifier (implies ``final_norm``) used by :meth:`forward_head`.
         rnn_impl: BiLSTM2D implementation, ``'auto'``, ``'native'`` or ``'fused'`` (same results).
         scan_backend: ``linear_scan`` backend for ``rnn_type='mingru'``.
+        grid_rounding: ``'ceil'`` (default): a size that the patch size does not divide is zero-padded
+            up, so every pixel is seen (segmentation). ``'floor'``: the strided convolutions drop the
+            border instead, as timm's ``sequencer2d_*`` does, so timm's weights give timm's logits at
+            any input size (at multiples of 14 both are the same).
         init_cfg: ``None`` or ``dict(type='Pretrained', checkpoint=PATH_OR_URL, prefix=None)``, loaded by
             :meth:`init_weights` (at construction for this plain class; when the runner initialises the
             model for the mm adapters) via :func:`rv_plugins.utils.checkpoint.load_pretrained` (prefixes
@@ -180,8 +205,12 @@ class Sequencer2D(HierarchicalBackbone):
                  out_indices: Sequence[int] = (3,), frozen_stages: int = -1, norm_eval: bool = False,
                  drop_path_rate: float = 0.0, with_cp: bool = False, final_norm: bool = False,
                  num_classes: int = 0, rnn_impl: str = "auto", scan_backend: Optional[str] = None,
-                 init_cfg: Optional[dict] = None):
+                 init_cfg: Optional[dict] = None, grid_rounding: str = "ceil"):
         super().__init__()
+        if grid_rounding not in ("ceil", "floor"):
+            raise ValueError(f"Sequencer2D: grid_rounding={grid_rounding!r}; choose 'ceil' (pad, every pixel "
+                             "seen) or 'floor' (drop the border, as timm)")
+        self.grid_rounding = grid_rounding
         if rnn_type not in RNN_TYPES:
             raise ValueError(f"Sequencer2D: unknown rnn_type {rnn_type!r}; choose one of {RNN_TYPES}")
         cfg = _resolve_arch(arch)
@@ -206,6 +235,9 @@ class Sequencer2D(HierarchicalBackbone):
         self.final_norm = final_norm or num_classes > 0
         self.norm = nn.LayerNorm(self.embed_dims[-1], eps=1e-6) if self.final_norm else None
         self.head = nn.Linear(self.embed_dims[-1], num_classes) if num_classes > 0 else None
+        for m in self.modules():
+            if isinstance(m, (PatchEmbed, Downsample)):
+                m.floor = grid_rounding == "floor"
         self.init_weights()
         self._freeze_stages()
 
