@@ -175,7 +175,7 @@ def test_pos_embed_is_resized_bicubically(tmp_path):
             assert torch.equal(dst.state_dict()[k], v), k
 
 
-@pytest.mark.parametrize("layout", ["plain", "module", "orig_mod", "backbone", "model", "state_dict"])
+@pytest.mark.parametrize("layout", ["plain", "module", "orig_mod", "backbone", "model", "state_dict", "detectron2"])
 def test_prefixes_and_containers(tmp_path, layout):
     src = _randomized(_vgru())
     sd = src.state_dict()
@@ -183,7 +183,9 @@ def test_prefixes_and_containers(tmp_path, layout):
             "orig_mod": {"_orig_mod." + k: v for k, v in sd.items()},
             "backbone": {**{"backbone." + k: v for k, v in sd.items()}, "decode_head.conv.weight": torch.ones(3)},
             "model": {"model": sd, "optimizer": {}},
-            "state_dict": {"state_dict": {"module.backbone." + k: v for k, v in sd.items()}, "meta": {}}}[layout]
+            "state_dict": {"state_dict": {"module.backbone." + k: v for k, v in sd.items()}, "meta": {}},
+            "detectron2": {"model": {**{"backbone.bottom_up.body." + k: v for k, v in sd.items()},
+                                     "backbone.fpn_lateral2.weight": torch.ones(2)}}}[layout]
     dst = _vgru()
     report = load_pretrained(dst, ckpt)
     assert len(report.loaded) == report.total

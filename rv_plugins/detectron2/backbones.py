@@ -11,6 +11,12 @@ the previous resolution); the wrapper then resizes each stage map bilinearly to
 ``(H / s, W / s)`` for ``s`` in 4/8/16/32 and logs that once. ``MODEL.SEQUENCER2D.PATCH_SIZES:
 [4, 2, 2, 2]`` gives native strides 4/8/16/32 and no resizing (the weights of a classifier
 trained with other patch sizes then do not fit the stem and downsampling convs).
+
+Pretrained backbone weights: ``MODEL.VISIONGRU.PRETRAINED`` / ``MODEL.SEQUENCER2D.PRETRAINED`` (a path
+or URL) are loaded when the backbone is built, by the package's one loader
+(:func:`rv_plugins.utils.checkpoint.load_pretrained`: ``backbone.`` / ``backbone.bottom_up.body.`` /
+wrapper prefixes detected, positional embeddings resized, a one-line report, an error when no tensor
+matched). ``MODEL.WEIGHTS``, which Detectron2 loads into the whole model afterwards, overrides them.
 """
 import logging
 from typing import Dict, Sequence
@@ -30,6 +36,12 @@ logger = logging.getLogger(__name__)
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
 STAGE_STRIDES = (4, 8, 16, 32)
 __all__ = ["RecurrentBackbone", "build_visiongru_fpn_backbone", "build_sequencer2d_fpn_backbone"]
+
+
+def _pretrained(node):
+    """``init_cfg`` for the node's ``PRETRAINED`` path (``None`` when empty)."""
+    path = node.get("PRETRAINED", "")
+    return dict(type="Pretrained", checkpoint=path) if path else None
 
 
 def _stage_indices(out_features: Sequence[str], owner: str):
@@ -103,7 +115,8 @@ def build_visiongru_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
     indices = _stage_indices(c.OUT_FEATURES, "MODEL.VISIONGRU")
     body = VisionGRU(arch=c.ARCH, in_channels=input_shape.channels, img_size=c.IMG_SIZE or None,
                      out_indices=indices, frozen_stages=c.FROZEN_STAGES,
-                     drop_path_rate=c.DROP_PATH_RATE, with_cp=c.WITH_CP)
+                     drop_path_rate=c.DROP_PATH_RATE, with_cp=c.WITH_CP, preset=c.get("PRESET", "released"),
+                     init_cfg=_pretrained(c))
     channels = [body.embed_dims[i] for i in indices]
     bottom_up = RecurrentBackbone(body, c.OUT_FEATURES, channels, [STAGE_STRIDES[i] for i in indices])
     return _fpn(cfg, bottom_up)
@@ -125,7 +138,7 @@ def build_sequencer2d_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
         arch = dict(SEQ_ARCHS[key], patch_sizes=list(c.PATCH_SIZES))
     body = Sequencer2D(arch=arch, rnn_type=c.RNN_TYPE, in_channels=input_shape.channels,
                        out_indices=indices, frozen_stages=c.FROZEN_STAGES,
-                       drop_path_rate=c.DROP_PATH_RATE, with_cp=c.WITH_CP)
+                       drop_path_rate=c.DROP_PATH_RATE, with_cp=c.WITH_CP, init_cfg=_pretrained(c))
     strides, stride = [], 1
     for p in body.arch["patch_sizes"]:
         stride *= p

@@ -16,10 +16,11 @@
         architecture; our COCO configs (configs/detectron2/) name "coco".
     MODEL.VISIONGRU              ``BACKBONE.NAME: "build_visiongru_fpn_backbone"``
         ARCH ["tiny"], OUT_FEATURES [res2..res5], DROP_PATH_RATE [0.1], IMG_SIZE [0 = no pos. emb.],
-        FROZEN_STAGES [-1], WITH_CP [False]
+        FROZEN_STAGES [-1], WITH_CP [False], PRESET ["released" = the authors' released model; "paper"],
+        PRETRAINED ['' = none: backbone weights, loaded by rv_plugins' loader when the model is built]
     MODEL.SEQUENCER2D            ``BACKBONE.NAME: "build_sequencer2d_fpn_backbone"``
         ARCH ["s"], OUT_FEATURES [res2..res5], DROP_PATH_RATE [0.1], RNN_TYPE ["lstm"],
-        PATCH_SIZES [[] = the arch's], FROZEN_STAGES [-1], WITH_CP [False]
+        PATCH_SIZES [[] = the arch's], FROZEN_STAGES [-1], WITH_CP [False], PRETRAINED ['' = none]
     DATASETS.SYNTHETIC_PANOPTIC_ROOT ['' = none]: folder written by
         ``tools/make_synthetic_coco_panoptic.py``; ``tools/train_net.py`` registers it.
 
@@ -73,6 +74,8 @@ def add_rv_config(cfg: _D2CfgNode) -> _D2CfgNode:
     vgru.IMG_SIZE = 0
     vgru.FROZEN_STAGES = -1
     vgru.WITH_CP = False
+    vgru.PRESET = "released"
+    vgru.PRETRAINED = ""
     cfg.MODEL.VISIONGRU = vgru
 
     seq = CN()
@@ -83,6 +86,7 @@ def add_rv_config(cfg: _D2CfgNode) -> _D2CfgNode:
     seq.PATCH_SIZES = []
     seq.FROZEN_STAGES = -1
     seq.WITH_CP = False
+    seq.PRETRAINED = ""
     cfg.MODEL.SEQUENCER2D = seq
 
     cfg.DATASETS.SYNTHETIC_PANOPTIC_ROOT = ""

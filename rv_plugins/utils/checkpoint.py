@@ -180,8 +180,9 @@ def extract_state_dict(ckpt: Mapping, source: str = "checkpoint") -> Dict[str, t
 
 def _select_prefix(state: Dict[str, torch.Tensor], model_keys, prefix: Optional[str],
                    source: str) -> Tuple[Dict[str, torch.Tensor], str]:
-    """Keep the keys under ``prefix`` (stripped). ``prefix=None``: ``backbone.`` when that matches more
-    of the model's keys than the keys as they are. A given prefix that no key has is an error unless
+    """Keep the keys under ``prefix`` (stripped). ``prefix=None``: ``backbone.`` or
+    ``backbone.bottom_up.body.`` when that matches more of the model's keys than the keys as they are.
+    A given prefix that no key has is an error unless
     the keys match the model without it (e.g. ``prefix='backbone.'`` on a plain backbone checkpoint)."""
     def under(p):
         return {k[len(p):]: v for k, v in state.items() if k.startswith(p)}
@@ -198,10 +199,12 @@ def _select_prefix(state: Dict[str, torch.Tensor], model_keys, prefix: Optional[
             return state, ""
         raise ValueError(f"no key of {source} starts with prefix {p!r} (its keys begin "
                          f"{sorted(state)[:4]}); fix init_cfg's prefix, or leave it out to detect it")
-    sub = under("backbone.")
-    if sub and hits(sub) > hits(state):
-        return sub, "backbone."
-    return state, ""
+    best, best_prefix = state, ""
+    for p in ("backbone.", "backbone.bottom_up.body."):  # mm models; Detectron2's FPN around our body
+        sub = under(p)
+        if sub and hits(sub) > hits(best):
+            best, best_prefix = sub, p
+    return best, best_prefix
 
 
 def resize_pos_embed(pe: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
