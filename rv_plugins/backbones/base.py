@@ -6,6 +6,7 @@ freezes, stem first); this class validates ``out_indices`` / ``frozen_stages`` a
 state that eval mode freezes; LayerNorm/GroupNorm are listed so that ``norm_eval`` means the same
 whatever norm a user swaps in.
 """
+import numbers
 from typing import Iterator, Optional, Sequence, Tuple, Union
 
 from torch import nn
@@ -17,9 +18,17 @@ class HierarchicalBackbone(nn.Module):
     def _setup_conventions(self, out_indices: Union[int, Sequence[int]], frozen_stages: int,
                            norm_eval: bool) -> None:
         name = type(self).__name__
-        if isinstance(out_indices, int):
+        if isinstance(out_indices, numbers.Integral) and not isinstance(out_indices, bool):
             out_indices = (out_indices,)
-        out_indices = tuple(out_indices)
+        iterable = not isinstance(out_indices, (str, bytes, bool)) and hasattr(out_indices, "__iter__")
+        if iterable:
+            out_indices = tuple(out_indices)
+        if not iterable or not all(isinstance(i, numbers.Integral) and not isinstance(i, bool)
+                                   for i in out_indices):
+            raise TypeError(f"{name}: out_indices must be a stage index or a list/tuple of stage indices "
+                            f"(ints in 0..{self.num_stages - 1}), got {out_indices!r}; e.g. "
+                            f"out_indices={tuple(range(self.num_stages))} for all {self.num_stages} stages")
+        out_indices = tuple(int(i) for i in out_indices)
         if not out_indices:
             raise ValueError(f"{name}: out_indices is empty; give at least one stage index "
                              f"(0..{self.num_stages - 1})")

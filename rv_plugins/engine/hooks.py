@@ -60,7 +60,8 @@ class AtomicCheckpointHook(CheckpointHook):
         if runner._load_from is None:
             out_dir = self.out_dir if isinstance(self.out_dir, str) else None
             extra = [osp.join(out_dir, osp.basename(runner.work_dir.rstrip(os.sep)))] if out_dir else []
-            path = ck.find_resume_checkpoint(runner.work_dir, extra, log=runner.logger.warning)
+            path = ck.find_resume_checkpoint(runner.work_dir, extra, log=lambda m: (
+                runner.logger.info if m.startswith("resume: resuming") else runner.logger.warning)(m))
             if path is None:
                 runner._resume = False  # mmengine would log "...latest checkpoint None." and start anyway
             else:
