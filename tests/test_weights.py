@@ -306,3 +306,29 @@ def test_sequencer_grid_rounding_errors():
         model(torch.randn(1, 3, 3, 8))
     with pytest.raises(ValueError, match="smaller than the 2x2 downsampling"):
         model(torch.randn(1, 3, 4, 8))
+
+
+def test_our_mmengine_checkpoints_load_in_a_fresh_process_without_any_adapter(tmp_path):
+    """A checkpoint with mmengine's message hub (as our training writes) loads through init_cfg in a
+    process that never imported mmengine or an adapter (the loader registers the allow-list on demand)."""
+    pytest.importorskip("mmengine")
+    import subprocess
+    import textwrap
+    from mmengine.logging import MessageHub
+    hub = MessageHub.get_instance("fresh_process_test")
+    hub.update_scalar("train/loss", 2.0)
+    src = _randomized(_vgru())
+    torch.save(dict(state_dict={"backbone." + k: v for k, v in src.state_dict().items()},
+                    meta=dict(message_hub=hub.state_dict())), tmp_path / "ours.pth")
+    torch.save(src.state_dict(), tmp_path / "expected.pth")
+    script = textwrap.dedent(f"""
+        import sys, torch
+        from rv_plugins.backbones.visiongru import VisionGRU
+        print('MMENGINE BEFORE', 'mmengine' in sys.modules)
+        model = VisionGRU({SMALL!r}, init_cfg=dict(type='Pretrained', checkpoint='ours.pth'))
+        expected = torch.load('expected.pth')
+        print('LOADED', all(torch.equal(model.state_dict()[k], v) for k, v in expected.items()))
+    """)
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=str(tmp_path), env=env, capture_output=True, text=True)
+    assert "MMENGINE BEFORE False" in proc.stdout and "LOADED True" in proc.stdout, proc.stderr[-3000:]

@@ -118,7 +118,12 @@ def read_checkpoint(path: str, map_location: Union[str, torch.device] = "cpu") -
         raise ValueError(f"checkpoint {path!r} is empty (0 bytes): the save or download was interrupted; "
                          "save or download it again")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        try:
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as err:  # an mmengine checkpoint read before any adapter was imported
+            if _ALLOWED or "mmengine" not in str(err) or not allow_mmengine_checkpoints():
+                raise
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except (EOFError, RuntimeError) as err:
         raise ValueError(f"checkpoint {path!r} ({size} bytes) is not a complete PyTorch checkpoint: it is "
                          f"truncated or was not written by torch.save ({type(err).__name__}: "
