@@ -161,6 +161,83 @@ def test_second_run_refused_naming_the_first_then_stale_lock_taken_over(tmp_path
     assert not (work_dir / ck.LOCK_NAME).exists()
 
 
+# --------------------------------------------------------------- the hook in an mmengine Runner (toy)
+
+def _toy_runner(work_dir, max_iters, name, resume=False, max_keep=1):
+    pytest.importorskip("mmengine")
+    from mmengine.model import BaseModel
+    from mmengine.runner import Runner
+
+    import rv_plugins.engine.hooks  # noqa: F401
+    from rv_plugins import _mmengine_runner as mr
+
+    class Toy(BaseModel):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 1)
+
+        def forward(self, x, y=None, mode="tensor"):
+            out = self.lin(x).squeeze(-1)  # default_collate stacks the samples
+            return dict(loss=((out - y) ** 2).mean()) if mode == "loss" else out
+
+    class Data(torch.utils.data.Dataset):
+        def __len__(self):
+            return 16
+
+        def __getitem__(self, i):
+            return dict(x=torch.full((4,), float(i)), y=torch.tensor(1.0))
+
+    runner = Runner(
+        model=Toy(), work_dir=str(work_dir), experiment_name=name, resume=resume, load_from=None,
+        train_dataloader=dict(dataset=Data(), sampler=dict(type="InfiniteSampler", shuffle=False), batch_size=4,
+                              collate_fn=dict(type="default_collate")),
+        optim_wrapper=dict(optimizer=dict(type="SGD", lr=1e-3)), train_cfg=dict(by_epoch=False, max_iters=max_iters),
+        default_hooks=dict(checkpoint=dict(type="AtomicCheckpointHook", by_epoch=False, interval=2,
+                                           max_keep_ckpts=max_keep)))
+    mr.allow_mmengine_checkpoints(runner)
+    return runner
+
+
+def test_hook_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    runner = _toy_runner(tmp_path, 4, f"fail_{os.getpid()}")
+    real_save, calls = runner.save_checkpoint, []
+
+    def failing_save(out_dir, filename, *args, **kwargs):
+        calls.append(filename)
+        if len(calls) == 2:  # the second save dies half-way through writing its file
+            with open(osp.join(out_dir, filename), "wb") as f:
+                f.write(b"PK\x03\x04partial")
+            raise OSError(28, "No space left on device")
+        return real_save(out_dir, filename, *args, **kwargs)
+
+    runner.save_checkpoint = failing_save
+    with pytest.raises(OSError, match="No space left"):
+        runner.train()
+    assert all(ck.is_temporary(f) for f in calls)  # written under a temporary name, renamed after
+    names = sorted(n for n in os.listdir(tmp_path) if n.endswith(".pth") or n.startswith("."))
+    assert names == ["iter_2.pth"], names
+    assert (tmp_path / "last_checkpoint").read_text() == str(tmp_path / "iter_2.pth")
+    assert ck.checkpoint_problem(str(tmp_path / "iter_2.pth")) is None
+    ck.release_work_dir_lock(str(tmp_path))
+
+
+def test_hook_resume_skips_corrupted_newest_and_says_nothing_to_resume(tmp_path, capsys):
+    fresh = _toy_runner(tmp_path / "empty", 2, f"fresh_{os.getpid()}", resume=True)
+    fresh.train()
+    assert "nothing to resume" in capsys.readouterr().out
+    _toy_runner(tmp_path, 4, f"first_{os.getpid()}", max_keep=2).train()
+    assert sorted(n for n in os.listdir(tmp_path) if n.endswith(".pth")) == ["iter_2.pth", "iter_4.pth"]
+    data = (tmp_path / "iter_4.pth").read_bytes()
+    (tmp_path / "iter_4.pth").write_bytes(data[:len(data) // 2])
+    second = _toy_runner(tmp_path, 6, f"second_{os.getpid()}", resume=True, max_keep=2)
+    second.train()
+    out = capsys.readouterr().out
+    assert re.search(r"skipped \S*iter_4\.pth: truncated", out), out[-2000:]
+    assert "resumed epoch: 0, iter: 2" in out
+    assert ck.checkpoint_problem(str(tmp_path / "iter_6.pth")) is None
+    assert not (tmp_path / ck.LOCK_NAME).exists()  # released at the end of the run
+
+
 # -------------------------------------------------------------------------- the kill-and-resume test
 
 def _complete_checkpoints(work_dir):

@@ -130,9 +130,14 @@ class AtomicCheckpointHook(CheckpointHook):
         self.last_ckpt = final
         runner.message_hub.update_info("last_ckpt", final)
 
-        runner.save_checkpoint(self.out_dir, osp.basename(tmp), save_optimizer=self.save_optimizer,
-                               save_param_scheduler=self.save_param_scheduler, meta=meta,
-                               by_epoch=self.by_epoch, backend_args=self.backend_args, **self.args)
+        try:
+            runner.save_checkpoint(self.out_dir, osp.basename(tmp), save_optimizer=self.save_optimizer,
+                                   save_param_scheduler=self.save_param_scheduler, meta=meta,
+                                   by_epoch=self.by_epoch, backend_args=self.backend_args, **self.args)
+        except BaseException:
+            if osp.isfile(tmp):  # e.g. disk full: the previous checkpoints are untouched
+                os.unlink(tmp)
+            raise
         if not is_main_process():
             return
         ck.replace_atomically(tmp, final)                       # complete under its final name
