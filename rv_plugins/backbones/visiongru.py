@@ -17,6 +17,15 @@ Both minGRUs (:class:`rv_plugins.layers.mingru.MinGRU`, expansion 2, output proj
 width, no biases) have their own weights. The reverse raster is the map flipped in H and W (what the
 authors' code does); here it is the same sequence scanned with ``reverse=True``, so no flipped copy
 is made. Widths and depths follow the authors' code (see ``ARCH_SETTINGS``).
+
+Execution: the mixer runs both directions as one input GEMM (the two ``in_proj`` weights
+concatenated), one bidirectional :func:`rv_plugins.ops.mingru_scan` (gates computed inside the scan)
+and one output GEMM (the two ``out_proj`` weights concatenated along their input: the sum of the two
+directions); the parameters stay ``gru_fwd.*`` / ``gru_bwd.*``. Memory-lean inference: without autograd
+and outside training, every map of more than ``infer_chunk_elems`` elements (tokens x channels; stem,
+downsampling, blocks) runs in row chunks of about that size: 3x3 convolutions from row slabs with a one-row halo, each scan direction
+chunk by chunk with its state carried through ``h0``, the MLP in place per chunk. A block then holds its
+input, its output and one chunk's temporaries; outputs equal the one-call path to float rounding.
 """
 import math
 from typing import Dict, Optional, Sequence, Tuple, Union
@@ -30,9 +39,10 @@ from rv_plugins.layers.blocks import run_blocks
 from rv_plugins.layers.drop_path import DropPath
 from rv_plugins.layers.mingru import CANDIDATE_ACTIVATIONS, MinGRU
 from rv_plugins.layers.mlp import Mlp
+from rv_plugins.ops import mingru_scan
 from rv_plugins.ops.layout import from_sequence, to_sequence
 
-__all__ = ["VisionGRU", "GRU2DBlock", "GRU2DMixer", "ARCH_SETTINGS", "ARCH_ALIASES", "PRESETS"]
+__all__ = ["VisionGRU", "GRU2DBlock", "GRU2DMixer", "ARCH_SETTINGS", "ARCH_ALIASES", "set_infer_chunk", "PRESETS"]
 
 # Widths: base width 72 (Ti) / 104 (B), doubled at every downsampling, as in the authors' code
 # (``dim = 288 // 4`` and ``416 // 4``); depths are the paper's ([2, 2, 8, 2] and [2, 2, 15, 2]).
@@ -78,6 +88,52 @@ def _resolve_arch(arch: Union[str, dict]) -> Tuple[list, list]:
     return dims, depths
 
 
+# Memory-lean inference: maps of more elements (tokens x channels) than this run in row chunks of
+# about this size (see the module docstring): 2**18 = 1 MiB of float32 map, i.e. 3641 tokens of
+# VisionGRU-Ti's first stage, whose chunk then holds an 8 MiB projection (8x the width, both directions).
+# ``set_infer_chunk`` changes it per model.
+INFER_CHUNK_ELEMS = 2 ** 18
+
+
+def set_infer_chunk(model: nn.Module, elems: Optional[float]) -> nn.Module:
+    """Set the inference chunk (map elements, tokens x channels) of every module of ``model`` that has
+    one; ``None`` disables chunking (every map runs in one call). Returns ``model``."""
+    elems = math.inf if elems is None else elems
+    if not elems >= 1:
+        raise ValueError(f"set_infer_chunk: elems must be >= 1 or None (no chunking), got {elems!r}")
+    for m in model.modules():
+        if hasattr(m, "infer_chunk_elems"):
+            m.infer_chunk_elems = elems
+    return model
+
+
+def _lean(module: nn.Module, tokens: int, dim: int) -> bool:
+    """Whether ``module`` takes its chunked inference path for a map of ``tokens`` x ``dim``."""
+    return not module.training and not torch.is_grad_enabled() and tokens * dim > module.infer_chunk_elems
+
+
+def _chunk_rows(module: nn.Module, width: int, dim: int) -> int:
+    """Rows per chunk for maps ``width`` tokens wide with ``dim`` channels (at least one row)."""
+    return max(1, int(module.infer_chunk_elems // max(width * dim, 1)))
+
+
+def _conv3x3_rows(conv: nn.Conv2d, get_rows, n_in: int, o0: int, o1: int) -> torch.Tensor:
+    """Output rows ``[o0, o1)`` of ``conv`` (3x3, padding 1, any stride and groups) from input row slabs.
+
+    ``get_rows(a, b)`` returns input rows ``[a, b)`` as ``(B, C_in, b - a, W_in)`` (any strides) of a map
+    with ``n_in`` rows. Rows outside the map are the conv's zero padding. Returns ``(B, C_out, o1 - o0,
+    W_out)``, equal to ``conv(full_map)[:, :, o0:o1]``.
+    """
+    s = conv.stride[0]
+    i0, i1 = o0 * s - 1, (o1 - 1) * s + 2            # input rows [i0, i1) that the outputs read
+    a, b = max(i0, 0), min(i1, n_in)
+    x = get_rows(a, b)
+    if a > i0 or b < i1:
+        x = F.pad(x, (0, 0, a - i0, i1 - b))
+    return F.conv2d(x, conv.weight, conv.bias, stride=conv.stride, padding=(0, conv.padding[1]),
+                    groups=conv.groups)
+
+
 class ConvLN(nn.Module):
     """3x3 stride-2 conv then LayerNorm: ``(B, Cin, H, W)`` -> ``(B, ceil(H/2), ceil(W/2), Cout)``.
 
@@ -90,10 +146,29 @@ class ConvLN(nn.Module):
         self.conv = nn.Conv2d(in_dim, out_dim, 3, stride=2, padding=1)
         self.norm = nn.LayerNorm(out_dim, eps=_STEM_NORM_EPS)
 
+    infer_chunk_elems = INFER_CHUNK_ELEMS
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last_in:
             x = x.permute(0, 3, 1, 2)
-        return self.norm(self.conv(x).permute(0, 2, 3, 1))
+        n_in, w_in = x.shape[2], x.shape[3]
+        n_out, w_out = (n_in + 1) // 2, (w_in + 1) // 2
+        c_out = self.conv.out_channels
+        if not _lean(self, n_out * w_out, c_out):
+            return self.norm(self.conv(x).permute(0, 2, 3, 1))
+        rows, out = _chunk_rows(self, w_out, c_out), None
+        for o0 in range(0, n_out, rows):
+            o1 = min(o0 + rows, n_out)
+            y = self.rows(lambda a, b: x[:, :, a:b], n_in, o0, o1)
+            if out is None:
+                out = y.new_empty(y.shape[0], n_out, y.shape[2], y.shape[3])
+            out[:, o0:o1] = y
+        return out
+
+    def rows(self, get_rows, n_in: int, o0: int, o1: int) -> torch.Tensor:
+        """Output rows ``[o0, o1)``, ``(B, o1 - o0, W_out, out_dim)``, from input row slabs
+        ``get_rows(a, b)`` -> ``(B, in_dim, b - a, W_in)`` of a map with ``n_in`` rows."""
+        return self.norm(_conv3x3_rows(self.conv, get_rows, n_in, o0, o1).permute(0, 2, 3, 1))
 
 
 class Stem(nn.Module):
@@ -105,16 +180,39 @@ class Stem(nn.Module):
         self.act = nn.GELU()
         self.conv2 = ConvLN(max(dim // 2, 1), dim, channels_last_in=True)
 
+    infer_chunk_elems = INFER_CHUNK_ELEMS
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv2(self.act(self.conv1(x)))
+        n_in, w_in = x.shape[2], x.shape[3]
+        n1 = (n_in + 1) // 2
+        n_out, w_out = (n1 + 1) // 2, (w_in + 3) // 4
+        c_out = self.conv2.conv.out_channels
+        if not _lean(self, n_out * w_out, c_out):
+            return self.conv2(self.act(self.conv1(x)))
+        # Row chunks of the output; the first conv's rows (one-row halo) are recomputed per chunk, so
+        # neither full-resolution intermediate map is ever held.
+        def first(a: int, b: int) -> torch.Tensor:
+            return self.act(self.conv1.rows(lambda i, j: x[:, :, i:j], n_in, a, b)).permute(0, 3, 1, 2)
+
+        rows, out = _chunk_rows(self, w_out, c_out), None
+        for o0 in range(0, n_out, rows):
+            o1 = min(o0 + rows, n_out)
+            y = self.conv2.rows(first, n1, o0, o1)
+            if out is None:
+                out = y.new_empty(y.shape[0], n_out, y.shape[2], y.shape[3])
+            out[:, o0:o1] = y
+        return out
 
 
 class GRU2DMixer(nn.Module):
     """The 2DGRU token mixer: 3x3 depthwise conv, then a raster-order and a reverse-raster minGRU, summed.
 
     Input and output ``(B, H, W, dim)``. ``scan_forward`` / ``scan_reverse`` expose the two
-    directions on an already-convolved map (each ``(B, H, W, dim)`` -> ``(B, H, W, dim)``).
+    directions on an already-convolved map (each ``(B, H, W, dim)`` -> ``(B, H, W, dim)``); ``mix``
+    runs both at once (one input GEMM, one bidirectional ``mingru_scan``, one output GEMM).
     """
+
+    infer_chunk_elems = INFER_CHUNK_ELEMS
 
     def __init__(self, dim: int, expansion: float = 2.0, backend: Optional[str] = None):
         super().__init__()
@@ -134,9 +232,66 @@ class GRU2DMixer(nn.Module):
         """Reverse raster order (= the map flipped in H and W): output at token t sees tokens t..L-1."""
         return self._scan(self.gru_bwd, x)
 
+    def fused_weights(self):
+        """Both directions' weights as one input and one output projection:
+        ``(w_in (4h, dim), b_in (4h,) | None, w_out (dim, 2h), b_out (dim,) | None)``, ``h = hidden_dim``;
+        ``w_in`` rows are ``[gate_fwd, cand_fwd, gate_bwd, cand_bwd]`` (``mingru_scan``'s bidirectional
+        layout), ``w_out`` columns ``[h_fwd, h_bwd]``, ``b_out`` the sum of both output biases."""
+        f, b = self.gru_fwd, self.gru_bwd
+        w_in = torch.cat([f.in_proj.weight, b.in_proj.weight])
+        b_in = None if f.in_proj.bias is None else torch.cat([f.in_proj.bias, b.in_proj.bias])
+        w_out = torch.cat([f.out_proj.weight, b.out_proj.weight], dim=1)
+        b_out = None if f.out_proj.bias is None else f.out_proj.bias + b.out_proj.bias
+        return w_in, b_in, w_out, b_out
+
+    def mix(self, y: torch.Tensor) -> torch.Tensor:
+        """Both directions on an already-convolved map, summed: ``(B, H, W, dim)`` -> ``(B, H, W, dim)``.
+
+        Equal to ``scan_forward(y) + scan_reverse(y)``; one GEMM ``(B, L, dim) -> (B, L, 4h)``, one
+        bidirectional scan into ``(B, L, 2h)``, one GEMM back to ``(B, L, dim)``.
+        """
+        f, b = self.gru_fwd, self.gru_bwd
+        if f.candidate_act != b.candidate_act or f.backend != b.backend:
+            return self.scan_forward(y) + self.scan_reverse(y)  # the directions differ: one call each
+        w_in, b_in, w_out, b_out = self.fused_weights()
+        proj = F.linear(to_sequence(y, channels_last=True), w_in, b_in)
+        h = mingru_scan(proj, bidirectional=True, candidate_act=f.candidate_act, backend=f.backend)
+        return from_sequence(F.linear(h, w_out, b_out), y.shape[1:3], channels_last=True)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        if _lean(self, H * W, C):
+            return self.accumulate_(x, x.new_zeros(B, H, W, self.gru_fwd.out_proj.weight.shape[0]))
         y = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return self.scan_forward(y) + self.scan_reverse(y)
+        return self.mix(y)
+
+    def accumulate_(self, x: torch.Tensor, out: torch.Tensor, pre=None) -> torch.Tensor:
+        """No-autograd, memory-lean ``out += forward(pre(x))`` in row chunks; returns ``out``.
+
+        ``x``, ``out``: ``(B, H, W, dim)``; ``pre``: an optional per-token module (the block's LayerNorm),
+        applied per row slab. Each chunk of about ``infer_chunk_elems`` map elements recomputes ``pre`` and the
+        depthwise conv on its rows (one-row halo) and runs one direction's projection, scan (state carried
+        in ``h0``) and output projection; the forward direction goes top to bottom, the reverse one
+        bottom to top. Nothing of full size is allocated.
+        """
+        B, H, W, C = x.shape
+        rows = _chunk_rows(self, W, C)
+
+        def slab(a: int, b: int) -> torch.Tensor:
+            t = x[:, a:b] if pre is None else pre(x[:, a:b])
+            return t.permute(0, 3, 1, 2)
+
+        starts = list(range(0, H, rows))
+        for gru in (self.gru_fwd, self.gru_bwd):
+            state = None
+            for r0 in (reversed(starts) if gru.reverse else starts):
+                r1 = min(r0 + rows, H)
+                y = _conv3x3_rows(self.dwconv, slab, H, r0, r1).permute(0, 2, 3, 1).reshape(B, -1, C)
+                h = mingru_scan(gru.in_proj(y), state, reverse=gru.reverse, candidate_act=gru.candidate_act,
+                                backend=gru.backend)
+                state = (h[:, 0] if gru.reverse else h[:, -1]).contiguous()
+                out[:, r0:r1].add_(gru.out_proj(h).view(B, r1 - r0, W, -1))
+        return out
 
 
 class GRU2DBlock(nn.Module):
@@ -151,9 +306,23 @@ class GRU2DBlock(nn.Module):
         self.mlp = Mlp(dim, mlp_ratio)
         self.drop_path = DropPath(drop_path)
 
+    infer_chunk_elems = INFER_CHUNK_ELEMS
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _lean(self, x.shape[1] * x.shape[2], x.shape[3]):
+            return self._forward_lean(x)
         x = x + self.drop_path(self.mixer(self.norm1(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def _forward_lean(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference in row chunks (eval, no autograd: drop path is the identity). Holds ``x``, the output
+        and one chunk's temporaries (mixer projections, MLP hidden)."""
+        out = self.mixer.accumulate_(x, x.clone(), pre=self.norm1)
+        rows = _chunk_rows(self, x.shape[2], x.shape[3])
+        for r0 in range(0, out.shape[1], rows):
+            chunk = out[:, r0:r0 + rows]
+            chunk += self.mlp(self.norm2(chunk))
+        return out
 
 
 class VisionGRUStage(nn.Module):
@@ -304,8 +473,9 @@ class VisionGRU(HierarchicalBackbone):
             raise ValueError(f"VisionGRU expects images of shape (B, {self.in_channels}, H, W), got "
                              f"{tuple(x.shape)}; set in_channels to the image channels")
         x = self.stem(x)
-        if self.pos_embed is not None:
-            x = x + self._pos_embed(x.shape[1:3])
+        if self.pos_embed is not None:  # in place without autograd: no second full-size map
+            pe = self._pos_embed(x.shape[1:3])
+            x = x.add_(pe) if not torch.is_grad_enabled() else x + pe
         outs = {}
         for i in range(max(self.out_indices) + 1):
             x = self.stages[i](x)
