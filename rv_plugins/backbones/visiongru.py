@@ -28,7 +28,7 @@ chunk by chunk with its state carried through ``h0``, the MLP in place per chunk
 input, its output and one chunk's temporaries; outputs equal the one-call path to float rounding.
 """
 import math
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -308,16 +308,19 @@ class GRU2DBlock(nn.Module):
 
     infer_chunk_elems = INFER_CHUNK_ELEMS
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``x`` ``(B, H, W, dim)`` -> ``(B, H, W, dim)``. ``out``: optional buffer of ``x``'s shape that the
+        memory-lean inference path writes its result into (its content is overwritten; otherwise ignored)."""
         if _lean(self, x.shape[1] * x.shape[2], x.shape[3]):
-            return self._forward_lean(x)
+            return self._forward_lean(x, out)
         x = x + self.drop_path(self.mixer(self.norm1(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
-    def _forward_lean(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_lean(self, x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Inference in row chunks (eval, no autograd: drop path is the identity). Holds ``x``, the output
         and one chunk's temporaries (mixer projections, MLP hidden)."""
-        out = self.mixer.accumulate_(x, x.clone(), pre=self.norm1)
+        out = x.clone() if out is None or out.shape != x.shape or out.dtype != x.dtype else out.copy_(x)
+        out = self.mixer.accumulate_(x, out, pre=self.norm1)
         rows = _chunk_rows(self, x.shape[2], x.shape[3])
         for r0 in range(0, out.shape[1], rows):
             chunk = out[:, r0:r0 + rows]
@@ -339,7 +342,14 @@ class VisionGRUStage(nn.Module):
         self.blocks = nn.ModuleList(GRU2DBlock(dim, drop_path=drop_paths[i], backend=backend)
                                     for i in range(depth))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Union[torch.Tensor, List[torch.Tensor]]) -> torch.Tensor:
+        """``x``: the map, or a one-element list holding it (handed over: the list is emptied, so that
+        without autograd the input can be freed as soon as the first block is done with it)."""
+        if isinstance(x, list):
+            x, spare = self.downsample(x.pop()), None
+            for blk in self.blocks:  # ping-pong between two maps: no full-size allocation per block
+                x, spare = blk(x, out=spare), x
+            return x
         return run_blocks(self.blocks, self.downsample(x), self.with_cp)
 
 
@@ -478,7 +488,12 @@ class VisionGRU(HierarchicalBackbone):
             x = x.add_(pe) if not torch.is_grad_enabled() else x + pe
         outs = {}
         for i in range(max(self.out_indices) + 1):
-            x = self.stages[i](x)
+            if torch.is_grad_enabled():
+                x = self.stages[i](x)
+            else:  # hand the map over: this frame holds no reference to it while the stage runs
+                box = [x]
+                del x
+                x = self.stages[i](box)
             if i in self.out_indices:
                 outs[i] = x.permute(0, 3, 1, 2).contiguous()
         return tuple(outs[i] for i in self.out_indices)
