@@ -38,9 +38,15 @@ def _forward_scan(a: torch.Tensor, b: torch.Tensor, h0: Optional[torch.Tensor]) 
     h = a.new_zeros(B, D) if h0 is None else h0
     for n in range(N):
         carry[:, n] = h
-        h = torch.addcmul(local[:, n, -1], prod[:, n, -1], h)
-    out = torch.addcmul(local, prod, carry.unsqueeze(2)).view(B, N * T, D)
+        h = _add_carry(local[:, n, -1], prod[:, n, -1], h)
+    out = _add_carry(local, prod, carry.unsqueeze(2)).view(B, N * T, D)
     return out[:, :L]
+
+
+def _add_carry(local: torch.Tensor, prod: torch.Tensor, carry: torch.Tensor) -> torch.Tensor:
+    """``local + prod * carry``, but exactly ``local`` where ``carry == 0``: a product of decays that
+    overflowed to ``±inf`` must not turn a zero state into NaN (the step-by-step scan gives 0)."""
+    return torch.where(carry == 0, local, torch.addcmul(local, prod, carry))
 
 
 def scan_chunked(a: torch.Tensor, b: torch.Tensor, h0: Optional[torch.Tensor] = None,

@@ -21,7 +21,9 @@ _SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "scan_cpu.cpp")
 
 def _simd_flags():
     """AVX2/FMA when this CPU has them (the kernel is built on the machine that runs it): the fused
-    minGRU loops (gates with a polynomial ``exp``) vectorise 8 floats wide instead of 4."""
+    minGRU loops (gates with a polynomial ``exp``) vectorise 8 floats wide instead of 4. (They need
+    ``-fno-trapping-math`` to vectorise at all: it lets GCC if-convert the float->int step of ``exp``;
+    results are unchanged, FP exceptions are not used.)"""
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
@@ -36,7 +38,7 @@ def load(verbose: bool = False):
     if _MODULE is None:
         from torch.utils.cpp_extension import load as _load
         _MODULE = _load(name="rv_plugins_scan_cpu", sources=[_SOURCE], verbose=verbose,
-                        extra_cflags=["-O3", "-fopenmp"] + _simd_flags(), extra_ldflags=["-fopenmp"])
+                        extra_cflags=["-O3", "-fopenmp", "-fno-trapping-math"] + _simd_flags(), extra_ldflags=["-fopenmp"])
     return _MODULE
 
 

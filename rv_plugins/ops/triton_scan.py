@@ -41,7 +41,15 @@ def check_device(device: torch.device) -> None:
 
 @triton.jit
 def _combine(a1, b1, a2, b2):
-    return a1 * a2, a2 * b1 + b2
+    # a2 * b1 is skipped where b1 == 0: a product of decays may have overflowed to inf, and the
+    # step-by-step scan never multiplies it by a zero state (inf * 0 would be NaN).
+    return a1 * a2, tl.where(b1 == 0, b2, a2 * b1 + b2)
+
+
+@triton.jit
+def _apply(a_cum, b_cum, h):
+    """``a_cum * h + b_cum`` for a carried-in state ``h`` (broadcast over rows), ``b_cum`` where ``h == 0``."""
+    return tl.where(h[None, :] == 0, b_cum, a_cum * h[None, :] + b_cum)
 
 
 @triton.jit
@@ -68,7 +76,7 @@ def _scan_fwd_kernel(A, X, H0, H, L, D, HAS_H0: tl.constexpr, REVERSE: tl.conste
         a = tl.load(A + ptr, mask=mask, other=1.0).to(ACC)  # padding is the identity (1, 0)
         b = tl.load(X + ptr, mask=mask, other=0.0).to(ACC)
         a_cum, b_cum = tl.associative_scan((a, b), 0, _combine)
-        hs = a_cum * h[None, :] + b_cum
+        hs = _apply(a_cum, b_cum, h)
         tl.store(H + ptr, hs.to(H.dtype.element_ty), mask=mask)
         h = tl.sum(tl.where((rows == BLOCK_L - 1)[:, None], hs, 0.0), axis=0)
 
@@ -105,7 +113,7 @@ def _scan_bwd_kernel(A, H, H0, DH, DA, DB, DH0, L, D, HAS_H0: tl.constexpr, REVE
         a_next = tl.where(valid[:, None], a_next, 1.0)
         dh = tl.load(DH + ptr, mask=mask, other=0.0).to(ACC)
         a_cum, b_cum = tl.associative_scan((a_next, dh), 0, _combine)
-        gs = a_cum * g[None, :] + b_cum
+        gs = _apply(a_cum, b_cum, g)
         h_prev = tl.load(H + ptr_prev, mask=has_prev[:, None] & mask_d[None, :], other=0.0).to(ACC)
         if HAS_H0:
             h_prev = tl.where((valid & (k == 0))[:, None], h0[None, :], h_prev)
@@ -139,6 +147,8 @@ def scan_forward(a: torch.Tensor, b: torch.Tensor, h0: Optional[torch.Tensor], r
     a, b = a.contiguous(), b.contiguous()
     B, L, D = a.shape
     h = torch.empty_like(a)
+    if h.numel() == 0:  # B = 0 or D = 0: nothing to launch
+        return h
     h0_ = h0.contiguous() if h0 is not None else a  # dummy pointer when absent
     block_l, block_d = _block_sizes(B, L, D)
     _scan_fwd_kernel[(B, triton.cdiv(D, block_d))](a, b, h0_, h, L, D, HAS_H0=h0 is not None,
@@ -152,6 +162,8 @@ def scan_backward(a, h, h0, grad_h, reverse):
     B, L, D = a.shape
     grad_a, grad_b = torch.empty_like(a), torch.empty_like(a)
     grad_h0 = torch.empty_like(h0) if h0 is not None else None
+    if grad_a.numel() == 0:
+        return grad_a, grad_b, grad_h0
     h0_ = h0.contiguous() if h0 is not None else a
     block_l, block_d = _block_sizes(B, L, D)
     _scan_bwd_kernel[(B, triton.cdiv(D, block_d))](

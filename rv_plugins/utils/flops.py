@@ -8,8 +8,10 @@ matmuls, convolutions and the CUDA attention kernels. It counts nothing for:
   ``aten.mkldnn_rnn_layer`` (CPU LSTM, oneDNN), ``aten._cudnn_rnn``, ``aten.miopen_rnn``;
   CPU GRU/RNN with autograd decompose into ``mm``/``addmm``, which it already counts;
 * the CPU attention kernel ``aten._scaled_dot_product_flash_attention_for_cpu`` (and its backward);
-* our scan op ``rv_plugins.ops.linear_scan`` (a custom kernel), reported through
-  ``rv_plugins.ops.scan.SCAN_OBSERVERS``.
+* our scan ops ``torch.ops.rv_plugins.linear_scan`` and ``torch.ops.rv_plugins.mingru_scan``
+  (``torch.library`` custom ops: the counter sees them like any ATen op and counts them with the
+  handlers below; ``backend="reference"`` runs plain ATen ops instead, whose element-wise work is
+  not counted).
 
 Convention: **MACs**, reported as "FLOPs" the way papers, fvcore and mmengine do (one
 multiply-accumulate = 1). ``FlopCounterMode`` counts 2 per MAC; :func:`count_flops` halves its
@@ -22,7 +24,10 @@ totals. What is counted:
   Backward kernels count twice their forward.
 * attention: the ``Q K^T`` and ``P V`` products (``B*heads*Lq*Lk*(E + Ev)`` MACs).
 * ``linear_scan`` ``h_t = a_t h_{t-1} + b_t`` over ``(B, L, D)``: ``B*L*D`` MACs (one
-  multiply-add per element and step; forward calls only: count in inference).
+  multiply-add per element and step; forward calls only: count in inference). ``mingru_scan``
+  counts the same for its recurrence, ``B*L*D`` with ``D`` its output width (``H``, or ``2H``
+  bidirectional); its gates are element-wise and not counted (as when they were separate ops).
+  Both are reported under ``SCAN_KEY``.
 """
 import math
 from collections import defaultdict
@@ -33,7 +38,7 @@ from torch import nn
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
-from rv_plugins.ops.scan import SCAN_OBSERVERS
+import rv_plugins.ops  # noqa: F401  (registers the torch.ops.rv_plugins ops)
 
 __all__ = ["count_flops", "flop_handlers", "SCAN_KEY"]
 
@@ -91,6 +96,21 @@ def _sdpa_backward_flop(grad_out, query, key, value, *args, out_shape=None, **kw
     return flop_counter.sdpa_backward_flop_count(grad_out, query, key, value)
 
 
+# ----------------------------------------------------------------------------- our scan ops
+def _linear_scan_flop(a_shape, *args, out_shape=None, **kwargs) -> int:
+    """``rv_plugins::linear_scan(a, b, h0, reverse, backend)``: one multiply-add per element."""
+    return 2 * math.prod(a_shape)
+
+
+def _mingru_scan_flop(proj_shape, *args, out_shape=None, **kwargs) -> int:
+    """``rv_plugins::mingru_scan(proj, ...)``: one multiply-add per output element (the recurrence)."""
+    return 2 * math.prod(out_shape)
+
+
+SCAN_OPS = {torch.ops.rv_plugins.linear_scan: _linear_scan_flop,
+            torch.ops.rv_plugins.mingru_scan: _mingru_scan_flop}
+
+
 def _candidates():
     ops = [
         (("lstm", "gru", "rnn_tanh", "rnn_relu"), _rnn_op_flop),
@@ -114,7 +134,9 @@ def flop_handlers() -> Dict[Any, Any]:
 
     Ops that PyTorch's own registry already counts keep PyTorch's formula.
     """
-    return {op: fn for op, fn in _candidates() if op not in flop_counter.flop_registry}
+    handlers = {op: fn for op, fn in _candidates() if op not in flop_counter.flop_registry}
+    handlers.update(SCAN_OPS)
+    return handlers
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -151,25 +173,18 @@ def count_flops(model: nn.Module, inputs: Union[Sequence[int], torch.Tensor, tup
     args, kwargs = _make_inputs(model, inputs)
     was_training = model.training
     counter = FlopCounterMode(display=False, custom_mapping=flop_handlers())
-
-    def observe_scan(a_shape):
-        flops = 2 * math.prod(a_shape)  # FlopCounterMode units: 2 per multiply-add
-        for parent in set(counter.mod_tracker.parents):
-            counter.flop_counts[parent][SCAN_KEY] += flops
-
-    SCAN_OBSERVERS.append(observe_scan)
     try:
         if eval_mode:
             model.eval()
         with torch.no_grad(), counter:
             model(*args, **kwargs)
     finally:
-        SCAN_OBSERVERS.remove(observe_scan)
         model.train(was_training)
 
     counts = counter.get_flop_counts()
     by_op: Dict[str, int] = defaultdict(int)
+    scan_names = {str(op) for op in SCAN_OPS}
     for op, flops in counts.get("Global", {}).items():
-        by_op[str(op)] += flops // 2
+        by_op[SCAN_KEY if str(op) in scan_names else str(op)] += flops // 2
     by_module = {name: sum(ops.values()) // 2 for name, ops in counts.items()}
     return dict(total=sum(by_op.values()), by_op=dict(by_op), by_module=by_module, unit="MAC")

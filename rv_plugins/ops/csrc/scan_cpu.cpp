@@ -127,7 +127,7 @@ std::vector<torch::Tensor> backward(torch::Tensor a, torch::Tensor h, torch::Ten
 // exp(x) for float, vectorisable (no libm call): x = n ln2 + r, |r| <= ln2/2, degree-7 Taylor
 // polynomial (relative error < 1e-8 before rounding), scaled by 2^n through the exponent bits.
 static inline float exp_f(float x) {
-  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  x = std::min(std::max(x, -87.0f), 88.0f);  // NaN passes through (and is re-selected by the caller)
   const float n = std::floor(x * 1.4426950408889634f + 0.5f);
   const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
   float p = 1.0f / 5040.0f;
