@@ -1,0 +1,217 @@
+"""VisionGRU on the fused minGRU scan: the one-call bidirectional mixer, memory-lean chunked inference
+(equal to the one-call path, no full-size temporaries) and ``torch.compile`` without graph breaks."""
+import copy
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from rv_plugins.backbones.visiongru import (ConvLN, GRU2DBlock, GRU2DMixer, Stem, VisionGRU, set_infer_chunk)
+from rv_plugins.layers.mingru import MinGRU
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SMALL = dict(embed_dims=[8, 16, 32, 64], depths=[2, 1, 1, 1])
+
+
+class _OpLog(TorchDispatchMode):
+    """Records every ATen / custom op call: its name and the largest output it produced (elements)."""
+
+    def __init__(self):
+        super().__init__()
+        self.names, self.max_numel = [], 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.names.append(func.name())
+        for t in (out if isinstance(out, (tuple, list)) else (out,)):
+            if isinstance(t, torch.Tensor):
+                self.max_numel = max(self.max_numel, t.numel())
+        return out
+
+    def count(self, name: str) -> int:
+        return sum(n == name for n in self.names)
+
+
+SCAN = "rv_plugins::mingru_scan"
+GEMMS = ("aten::mm", "aten::addmm", "aten::bmm")
+
+
+def _with_act(module, act):
+    for m in module.modules():
+        if isinstance(m, MinGRU):
+            m.candidate_act = act
+    return module
+
+
+# ----------------------------------------------------------------------------- one bidirectional call
+@pytest.mark.parametrize("act", ["identity", "g"])
+def test_mixer_equals_two_mingrus_with_grads(act):
+    """The fused mixer (one GEMM, one bidirectional scan, one GEMM) = the two minGRUs summed, values and
+    gradients (input and every parameter), against the plain-PyTorch reference scan."""
+    torch.manual_seed(0)
+    fused = _with_act(GRU2DMixer(8), act)
+    ref = copy.deepcopy(fused)
+    for g in (ref.gru_fwd, ref.gru_bwd):
+        g.backend = "reference"
+    x = torch.randn(2, 5, 7, 8, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    out = fused(x)
+    y = ref.dwconv(x_ref.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    expected = ref.scan_forward(y) + ref.scan_reverse(y)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-5)
+    w = torch.randn_like(out)
+    (out * w).sum().backward()
+    (expected * w).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-6, rtol=1e-5)
+    for (name, p), p_ref in zip(fused.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, p_ref.grad, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_mixer_runs_one_scan_and_two_gemms():
+    torch.manual_seed(0)
+    mixer = GRU2DMixer(8)
+    y = torch.randn(1, 4, 6, 8)
+    with _OpLog() as log:
+        mixer.mix(y)
+    assert log.count(SCAN) == 1
+    assert sum(log.count(g) for g in GEMMS) == 2, log.names
+    with _OpLog() as log:  # the per-direction path it replaces: two scans, four GEMMs
+        mixer.scan_forward(y) + mixer.scan_reverse(y)
+    assert log.count(SCAN) == 2 and sum(log.count(g) for g in GEMMS) == 4
+
+
+def test_mixer_state_dict_keys_unchanged():
+    """Checkpoints keep loading: the fused call concatenates the weights at run time."""
+    keys = set(GRU2DMixer(8).state_dict())
+    assert keys == {"dwconv.weight", "dwconv.bias", "gru_fwd.in_proj.weight", "gru_fwd.out_proj.weight",
+                    "gru_bwd.in_proj.weight", "gru_bwd.out_proj.weight"}
+
+
+def test_mixer_with_different_directions_falls_back():
+    torch.manual_seed(0)
+    mixer = GRU2DMixer(8)
+    mixer.gru_bwd.candidate_act = "g"
+    y = torch.randn(1, 3, 4, 8)
+    with _OpLog() as log:
+        out = mixer.mix(y)
+    assert log.count(SCAN) == 2
+    torch.testing.assert_close(out, mixer.scan_forward(y) + mixer.scan_reverse(y))
+
+
+# ----------------------------------------------------------------------------- memory-lean inference
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_mingru_chunked_inference_equals_one_call(reverse, with_h0):
+    torch.manual_seed(0)
+    gru = MinGRU(6, reverse=reverse, candidate_act="g").eval()
+    x = torch.randn(2, 37, 6)
+    h0 = torch.randn(2, gru.hidden_dim) if with_h0 else None
+    with torch.no_grad():
+        expected = gru(x, h0)
+        for chunk in (1, 5, 36):
+            gru.infer_chunk_tokens = chunk
+            with _OpLog() as log:
+                out = gru(x, h0)
+            assert log.count(SCAN) == -(-37 // chunk)
+            torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-5)
+    with _OpLog() as log:  # autograd on: one call
+        gru(x, h0)
+    assert log.count(SCAN) == 1
+
+
+@pytest.mark.parametrize("module,shape", [
+    (lambda: GRU2DBlock(8), (2, 9, 13, 8)), (lambda: GRU2DMixer(8), (2, 9, 13, 8)),
+    (lambda: Stem(3, 8), (2, 3, 37, 53)), (lambda: ConvLN(8, 16, channels_last_in=True), (2, 9, 13, 8)),
+    (lambda: ConvLN(3, 16), (2, 3, 10, 13)),
+])
+def test_chunked_modules_equal_one_call(module, shape):
+    torch.manual_seed(0)
+    mod = module().eval()
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        expected = set_infer_chunk(mod, None)(x)
+        for elems in (1, 60, 300):  # one row per chunk, a few rows, most of the map
+            out = set_infer_chunk(mod, elems)(x)
+            torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["paper", "released"])
+@pytest.mark.parametrize("hw", [(61, 45), (130, 18)])
+def test_lean_inference_equals_one_call(preset, hw):
+    torch.manual_seed(0)
+    model = VisionGRU(SMALL, out_indices=(0, 1, 2, 3), preset=preset, img_size=64).eval()
+    x = torch.randn(2, 3, *hw)
+    x_before = x.clone()
+    with torch.no_grad():
+        expected = set_infer_chunk(model, None)(x)
+        with _OpLog() as log:
+            out = set_infer_chunk(model, 200)(x)
+    assert log.count(SCAN) > 2 * sum(SMALL["depths"])  # the chunked path ran
+    for a, b in zip(out, expected):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert torch.equal(x, x_before)  # in-place work only on the model's own maps
+
+
+def test_lean_inference_has_no_full_size_temporaries():
+    """No op output is larger than the first stage's map (the one-call path makes an 8x projection)."""
+    torch.manual_seed(0)
+    arch = dict(embed_dims=[8, 8, 8, 8], depths=[2, 1, 1, 1])  # weights (and their concatenations) stay small
+    model = VisionGRU(arch, img_size=None, num_classes=3).eval()
+    x = torch.randn(1, 3, 128, 128)
+    stage0 = 32 * 32 * 8
+    with torch.no_grad():
+        with _OpLog() as full:
+            expected = model.forward_head(set_infer_chunk(model, None)(x))
+        with _OpLog() as lean:
+            out = model.forward_head(set_infer_chunk(model, 1024)(x))
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    assert full.max_numel >= 8 * stage0
+    assert lean.max_numel <= stage0, lean.max_numel
+
+
+def test_lean_path_only_without_autograd_in_eval():
+    torch.manual_seed(0)
+    model = set_infer_chunk(VisionGRU(SMALL, drop_path_rate=0.0), 1)
+    x = torch.randn(1, 3, 32, 32)
+    one_call = sum(SMALL["depths"])  # one bidirectional scan per block
+    for train, grad in ((True, False), (False, True), (True, True)):
+        model.train(train)
+        with torch.set_grad_enabled(grad), _OpLog() as log:
+            model(x)
+        assert log.count(SCAN) == one_call, (train, grad)
+    model.eval()
+    with torch.no_grad(), _OpLog() as log:
+        model(x)
+    assert log.count(SCAN) > one_call
+
+
+# ----------------------------------------------------------------------------- torch.compile
+def _graph_breaks(model, x, grad):
+    torch._dynamo.reset()
+    with torch.set_grad_enabled(grad):
+        explanation = torch._dynamo.explain(model)(x)
+    torch._dynamo.reset()
+    return explanation
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_compile_has_no_graph_breaks(train):
+    torch.manual_seed(0)
+    model = VisionGRU(SMALL, out_indices=(0, 1, 2, 3), num_classes=5).train(train)
+    if not train:
+        set_infer_chunk(model, 100)  # the chunked inference path (Python loops over chunks) too
+    e = _graph_breaks(model, torch.randn(1, 3, 40, 24), grad=train)
+    assert e.graph_break_count == 0, [b.reason for b in e.break_reasons]
+    assert e.graph_count == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["paper", "released"])
+def test_compile_visiongru_ti_has_no_graph_breaks(preset):
+    """The real VisionGRU-Ti (train step with autograd, and inference) traces as one graph."""
+    model = VisionGRU("tiny", preset=preset, num_classes=10)
+    for train in (True, False):
+        e = _graph_breaks(model.train(train), torch.randn(1, 3, 64, 64), grad=train)
+        assert e.graph_break_count == 0, [b.reason for b in e.break_reasons]
+        assert e.graph_count == 1
