@@ -172,12 +172,158 @@ def scan_backward(a, h, h0, grad_h, reverse):
     return grad_a, grad_b, grad_h0
 
 
+
+# ----------------------------------------------------------------------------- fused minGRU scan
+@triton.jit
+def _gates(gate, cand, ACT_G: tl.constexpr):
+    """``(z, a, act(cand), act'(cand))`` in the accumulation type; ``z = sigmoid(gate)``,
+    ``a = sigmoid(-gate)`` without cancellation."""
+    e = tl.exp(-tl.abs(gate))
+    s = 1.0 / (1.0 + e)          # sigmoid(|gate|)
+    t = e * s                    # sigmoid(-|gate|)
+    pos = gate >= 0
+    z = tl.where(pos, s, t)
+    a = tl.where(pos, t, s)
+    if ACT_G:
+        ec = tl.exp(-tl.abs(cand))
+        sc = ec / (1.0 + ec)     # sigmoid(cand) for cand < 0
+        c = tl.where(cand >= 0, cand + 0.5, sc)
+        dc = tl.where(cand >= 0, 1.0, sc * (1.0 - sc))
+    else:
+        c = cand
+        dc = tl.full(cand.shape, 1.0, cand.dtype)
+    return z, a, c, dc
+
+
+@triton.jit
+def _mingru_fwd_kernel(P, H0, OUT, L, H, stride_pb, stride_pt, NDIR: tl.constexpr, REVERSE: tl.constexpr,
+                       ACT_G: tl.constexpr, HAS_H0: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+                       ACC: tl.constexpr):
+    """Program ``(b * NDIR + direction, channel block)``: gates from ``proj`` then the scan, tile by tile."""
+    pid = tl.program_id(0).to(tl.int64)
+    b = pid // NDIR
+    direction = pid % NDIR
+    rev = (direction == 1) | REVERSE
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < H
+    W = NDIR * H
+    if HAS_H0:
+        h = tl.load(H0 + b * W + direction * H + offs_d, mask=mask_d, other=0.0).to(ACC)
+    else:
+        h = tl.zeros([BLOCK_D], dtype=ACC)
+    rows = tl.arange(0, BLOCK_L)
+    for k0 in range(0, L, BLOCK_L):
+        k = k0 + rows
+        valid = k < L
+        t = tl.where(rev, L - 1 - k, k).to(tl.int64)
+        mask = valid[:, None] & mask_d[None, :]
+        p_gate = P + b * stride_pb + t[:, None] * stride_pt + direction * 2 * H + offs_d[None, :]
+        gate = tl.load(p_gate, mask=mask, other=0.0).to(ACC)
+        cand = tl.load(p_gate + H, mask=mask, other=0.0).to(ACC)
+        z, a, c, dc = _gates(gate, cand, ACT_G)
+        a = tl.where(mask, a, 1.0)       # padding is the identity (1, 0)
+        x = tl.where(mask, z * c, 0.0)
+        a_cum, b_cum = tl.associative_scan((a, x), 0, _combine)
+        hs = _apply(a_cum, b_cum, h)
+        tl.store(OUT + (b * L + t[:, None]) * W + direction * H + offs_d[None, :], hs.to(OUT.dtype.element_ty),
+                 mask=mask)
+        h = tl.sum(tl.where((rows == BLOCK_L - 1)[:, None], hs, 0.0), axis=0)
+
+
+@triton.jit
+def _mingru_bwd_kernel(P, OUT, H0, DOUT, DP, DH0, L, H, stride_pb, stride_pt, NDIR: tl.constexpr,
+                       REVERSE: tl.constexpr, ACT_G: tl.constexpr, HAS_H0: tl.constexpr,
+                       BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr):
+    """Walks scan positions from the last: ``g = dh + a_next g``; gates recomputed from ``proj``;
+    writes ``d gate = g z a (c - h_prev)`` and ``d cand = g z act'(cand)`` into ``DP`` (contiguous)."""
+    pid = tl.program_id(0).to(tl.int64)
+    b = pid // NDIR
+    direction = pid % NDIR
+    rev = (direction == 1) | REVERSE
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < H
+    W = NDIR * H
+    col = direction * H + offs_d[None, :]
+    rows = tl.arange(0, BLOCK_L)
+    g = tl.zeros([BLOCK_D], dtype=ACC)
+    if HAS_H0:
+        h0 = tl.load(H0 + b * W + direction * H + offs_d, mask=mask_d, other=0.0).to(ACC)
+    for j0 in range(0, L, BLOCK_L):
+        k = L - 1 - (j0 + rows)                      # scan positions, last first
+        valid = k >= 0
+        t = tl.where(rev, L - 1 - k, k).to(tl.int64)
+        t_next = tl.where(rev, t - 1, t + 1)
+        t_prev = tl.where(rev, t + 1, t - 1)
+        has_next = valid & (k + 1 < L)
+        has_prev = valid & (k > 0)
+        mask = valid[:, None] & mask_d[None, :]
+        p_gate = P + b * stride_pb + t[:, None] * stride_pt + direction * 2 * H + offs_d[None, :]
+        gate = tl.load(p_gate, mask=mask, other=0.0).to(ACC)
+        cand = tl.load(p_gate + H, mask=mask, other=0.0).to(ACC)
+        z, a, c, dc = _gates(gate, cand, ACT_G)
+        gate_next = tl.load(P + b * stride_pb + t_next[:, None] * stride_pt + direction * 2 * H + offs_d[None, :],
+                            mask=has_next[:, None] & mask_d[None, :], other=0.0).to(ACC)
+        e = tl.exp(-tl.abs(gate_next))
+        a_next = tl.where(gate_next >= 0, e / (1.0 + e), 1.0 / (1.0 + e))
+        a_next = tl.where(has_next[:, None] & mask_d[None, :], a_next, 0.0)
+        a_next = tl.where(valid[:, None], a_next, 1.0)
+        dh = tl.load(DOUT + (b * L + t[:, None]) * W + col, mask=mask, other=0.0).to(ACC)
+        a_cum, b_cum = tl.associative_scan((a_next, dh), 0, _combine)
+        gs = _apply(a_cum, b_cum, g)
+        h_prev = tl.load(OUT + (b * L + t_prev[:, None]) * W + col, mask=has_prev[:, None] & mask_d[None, :],
+                         other=0.0).to(ACC)
+        if HAS_H0:
+            h_prev = tl.where((valid & (k == 0))[:, None], h0[None, :], h_prev)
+        gz = gs * z
+        p_dgate = DP + (b * L + t[:, None]) * (2 * W) + direction * 2 * H + offs_d[None, :]
+        tl.store(p_dgate, (gz * a * (c - h_prev)).to(DP.dtype.element_ty), mask=mask)
+        tl.store(p_dgate + H, (gz * dc).to(DP.dtype.element_ty), mask=mask)
+        g = tl.sum(tl.where((rows == BLOCK_L - 1)[:, None], gs, 0.0), axis=0)
+    if HAS_H0:
+        t_first = tl.where(rev, L - 1, 0).to(tl.int64)
+        gate0 = tl.load(P + b * stride_pb + t_first * stride_pt + direction * 2 * H + offs_d, mask=mask_d,
+                        other=0.0).to(ACC)
+        e0 = tl.exp(-tl.abs(gate0))
+        a0 = tl.where(gate0 >= 0, e0 / (1.0 + e0), 1.0 / (1.0 + e0))
+        tl.store(DH0 + b * W + direction * H + offs_d, (a0 * g).to(DH0.dtype.element_ty), mask=mask_d)
+
+
+def _mingru_launch_args(proj, reverse, bidirectional):
+    if proj.stride(-1) != 1:
+        proj = proj.contiguous()
+    ndir = 2 if bidirectional else 1
+    B, L, P = proj.shape
+    H = P // (2 * ndir)
+    block_l, block_d = _block_sizes(B * ndir, L, H) if H > 0 else (1, 1)
+    grid = (B * ndir, triton.cdiv(H, block_d))
+    meta = dict(NDIR=ndir, REVERSE=bool(reverse) and not bidirectional, BLOCK_L=block_l, BLOCK_D=block_d,
+                ACC=_acc(proj.dtype))
+    return proj, B, L, H, ndir, grid, meta
+
+
 def mingru_forward(proj, h0, reverse, bidirectional, candidate_act):
-    """Fused minGRU scan on Triton (see ``rv_plugins.ops.mingru``): proj (B, L, 2H|4H) -> h (B, L, H|2H)."""
-    from .mingru import _composed_forward
-    return _composed_forward(scan_forward, proj, h0, reverse, bidirectional, candidate_act)
+    """Fused minGRU scan (see ``rv_plugins.ops.mingru``): proj (B, L, 2H|4H), channel stride 1 (else
+    copied) -> h (B, L, H|2H), contiguous, in proj's dtype."""
+    proj, B, L, H, ndir, grid, meta = _mingru_launch_args(proj, reverse, bidirectional)
+    out = proj.new_empty(B, L, ndir * H)
+    if out.numel() == 0:
+        return out
+    h0_ = h0.to(proj.dtype).contiguous() if h0 is not None else proj
+    _mingru_fwd_kernel[grid](proj, h0_, out, L, H, proj.stride(0), proj.stride(1), ACT_G=candidate_act == "g",
+                             HAS_H0=h0 is not None, **meta)
+    return out
 
 
 def mingru_backward(proj, h, h0, grad_h, reverse, bidirectional, candidate_act):
-    from .mingru import _composed_backward
-    return _composed_backward(scan_backward, proj, h, h0, grad_h, reverse, bidirectional, candidate_act)
+    """Returns ``(grad_proj (B, L, 2H|4H) contiguous, grad_h0 or None)``; gates recomputed from proj."""
+    proj, B, L, H, ndir, grid, meta = _mingru_launch_args(proj, reverse, bidirectional)
+    grad_proj = torch.empty((B, L, 2 * ndir * H), dtype=proj.dtype, device=proj.device)
+    grad_h0 = torch.empty_like(h0) if h0 is not None else None
+    if grad_proj.numel() == 0:
+        return grad_proj.zero_(), None if h0 is None else grad_h0.zero_()
+    h0_ = h0.to(proj.dtype).contiguous() if h0 is not None else proj
+    dh0 = torch.empty(h0.shape, dtype=proj.dtype, device=proj.device) if h0 is not None else proj
+    _mingru_bwd_kernel[grid](proj, h.contiguous(), h0_, grad_h.to(proj.dtype).contiguous(), grad_proj, dh0, L, H,
+                             proj.stride(0), proj.stride(1), ACT_G=candidate_act == "g", HAS_H0=h0 is not None,
+                             **meta)
+    return grad_proj, (dh0 if h0 is not None else None)
