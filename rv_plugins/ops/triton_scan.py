@@ -143,9 +143,11 @@ def _block_sizes(B: int, L: int, D: int):
 
 
 def scan_forward(a: torch.Tensor, b: torch.Tensor, h0: Optional[torch.Tensor], reverse: bool) -> torch.Tensor:
-    """(B, L, D) -> h (B, L, D) in the inputs' dtype."""
+    """(B, L, D) -> h (B, L, D) in the inputs' dtype (the chunked scan when ``use_chunked``)."""
     a, b = a.contiguous(), b.contiguous()
     B, L, D = a.shape
+    if a.numel() and use_chunked(B, L, D):
+        return scan_forward_chunked(a, b, h0, reverse)
     h = torch.empty_like(a)
     if h.numel() == 0:  # B = 0 or D = 0: nothing to launch
         return h
@@ -160,6 +162,8 @@ def scan_backward(a, h, h0, grad_h, reverse):
     """Returns ``(grad_a, grad_b, grad_h0 or None)``."""
     a, h, grad_h = a.contiguous(), h.contiguous(), grad_h.contiguous()
     B, L, D = a.shape
+    if a.numel() and use_chunked(B, L, D):
+        return scan_backward_chunked(a, h, h0, grad_h, reverse)
     grad_a, grad_b = torch.empty_like(a), torch.empty_like(a)
     grad_h0 = torch.empty_like(h0) if h0 is not None else None
     if grad_a.numel() == 0:
@@ -171,6 +175,154 @@ def scan_backward(a, h, h0, grad_h, reverse):
         HAS_H0=h0 is not None, REVERSE=bool(reverse), BLOCK_L=block_l, BLOCK_D=block_d, ACC=_acc(a.dtype))
     return grad_a, grad_b, grad_h0
 
+
+
+# ----------------------------------------------------------------------------- chunked (time-parallel) scan
+# When B x D is small and L large (VisionGRU at 1024²: B = 1, L = 65,536), one program per channel
+# block walking all of L leaves most SMs idle. The chunked scan cuts L into chunks of CHUNK steps and
+# runs three launches: (1) every (batch, chunk, channel block) scans its chunk from a zero state and
+# writes the chunk's summary (product of decays, end state); (2) one short sequential pass per
+# (batch, channel block) over the n_chunks summaries gives the state entering each chunk; (3) every
+# chunk is replayed from its carry-in and h is stored. Reads a and b twice, writes h once.
+@triton.jit
+def _chunk_summary_kernel(A, X, S_A, S_B, L, D, n_chunks, REVERSE: tl.constexpr, HAS_H0: tl.constexpr,
+                          CHUNK: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr):
+    pid_b = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1)
+    offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < D
+    base = pid_b * L * D
+    rows = tl.arange(0, BLOCK_L)
+    pa = tl.full([BLOCK_D], 1.0, ACC)
+    pb = tl.zeros([BLOCK_D], dtype=ACC)
+    for k0 in range(0, CHUNK, BLOCK_L):
+        k = c * CHUNK + k0 + rows
+        valid = k < L
+        if REVERSE:
+            t = L - 1 - k
+        else:
+            t = k
+        mask = valid[:, None] & mask_d[None, :]
+        ptr = base + t.to(tl.int64)[:, None] * D + offs_d[None, :]
+        a = tl.load(A + ptr, mask=mask, other=1.0).to(ACC)
+        b = tl.load(X + ptr, mask=mask, other=0.0).to(ACC)
+        a_cum, b_cum = tl.associative_scan((a, b), 0, _combine)
+        a_last = tl.sum(tl.where((rows == BLOCK_L - 1)[:, None], a_cum, 0.0), axis=0)
+        b_last = tl.sum(tl.where((rows == BLOCK_L - 1)[:, None], b_cum, 0.0), axis=0)
+        pa, pb = _combine(pa, pb, a_last, b_last)
+    out = (pid_b * n_chunks + c) * D + offs_d
+    tl.store(S_A + out, pa, mask=mask_d)
+    tl.store(S_B + out, pb, mask=mask_d)
+
+
+@triton.jit
+def _chunk_carry_kernel(S_A, S_B, H0, CARRY, D, n_chunks, HAS_H0: tl.constexpr, BLOCK_D: tl.constexpr,
+                        ACC: tl.constexpr):
+    pid_b = tl.program_id(0).to(tl.int64)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < D
+    if HAS_H0:
+        h = tl.load(H0 + pid_b * D + offs_d, mask=mask_d, other=0.0).to(ACC)
+    else:
+        h = tl.zeros([BLOCK_D], dtype=ACC)
+    for c in range(0, n_chunks):
+        off = (pid_b * n_chunks + c) * D + offs_d
+        tl.store(CARRY + off, h, mask=mask_d)
+        sa = tl.load(S_A + off, mask=mask_d, other=1.0)
+        sb = tl.load(S_B + off, mask=mask_d, other=0.0)
+        h = tl.where(h == 0, sb, sa * h + sb)
+
+
+@triton.jit
+def _chunk_replay_kernel(A, X, CARRY, H, L, D, n_chunks, REVERSE: tl.constexpr, CHUNK: tl.constexpr,
+                         BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr):
+    pid_b = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1)
+    offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < D
+    base = pid_b * L * D
+    rows = tl.arange(0, BLOCK_L)
+    h = tl.load(CARRY + (pid_b * n_chunks + c) * D + offs_d, mask=mask_d, other=0.0)
+    for k0 in range(0, CHUNK, BLOCK_L):
+        k = c * CHUNK + k0 + rows
+        valid = k < L
+        if REVERSE:
+            t = L - 1 - k
+        else:
+            t = k
+        mask = valid[:, None] & mask_d[None, :]
+        ptr = base + t.to(tl.int64)[:, None] * D + offs_d[None, :]
+        a = tl.load(A + ptr, mask=mask, other=1.0).to(ACC)
+        b = tl.load(X + ptr, mask=mask, other=0.0).to(ACC)
+        a_cum, b_cum = tl.associative_scan((a, b), 0, _combine)
+        hs = _apply(a_cum, b_cum, h)
+        tl.store(H + ptr, hs.to(H.dtype.element_ty), mask=mask)
+        h = tl.sum(tl.where((rows == BLOCK_L - 1)[:, None], hs, 0.0), axis=0)
+
+
+CHUNK = 256
+_CHUNK_BLOCK_D = {}  # (D, dtype) -> BLOCK_D chosen by timing on the GPU (autotuned on D)
+
+
+def use_chunked(B: int, L: int, D: int) -> bool:
+    """The chunked scan when one program per (batch, channel block) would leave an H100's 132 SMs
+    mostly idle and the sequence is long enough to cut into >= 8 chunks."""
+    _, block_d = _block_sizes(B, L, D)
+    return B * triton.cdiv(D, block_d) < 132 and L >= 8 * CHUNK
+
+
+def _chunk_launch(a, b, h0, reverse, block_d):
+    B, L, D = a.shape
+    n_chunks = triton.cdiv(L, CHUNK)
+    block_l = min(64, CHUNK)
+    s_a = torch.empty(B, n_chunks, D, device=a.device, dtype=torch.float32)
+    s_b, carry = torch.empty_like(s_a), torch.empty_like(s_a)
+    h = torch.empty_like(a)
+    acc = _acc(a.dtype)
+    if acc == tl.float64:
+        s_a, s_b, carry = s_a.double(), s_b.double(), carry.double()
+    nd = triton.cdiv(D, block_d)
+    _chunk_summary_kernel[(B, n_chunks, nd)](a, b, s_a, s_b, L, D, n_chunks, REVERSE=bool(reverse), HAS_H0=h0 is not None,
+                                             CHUNK=CHUNK, BLOCK_L=block_l, BLOCK_D=block_d, ACC=acc)
+    h0_ = h0.to(s_a.dtype).contiguous() if h0 is not None else s_a
+    _chunk_carry_kernel[(B, nd)](s_a, s_b, h0_, carry, D, n_chunks, HAS_H0=h0 is not None, BLOCK_D=block_d, ACC=acc)
+    _chunk_replay_kernel[(B, n_chunks, nd)](a, b, carry, h, L, D, n_chunks, REVERSE=bool(reverse), CHUNK=CHUNK,
+                                            BLOCK_L=block_l, BLOCK_D=block_d, ACC=acc)
+    return h
+
+
+def _chunk_block_d(a, b, h0, reverse) -> int:
+    """BLOCK_D for the chunked scan: timed once per (D, dtype) on a GPU among 16/32/64; 32 otherwise."""
+    D = a.shape[-1]
+    if a.device.type != "cuda":
+        return min(32, triton.next_power_of_2(D))
+    key = (D, a.dtype)
+    if key not in _CHUNK_BLOCK_D:
+        from triton.testing import do_bench
+        candidates = [bd for bd in (16, 32, 64) if bd <= max(16, triton.next_power_of_2(D))]
+        _CHUNK_BLOCK_D[key] = min(candidates, key=lambda bd: do_bench(lambda: _chunk_launch(a, b, h0, reverse, bd),
+                                                                         warmup=5, rep=20))
+    return _CHUNK_BLOCK_D[key]
+
+
+def scan_forward_chunked(a: torch.Tensor, b: torch.Tensor, h0: Optional[torch.Tensor], reverse: bool) -> torch.Tensor:
+    """Time-parallel scan, (B, L, D) -> h (B, L, D) in the inputs' dtype (see above)."""
+    a, b = a.contiguous(), b.contiguous()
+    if a.numel() == 0:
+        return torch.empty_like(a)
+    return _chunk_launch(a, b, h0, reverse, _chunk_block_d(a, b, h0, reverse))
+
+
+def scan_backward_chunked(a, h, h0, grad_h, reverse):
+    """Backward through the chunked forward: ``g`` is the scan of ``(a_next, grad_h)`` the other way."""
+    from .scan import _first, _shift
+    a_next = _shift(a, None, reverse, towards_past=False)
+    g = scan_forward_chunked(a_next, grad_h.to(a.dtype), None, not reverse)
+    h_prev = _shift(h, h0, reverse, towards_past=True)
+    acc = torch.promote_types(a.dtype, torch.float32)
+    grad_a = (g.to(acc) * h_prev.to(acc)).to(a.dtype)
+    grad_h0 = None if h0 is None else (_first(a, reverse).to(acc) * _first(g, reverse).to(acc)).to(h0.dtype)
+    return grad_a, g, grad_h0
 
 
 # ----------------------------------------------------------------------------- fused minGRU scan
@@ -295,6 +447,7 @@ def _mingru_launch_args(proj, reverse, bidirectional):
     B, L, P = proj.shape
     H = P // (2 * ndir)
     block_l, block_d = _block_sizes(B * ndir, L, H) if H > 0 else (1, 1)
+    block_l = min(block_l, 32)  # the backward holds ~12 tiles live: 64 x 32 tiles spill registers
     grid = (B * ndir, triton.cdiv(H, block_d))
     meta = dict(NDIR=ndir, REVERSE=bool(reverse) and not bidirectional, BLOCK_L=block_l, BLOCK_D=block_d,
                 ACC=_acc(proj.dtype))
