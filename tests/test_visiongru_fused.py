@@ -215,3 +215,50 @@ def test_compile_visiongru_ti_has_no_graph_breaks(preset):
         e = _graph_breaks(model.train(train), torch.randn(1, 3, 64, 64), grad=train)
         assert e.graph_break_count == 0, [b.reason for b in e.break_reasons]
         assert e.graph_count == 1
+
+
+# ----------------------------------------------------------------------------- memory-lean training
+@pytest.mark.parametrize("act", ["identity", "g"])
+@pytest.mark.parametrize("chunk_tokens", [None, 1, 7])
+def test_recomputing_training_path_equals_plain_ops(act, chunk_tokens):
+    """The training path that stores no projection (recomputed in the backward; in token chunks with the
+    state and its gradient carried across chunks) and no GELU output gives the plain path's values and
+    gradients."""
+    torch.manual_seed(0)
+    block = _with_act(GRU2DBlock(8), act).train()
+    plain = copy.deepcopy(block)
+    plain.recompute_gelu = plain.mixer.recompute_proj = False
+    if chunk_tokens is not None:
+        block.mixer.train_chunk_elems = chunk_tokens * 2 * block.mixer.gru_fwd.hidden_dim
+    x = torch.randn(2, 5, 9, 8, requires_grad=True)
+    x_plain = x.detach().clone().requires_grad_()
+    out, expected = block(x), plain(x_plain)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-5)
+    w = torch.randn_like(out)
+    (out * w).sum().backward()
+    (expected * w).sum().backward()
+    torch.testing.assert_close(x.grad, x_plain.grad, atol=1e-6, rtol=1e-5)
+    for (name, p), q in zip(block.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_recomputing_training_path_refuses_double_backward():
+    torch.manual_seed(0)
+    block = GRU2DBlock(8).train()
+    x = torch.randn(1, 3, 4, 8, requires_grad=True)
+    with pytest.raises(RuntimeError, match="double backward.*recompute"):
+        torch.autograd.grad(block(x).square().sum(), x, create_graph=True)
+    block.recompute_gelu = block.mixer.recompute_proj = False  # the plain ops: twice differentiable
+    (g,) = torch.autograd.grad(block(x).square().sum(), x, create_graph=True)
+    g.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_compile_chunked_training_path_has_no_graph_breaks():
+    torch.manual_seed(0)
+    model = VisionGRU(SMALL, num_classes=5).train()
+    for m in model.modules():
+        if isinstance(m, GRU2DMixer):
+            m.train_chunk_elems = 64
+    e = _graph_breaks(model, torch.randn(1, 3, 40, 24), grad=True)
+    assert e.graph_break_count == 0, [b.reason for b in e.break_reasons]

@@ -33,6 +33,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from rv_plugins.backbones.base import HierarchicalBackbone
 from rv_plugins.layers.blocks import run_blocks
@@ -40,6 +41,7 @@ from rv_plugins.layers.drop_path import DropPath
 from rv_plugins.layers.mingru import CANDIDATE_ACTIVATIONS, MinGRU
 from rv_plugins.layers.mlp import Mlp
 from rv_plugins.ops import mingru_scan
+from rv_plugins.ops.scan import _public_backend
 from rv_plugins.ops.layout import from_sequence, to_sequence
 
 __all__ = ["VisionGRU", "GRU2DBlock", "GRU2DMixer", "ARCH_SETTINGS", "ARCH_ALIASES", "set_infer_chunk", "PRESETS"]
@@ -134,6 +136,138 @@ def _conv3x3_rows(conv: nn.Conv2d, get_rows, n_in: int, o0: int, o1: int) -> tor
                     groups=conv.groups)
 
 
+_NO_DOUBLE_BACKWARD = ("{}: double backward (create_graph=True) through this memory-saving path is not supported; "
+                       "set {} = False to run the plain ops (twice differentiable)")
+
+
+class _ProjectedBiScan(torch.autograd.Function):
+    """``h = mingru_scan(linear(seq, w_in, b_in), bidirectional=True)`` that keeps only ``seq`` and ``h``
+    for the backward: the ``(B, L, 4h)`` projection is recomputed (one GEMM) instead of stored.
+
+    ``seq`` ``(B, L, dim)``, ``w_in`` ``(4h, dim)`` -> ``h`` ``(B, L, 2h)``; ``backend`` is a resolved op
+    backend (``'torch'`` / ``'triton'``). Sequences longer than ``chunk`` tokens run per direction in token
+    chunks, forward and backward, the state carried through ``h0`` and the state gradient through
+    ``grad_h0``: the full-size projection and its gradient never exist (under autocast the carried state
+    is rounded to the autocast dtype at chunk boundaries). Under autocast the recomputed projection uses
+    the forward's dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, seq, w_in, b_in, candidate_act, backend, chunk):
+        B, L, _ = seq.shape
+        ctx.args, ctx.chunk = (candidate_act, backend), chunk
+        if L <= chunk:
+            proj = F.linear(seq, w_in, b_in)
+            h = torch.ops.rv_plugins.mingru_scan(proj, None, False, True, candidate_act, backend)
+        else:
+            two_h = w_in.shape[0] // 2                     # one direction's [gate, cand] width
+            h = None
+            for d, reverse in ((0, False), (1, True)):
+                rows = slice(d * two_h, (d + 1) * two_h)
+                cols = slice(d * two_h // 2, (d + 1) * two_h // 2)
+                w_d, b_d = w_in[rows], None if b_in is None else b_in[rows]
+                state = None
+                for t0, t1 in _token_chunks(L, chunk, reverse):
+                    p = F.linear(seq[:, t0:t1], w_d, b_d)
+                    hc = torch.ops.rv_plugins.mingru_scan(p, state, reverse, False, candidate_act, backend)
+                    if h is None:
+                        h = p.new_empty(B, L, two_h)
+                    h[:, t0:t1, cols] = hc
+                    state = (hc[:, 0] if reverse else hc[:, -1]).contiguous()
+        ctx.save_for_backward(seq, w_in, b_in, h)
+        ctx.proj_dtype = h.dtype
+        return h
+
+    @staticmethod
+    def backward(ctx, grad_h):
+        if torch.is_grad_enabled():
+            raise RuntimeError(_NO_DOUBLE_BACKWARD.format("GRU2DMixer", "GRU2DMixer.recompute_proj"))
+        seq, w_in, b_in, h = ctx.saved_tensors
+        dt, (act, backend), chunk = ctx.proj_dtype, ctx.args, ctx.chunk
+        B, L, C = seq.shape
+        w = w_in.to(dt)
+        b = None if b_in is None else b_in.to(dt)
+        need_x, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], b_in is not None and ctx.needs_input_grad[2]
+        if L <= chunk:
+            proj = F.linear(seq.to(dt), w, b)
+            grad_proj, _ = torch.ops.rv_plugins.mingru_scan_backward(
+                proj, h, None, grad_h.to(dt).contiguous(), False, True, act, backend)
+            del proj
+            g = grad_proj.reshape(-1, grad_proj.shape[-1])
+            grad_seq = (g @ w).view(seq.shape).to(seq.dtype) if need_x else None
+            grad_w = (g.t() @ seq.reshape(-1, C).to(dt)).to(w_in.dtype) if need_w else None
+            grad_b = g.sum(0).to(b_in.dtype) if need_b else None
+            return grad_seq, grad_w, grad_b, None, None, None
+        two_h = w.shape[0] // 2
+        grad_seq = torch.zeros_like(seq) if need_x else None
+        grad_w = torch.zeros_like(w_in) if need_w else None
+        grad_b = torch.zeros_like(b_in) if need_b else None
+        for d, reverse in ((0, False), (1, True)):
+            rows = slice(d * two_h, (d + 1) * two_h)
+            cols = slice(d * two_h // 2, (d + 1) * two_h // 2)
+            w_d, b_d = w[rows], None if b is None else b[rows]
+            carry = None                                    # dL/dh at the neighbouring chunk's boundary
+            for t0, t1 in reversed(_token_chunks(L, chunk, reverse)):
+                seq_c = seq[:, t0:t1].to(dt)
+                p = F.linear(seq_c, w_d, b_d)
+                gh = grad_h[:, t0:t1, cols].to(dt).contiguous()
+                if carry is not None:
+                    (gh[:, -1] if not reverse else gh[:, 0]).add_(carry)
+                if reverse:
+                    h0 = h[:, t1, cols].contiguous() if t1 < L else None
+                else:
+                    h0 = h[:, t0 - 1, cols].contiguous() if t0 > 0 else None
+                gp, gh0 = torch.ops.rv_plugins.mingru_scan_backward(
+                    p, h[:, t0:t1, cols].contiguous(), h0, gh, reverse, False, act, backend)
+                del p
+                carry = gh0 if h0 is not None else None
+                g = gp.reshape(-1, two_h)
+                if need_x:
+                    grad_seq[:, t0:t1] += (g @ w_d).view(B, t1 - t0, C).to(seq.dtype)
+                if need_w:
+                    grad_w[rows] += (g.t() @ seq_c.reshape(-1, C)).to(w_in.dtype)
+                if need_b:
+                    grad_b[rows] += g.sum(0).to(b_in.dtype)
+        return grad_seq, grad_w, grad_b, None, None, None
+
+
+def _token_chunks(L: int, chunk: int, reverse: bool) -> List[Tuple[int, int]]:
+    """``[t0, t1)`` token ranges of at most ``chunk`` covering ``0..L``, in scan order."""
+    spans = [(t0, min(t0 + chunk, L)) for t0 in range(0, L, chunk)]
+    return spans[::-1] if reverse else spans
+
+
+class _GeluLinear(torch.autograd.Function):
+    """``linear(gelu(u), w, b)`` keeping only ``u`` for the backward (the GELU is recomputed there):
+    the MLP then stores one ``(..., 4 dim)`` hidden tensor instead of two. ``u`` ``(..., k)``, ``w`` ``(n, k)``."""
+
+    @staticmethod
+    def forward(ctx, u, w, b, approximate):
+        g = F.gelu(u, approximate=approximate)
+        out = F.linear(g, w, b)
+        ctx.save_for_backward(u, w)
+        ctx.has_bias, ctx.approximate, ctx.dtype = b is not None, approximate, out.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        if torch.is_grad_enabled():
+            raise RuntimeError(_NO_DOUBLE_BACKWARD.format("GRU2DBlock MLP", "GRU2DBlock.recompute_gelu"))
+        u, w = ctx.saved_tensors
+        dt = ctx.dtype
+        go = grad_out.reshape(-1, grad_out.shape[-1]).to(dt)
+        grad_u = grad_w = grad_b = None
+        if ctx.needs_input_grad[1]:
+            g = F.gelu(u, approximate=ctx.approximate).reshape(-1, u.shape[-1]).to(dt)
+            grad_w = (go.t() @ g).to(w.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = go.sum(0).to(w.dtype)
+        if ctx.needs_input_grad[0]:
+            grad_g = (go @ w.to(dt)).view(u.shape).to(u.dtype)
+            grad_u = torch.ops.aten.gelu_backward(grad_g, u, approximate=ctx.approximate)
+        return grad_u, grad_w, grad_b, None
+
+
 class ConvLN(nn.Module):
     """3x3 stride-2 conv then LayerNorm: ``(B, Cin, H, W)`` -> ``(B, ceil(H/2), ceil(W/2), Cout)``.
 
@@ -182,13 +316,22 @@ class Stem(nn.Module):
 
     infer_chunk_elems = INFER_CHUNK_ELEMS
 
+    # With autograd: store only the stem's input and recompute its stride-2 maps in the backward
+    # (1.7% of VisionGRU-Ti's MACs; at 1024^2 the stem otherwise keeps ~150 MB for the backward).
+    recompute = True
+
+    def _full(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.act(self.conv1(x)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n_in, w_in = x.shape[2], x.shape[3]
         n1 = (n_in + 1) // 2
         n_out, w_out = (n1 + 1) // 2, (w_in + 3) // 4
         c_out = self.conv2.conv.out_channels
+        if self.recompute and torch.is_grad_enabled():  # keep the image only; ~4 full-resolution maps less
+            return checkpoint(self._full, x, use_reentrant=False)
         if not _lean(self, n_out * w_out, c_out):
-            return self.conv2(self.act(self.conv1(x)))
+            return self._full(x)
         # Row chunks of the output; the first conv's rows (one-row halo) are recomputed per chunk, so
         # neither full-resolution intermediate map is ever held.
         def first(a: int, b: int) -> torch.Tensor:
@@ -213,6 +356,11 @@ class GRU2DMixer(nn.Module):
     """
 
     infer_chunk_elems = INFER_CHUNK_ELEMS
+    # With autograd: keep only the mixer's input and state for the backward and recompute the (B, L, 4h)
+    # projection there (one extra GEMM; at 1024^2 that is 151 MB per first-stage block not stored).
+    recompute_proj = True
+    # ... and, on sequences whose one-direction projection exceeds this many elements, in token chunks.
+    train_chunk_elems = 2 ** 21
 
     def __init__(self, dim: int, expansion: float = 2.0, backend: Optional[str] = None):
         super().__init__()
@@ -254,8 +402,14 @@ class GRU2DMixer(nn.Module):
         if f.candidate_act != b.candidate_act or f.backend != b.backend:
             return self.scan_forward(y) + self.scan_reverse(y)  # the directions differ: one call each
         w_in, b_in, w_out, b_out = self.fused_weights()
-        proj = F.linear(to_sequence(y, channels_last=True), w_in, b_in)
-        h = mingru_scan(proj, bidirectional=True, candidate_act=f.candidate_act, backend=f.backend)
+        seq = to_sequence(y, channels_last=True)
+        backend = _public_backend(f.backend, y.device)
+        if self.recompute_proj and torch.is_grad_enabled() and backend != "reference":
+            chunk = max(1, int(self.train_chunk_elems // max(w_in.shape[0] // 2, 1)))
+            h = _ProjectedBiScan.apply(seq, w_in, b_in, f.candidate_act, backend, chunk)
+        else:
+            h = mingru_scan(F.linear(seq, w_in, b_in), bidirectional=True, candidate_act=f.candidate_act,
+                            backend=f.backend)
         return from_sequence(F.linear(h, w_out, b_out), y.shape[1:3], channels_last=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -314,7 +468,16 @@ class GRU2DBlock(nn.Module):
         if _lean(self, x.shape[1] * x.shape[2], x.shape[3]):
             return self._forward_lean(x, out)
         x = x + self.drop_path(self.mixer(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        return x + self.drop_path(self._mlp(self.norm2(x)))
+
+    # With autograd: the MLP keeps its GELU input only and recomputes the GELU in the backward.
+    recompute_gelu = True
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        mlp = self.mlp
+        if self.recompute_gelu and torch.is_grad_enabled() and type(mlp.act) is nn.GELU:
+            return _GeluLinear.apply(mlp.fc1(x), mlp.fc2.weight, mlp.fc2.bias, mlp.act.approximate)
+        return mlp(x)
 
     def _forward_lean(self, x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Inference in row chunks (eval, no autograd: drop path is the identity). Holds ``x``, the output
