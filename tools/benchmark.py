@@ -85,7 +85,12 @@ METHOD_NOTES = [
     "timed runs stop after 40 s). Train = forward + cross-entropy + backward (no optimizer step). A "
     "point whose first call took > 60 s gets that single call as its time (`*`).",
     "Memory: peak RSS increase of the worker over its RSS after model + input were built "
-    "(`/proc/self/clear_refs` reset of VmHWM); includes allocator caching, not the weights.",
+    "(`/proc/self/clear_refs` reset of VmHWM); includes allocator caching, not the weights. Every worker "
+    "imports `torch._dynamo` before the baseline (our scans are `torch.library` custom ops, whose first "
+    "call imports it: a one-time ~100 MiB of modules and Triton's shared library, not activation memory).",
+    "VisionGRU: `preset='paper'` (positional embedding, linear candidate). Without autograd in eval mode "
+    "it runs its memory-lean chunked path (row chunks of 2^18 map elements); its FLOPs are counted with "
+    "chunking off (`set_infer_chunk(model, None)`), i.e. the model's MACs without the recomputed conv rows.",
 ]
 
 
@@ -215,6 +220,11 @@ def _op_share(by_op: Dict[str, int]) -> Dict[str, int]:
 def measure_flops(name: str, res: int) -> dict:
     from rv_plugins.utils.flops import count_flops
     model = build_model(name, res)
+    if name.startswith(("visiongru", "test-visiongru")):
+        # count the model's MACs, not the row halos and per-direction conv recomputation of the
+        # memory-lean chunked inference path (count_flops runs eval + no_grad)
+        from rv_plugins.backbones.visiongru import set_infer_chunk
+        set_infer_chunk(model, None)
     params = sum(p.numel() for p in model.parameters())
     result = count_flops(model, (1, 3, res, res))
     return dict(params=params, macs=result["total"], by_op=result["by_op"], **_op_share(result["by_op"]))
@@ -296,6 +306,10 @@ def measure_speed(name: str, res: int, mode: str, runs: int, warmup: int, point_
 
 def _worker(args) -> None:
     torch.set_num_threads(args.threads)
+    # Imported before the baseline for every model: the first call of a torch.library custom op (our
+    # scans) imports torch._dynamo (and Triton's library when installed), a one-time, size-independent
+    # cost of ~100 MiB RSS that would otherwise land in our first step's peak.
+    import torch._dynamo  # noqa: F401
     name, res, mode = args.worker[0], int(args.worker[1]), args.worker[2]
     if mode == "flops":
         out = measure_flops(name, res)

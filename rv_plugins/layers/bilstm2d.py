@@ -21,8 +21,8 @@ Implementations (``impl``), all computing the same function with the same parame
   the RNN makes no extra layout copy. For ``'mingru'``: each MinGRU module on its own.
 * ``'fused'``: one input-projection GEMM for all four directions, one gather into sequence
   layout, then for LSTM/GRU/RNN a loop over time steps where one batched matmul serves all
-  directions of equal length (all four when ``H == W``); for minGRU two scan calls in all
-  (forward and reverse, vertical and horizontal stacked in one batch) when ``H == W``.
+  directions of equal length (all four when ``H == W``); for minGRU two bidirectional
+  ``mingru_scan`` calls in all (columns and rows; gates computed inside the scan).
 * ``'auto'`` (default), from timings on a 2-core CPU (Sequencer2D-S, batch 8, 224x224, 2 threads,
   ``tools/benchmark_sequencer.py``): ``'native'`` for the LSTM (oneDNN: 1.10x the step loop for
   inference, ~1.5x for a training step of one mixer); ``'fused'`` for minGRU (~1.02x);
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rv_plugins.layers.mingru import MinGRU
-from rv_plugins.ops import linear_scan
+from rv_plugins.ops import mingru_scan
 from rv_plugins.ops.layout import (from_sequence_by_columns, from_sequence_by_rows, to_sequence_by_columns,
                                    to_sequence_by_rows)
 
@@ -117,7 +117,7 @@ class BiLSTM2D(nn.Module):
         rnn_type: ``'lstm'``, ``'gru'``, ``'rnn'`` (tanh) or ``'mingru'``.
         bias: biases in the RNNs (minGRU: in its input projections).
         impl: ``'auto'``, ``'native'`` or ``'fused'`` (see the module docstring; same results).
-        scan_backend: ``linear_scan`` backend for ``'mingru'`` (``None``: best for the device).
+        scan_backend: ``mingru_scan`` backend for ``'mingru'`` (``None``: best for the device).
 
     Shapes: ``forward(x)``: ``(B, H, W, dim)`` -> ``(B, H, W, dim)``, any ``H, W >= 1``.
     ``mix(x)``: ``(B, H, W, dim)`` -> ``(B, H, W, 4D)``, the four directions before the fc;
@@ -261,31 +261,26 @@ class BiLSTM2D(nn.Module):
         return torch.stack(hs, dim=1)
 
     def _fused_mingru(self, x: torch.Tensor) -> torch.Tensor:
-        """minGRU, all four directions: ``(B, H, W, C)`` -> ``(B, H, W, 4D)``."""
+        """minGRU, all four directions: ``(B, H, W, C)`` -> ``(B, H, W, 4D)``.
+
+        One input GEMM for the four directions (rows ``[v fwd, v bwd | h fwd, h bwd]``, each
+        ``[gate, candidate]``: ``mingru_scan``'s bidirectional layout per axis), then one bidirectional
+        :func:`mingru_scan` per axis (gates computed inside the scan): the columns ``(B*W, H, 4D)`` and the
+        rows ``(B*H, W, 4D)`` (a strided view, no copy), each writing ``[fwd, bwd]`` into one buffer.
+        """
         B, H, W, C = x.shape
-        D, L = self.hidden_dim, B * H * W
+        D = self.hidden_dim
         grus = [self.rnn_v.fwd, self.rnn_v.bwd, self.rnn_h.fwd, self.rnn_h.bwd]       # _DIRECTIONS order
-        # One GEMM: rows [gates of the 4 directions | candidates of the 4 directions].
-        w = torch.cat([g.in_proj.weight[:D] for g in grus] + [g.in_proj.weight[D:] for g in grus])
-        b = None if not self.bias else torch.cat([g.in_proj.bias[:D] for g in grus] +
-                                                 [g.in_proj.bias[D:] for g in grus])
-        xp = F.linear(x.reshape(-1, C), w, b)                                         # (BHW, 8D)
-        gate, cand = xp[:, :4 * D], xp[:, 4 * D:]
-        a = torch.sigmoid(-gate)                                                      # 1 - z, accurately
-        u = torch.sigmoid(gate) * cand                                                # z * h~
-        # Sequence layout (N, T) per direction, forward directions first: [v fwd, h fwd, v bwd, h bwd].
-        gather, scatter = _direction_index(B, H, W, (0, 2, 1, 3), False, x.device)
-        a = a.reshape(-1, D).index_select(0, gather).view(4, L, D)
-        u = u.reshape(-1, D).index_select(0, gather).view(4, L, D)
-        backend = self.scan_backend
-        if H == W:  # vertical and horizontal sequences have one length: one call per scan direction
-            fwd = linear_scan(a[:2].reshape(2 * B * W, H, D), u[:2].reshape(2 * B * W, H, D), backend=backend)
-            bwd = linear_scan(a[2:].reshape(2 * B * W, H, D), u[2:].reshape(2 * B * W, H, D), reverse=True,
-                              backend=backend)
-            hs = [fwd, bwd]
-        else:
-            shapes = [(B * W, H, D), (B * H, W, D)] * 2
-            hs = [linear_scan(a[k].view(shapes[k]), u[k].view(shapes[k]), reverse=k >= 2, backend=backend)
-                  for k in range(4)]
-        y = torch.cat([h.reshape(-1, D) for h in hs])                                 # (4*BHW, D)
-        return y.index_select(0, scatter).view(B, H, W, 4 * D)
+        acts = {g.candidate_act for g in grus}
+        if len(acts) > 1:  # directions with different activations: one MinGRU call each
+            return torch.cat([self.mix_vertical(x), self.mix_horizontal(x)], dim=-1)
+        w = torch.cat([g.in_proj.weight for g in grus])                               # (8D, C)
+        b = None if not self.bias else torch.cat([g.in_proj.bias for g in grus])
+        xp = F.linear(x, w, b)                                                        # (B, H, W, 8D)
+        act, backend = acts.pop(), self.scan_backend
+        hv = mingru_scan(to_sequence_by_columns(xp[..., :4 * D], channels_last=True), bidirectional=True,
+                         candidate_act=act, backend=backend)                          # (B*W, H, 2D)
+        hh = mingru_scan(to_sequence_by_rows(xp[..., 4 * D:], channels_last=True), bidirectional=True,
+                         candidate_act=act, backend=backend)                          # (B*H, W, 2D)
+        return torch.cat([from_sequence_by_columns(hv, B, channels_last=True),
+                          from_sequence_by_rows(hh, B, channels_last=True)], dim=-1)
