@@ -154,9 +154,22 @@ def test_layout_round_trips_and_views():
 def test_benchmark_tool_prints_a_table(tmp_path, capsys):
     import json
     tool = load_tool("benchmark_scan")
-    tool.main(["--shapes", "2x16x4", "--repeats", "1", "--json", str(tmp_path / "scan.json")])
+    tool.main(["--shapes", "2x16x4", "--fused-shapes", "2x16x3", "--repeats", "1", "--json", str(tmp_path / "scan.json")])
     out = capsys.readouterr().out
     assert "| 2×16×4 | fwd+bwd |" in out and "Command: `python tools/benchmark_scan.py" in out
-    times = json.loads((tmp_path / "scan.json").read_text())["results"][0]["times"]
+    assert "| 2×16×3 | fwd+bwd |" in out and "speed-up" in out
+    report = json.loads((tmp_path / "scan.json").read_text())
+    times = report["results"][0]["times"]
     assert set(times) == {"floor", "torch", "chunked", "loop", "logspace"}
     assert all(t["fwd"] > 0 and t["fwd_bwd"] > 0 for t in times.values())
+    fused = report["fused"][0]["times"]
+    assert set(fused) == {"floor", "fused", "unfused"} and all(t["fwd_bwd"] > 0 for t in fused.values())
+
+
+@pytest.mark.triton
+def test_benchmark_tool_reports_kernel_resources(capsys):
+    pytest.importorskip("triton")
+    tool = load_tool("benchmark_scan")
+    tool.main(["--shapes", "1x4x2", "--fused-shapes", "none", "--repeats", "1", "--skip", "loop,logspace", "--kernels"])
+    out = capsys.readouterr().out
+    assert "| `_mingru_bwd_kernel` | 90 | bfloat16 |" in out and "| `_chunk_replay_kernel` | 80 | float32 |" in out

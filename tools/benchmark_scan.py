@@ -1,14 +1,22 @@
-"""Benchmark ``rv_plugins.ops.linear_scan`` against the step loop, the log-space scan and the memory floor.
+"""Benchmark ``rv_plugins.ops.linear_scan`` and ``mingru_scan`` against the alternatives and the memory floor.
 
-    python tools/benchmark_scan.py                 # this CPU
+    python tools/benchmark_scan.py --threads 1     # this CPU, one thread (the figures in the README)
     python tools/benchmark_scan.py --device cuda   # same code on a GPU (adds the Triton backend)
-    python tools/benchmark_scan.py --json out.json --repeats 7
+    python tools/benchmark_scan.py --json out.json --repeats 7 --kernels
 
 For each shape it times the forward and the forward+backward of every method and prints medians (ms)
 and ratios to the memory floor (cloning ``a`` and ``b`` once). Methods:
 ``torch`` (our default path: the compiled CPU kernel on the CPU), ``chunked`` (our pure-PyTorch
 fallback), ``triton`` (CUDA only), ``loop`` (step-by-step, autograd through every step) and
 ``logspace`` (Heinsen's ``logcumsumexp`` formulation used by popular minGRU code; needs ``a, b > 0``).
+
+Second table (``--fused-shapes``, ``B×L×H``): the fused minGRU op ``mingru_scan(proj)`` against the
+unfused path it replaces (``sigmoid(-gate)``, ``sigmoid(gate) * cand``, ``linear_scan``), both on
+the default backend; its floor is cloning the op's own inputs and outputs once (forward: ``proj``
+and ``h``; forward+backward: ``proj``, ``h``, ``grad_h`` and ``grad_proj``).
+
+``--kernels``: registers, spills and shared memory of every Triton kernel compiled for sm_80 and
+sm_90 (``rv_plugins.ops.triton_compile``; no GPU needed).
 """
 import argparse
 import json
@@ -21,10 +29,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from rv_plugins.ops import backend_name, linear_scan  # noqa: E402
+from rv_plugins.ops import backend_name, linear_scan, mingru_scan  # noqa: E402
 from rv_plugins.ops import scan as scan_mod  # noqa: E402
 
 SHAPES = [(8, 3136, 96), (8, 784, 192), (8, 196, 384), (8, 49, 768), (2, 16384, 96)]
+FUSED_SHAPES = [(8, 3136, 144)]
 
 
 def logspace_scan(a, b):
@@ -73,16 +82,19 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+CLOCK = time.perf_counter  # --clock cpu: time.thread_time (CPU time of this thread; see --help)
+
+
 def time_call(fn, device, repeats, budget_s):
     """Median seconds of ``fn()`` over ``repeats`` runs (fewer if one run exceeds ``budget_s``)."""
     fn()  # warm-up
     times = []
     for _ in range(repeats):
         _sync(device)
-        t = time.perf_counter()
+        t = CLOCK()
         fn()
         _sync(device)
-        times.append(time.perf_counter() - t)
+        times.append(CLOCK() - t)
         if sum(times) > budget_s and len(times) >= 1:
             break
     return statistics.median(times)
@@ -112,6 +124,62 @@ def bench_shape(shape, device, dtype, repeats, budget_s, skip):
     return row
 
 
+def unfused_mingru(proj):
+    """What MinGRU.forward ran before the fused op: separate gate ops, then the scan."""
+    gate, cand = proj.chunk(2, dim=-1)
+    return linear_scan(torch.sigmoid(-gate), torch.sigmoid(gate) * cand)
+
+
+def bench_fused(shape, device, dtype, repeats, budget_s):
+    """Forward and forward+backward times of the fused op, the unfused path and the copy floor."""
+    B, L, H = shape
+    g = torch.Generator().manual_seed(0)
+    proj = torch.randn(B, L, 2 * H, generator=g).to(device, dtype)
+    grad = torch.randn(B, L, H, generator=g).to(device, dtype)
+    h = torch.empty(B, L, H, device=device, dtype=dtype)
+    row = {}
+    fwd = time_call(lambda: (proj.clone(), h.clone()), device, repeats, budget_s)
+    row["floor"] = {"fwd": fwd, "fwd_bwd": time_call(lambda: (proj.clone(), h.clone(), grad.clone(), proj.clone()),
+                                                     device, repeats, budget_s)}
+    methods = {"fused": lambda p: mingru_scan(p), "unfused": unfused_mingru}
+    for name, fn in methods.items():
+        fwd = time_call(lambda: fn(proj), device, repeats, budget_s)
+        p_ = proj.clone().requires_grad_(True)
+
+        def fwd_bwd():
+            p_.grad = None
+            fn(p_).backward(grad)
+
+        row[name] = {"fwd": fwd, "fwd_bwd": time_call(fwd_bwd, device, repeats, budget_s)}
+    return row
+
+
+def markdown_fused(results, device_desc):
+    lines = ["", f"Fused minGRU scan, {device_desc}. Medians in ms; ×floor: ratio to cloning the op's inputs "
+             "and outputs once; speed-up: unfused / fused.", "",
+             "| B×L×H | pass | floor ms | fused ms (×floor) | unfused ms (×floor) | speed-up |",
+             "|---|---|---|---|---|---|"]
+    for r in results:
+        t = r["times"]
+        for pass_ in ("fwd", "fwd_bwd"):
+            floor = t["floor"][pass_]
+            fused, unfused = t["fused"][pass_], t["unfused"][pass_]
+            lines.append(f"| {r['shape']} | {pass_.replace('_', '+')} | {floor * 1e3:.2f} | "
+                         f"{fused * 1e3:.2f} ({fused / floor:.2f}×) | {unfused * 1e3:.2f} ({unfused / floor:.2f}×) | "
+                         f"{unfused / fused:.2f}× |")
+    return "\n".join(lines)
+
+
+def markdown_kernels(rows):
+    lines = ["", "Triton kernels compiled for sm_80 / sm_90 (registers per thread, spill stack bytes, shared "
+             "memory bytes, warps; the compile-time constants of `rv_plugins/ops/triton_compile.py`).", "",
+             "| kernel | sm | dtype | registers | spill stack B | shared B | warps |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| `{r['kernel']}` | {r['sm']} | {r['dtype']} | {r.get('registers', '?')} | "
+                     f"{r.get('stack_bytes', '?')} | {r['shared_bytes']} | {r['num_warps']} |")
+    return "\n".join(lines)
+
+
 def markdown(results, device_desc, command):
     names = [n for n in results[0]["times"] if n != "floor"]
     lines = [f"Device: {device_desc}. Medians in ms; ×: ratio to the memory floor (cloning a and b once).",
@@ -135,26 +203,57 @@ def main(argv=None):
     p.add_argument("--budget", type=float, default=3.0, help="stop repeating a timing after this many seconds")
     p.add_argument("--skip", default="", help="comma-separated methods to skip, e.g. loop")
     p.add_argument("--shapes", default="", help="e.g. 8x3136x96,2x16384x96 (default: the VisionGRU set)")
+    p.add_argument("--fused-shapes", default="", help="B×L×H shapes of the fused minGRU table, e.g. 8x3136x144 "
+                   "(default: 8x3136x144; 'none' to skip)")
+    p.add_argument("--kernels", action="store_true", help="also compile every Triton kernel and report its resources")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
+    p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                   help="wall: elapsed time; cpu: CPU time of the calling thread (with --threads 1 on the CPU all "
+                        "work runs in that thread, and time spent waiting for a core on a busy machine is excluded)")
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    global CLOCK
+    if args.clock == "cpu":
+        if args.device != "cpu" or torch.get_num_threads() != 1:
+            p.error("--clock cpu measures one thread: use it with --device cpu --threads 1")
+        CLOCK = time.thread_time
+    else:
+        CLOCK = time.perf_counter
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")] if args.shapes else SHAPES
     skip = set(filter(None, args.skip.split(",")))
     desc = (torch.cuda.get_device_name(device) if device.type == "cuda"
-            else f"CPU, {torch.get_num_threads()} threads") + f", {args.dtype}, torch backend = {backend_name(device)}"
+            else f"CPU, {torch.get_num_threads()} threads") + f", {args.dtype}, torch backend = {backend_name(device)}" \
+        + (", CPU-time clock" if args.clock == "cpu" else "")
     results = []
     for shape in shapes:
         times = bench_shape(shape, device, dtype, args.repeats, args.budget, skip)
         results.append({"shape": "×".join(map(str, shape)), "times": times})
         print(f"done {shape}", file=sys.stderr, flush=True)
+    fused_shapes = ([] if args.fused_shapes == "none" else
+                    [tuple(int(v) for v in s.split("x")) for s in args.fused_shapes.split(",")] if args.fused_shapes
+                    else FUSED_SHAPES)
+    fused = []
+    for shape in fused_shapes:
+        fused.append({"shape": "×".join(map(str, shape)), "times": bench_fused(shape, device, dtype, args.repeats,
+                                                                                args.budget)})
+        print(f"done fused {shape}", file=sys.stderr, flush=True)
+    kernels = []
+    if args.kernels:
+        from rv_plugins.ops.triton_compile import compile_all_in_subprocess
+        kernels = compile_all_in_subprocess()
     command = "python tools/benchmark_scan.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print(markdown(results, desc, command.strip()))
+    if fused:
+        print(markdown_fused(fused, desc))
+    if kernels:
+        print(markdown_kernels(kernels))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": desc, "command": command, "results": results}, f, indent=2)
+            json.dump({"device": desc, "command": command, "results": results, "fused": fused, "kernels": kernels},
+                      f, indent=2)
 
 
 if __name__ == "__main__":

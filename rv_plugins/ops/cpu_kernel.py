@@ -21,7 +21,7 @@ _SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "scan_cpu.cpp")
 
 def _simd_flags():
     """AVX2/FMA when this CPU has them (the kernel is built on the machine that runs it): the fused
-    minGRU loops (gates with a polynomial ``exp``) vectorise 8 floats wide instead of 4. (They need
+    minGRU loops (gates with a polynomial ``exp``) vectorise 16 (AVX-512) or 8 floats wide instead of 4. (They need
     ``-fno-trapping-math`` to vectorise at all: it lets GCC if-convert the float->int step of ``exp``;
     results are unchanged, FP exceptions are not used.)"""
     try:
@@ -29,7 +29,10 @@ def _simd_flags():
             flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
     except OSError:
         return []
-    return ["-mavx2", "-mfma"] if {"avx2", "fma"} <= set(flags) else []
+    flags = set(flags)
+    if {"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"} <= flags:  # 16 floats wide
+        return ["-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mprefer-vector-width=512"]
+    return ["-mavx2", "-mfma"] if {"avx2", "fma"} <= flags else []
 
 
 def load(verbose: bool = False):

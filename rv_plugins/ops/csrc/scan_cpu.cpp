@@ -168,6 +168,50 @@ static inline void act_of(acc_t c, acc_t& y, acc_t& dy) {
   dy = pos ? acc_t(1) : s * (acc_t(1) - s);
 }
 
+// One step (one token) of a channel block; restrict-qualified so the loops vectorise without
+// run-time alias checks.
+template <typename scalar_t, bool kG>
+static inline void mingru_fwd_step(const scalar_t* __restrict gp, const scalar_t* __restrict cp,
+                                   scalar_t* __restrict hk, typename Acc<scalar_t>::type* __restrict state,
+                                   int64_t n) {
+  using acc_t = typename Acc<scalar_t>::type;
+  for (int64_t d = 0; d < n; ++d) {
+    acc_t z, a, c, dc;
+    gates_of<acc_t>(acc_t(gp[d]), z, a);
+    act_of<acc_t, kG>(acc_t(cp[d]), c, dc);
+    state[d] = a * state[d] + z * c;
+    hk[d] = scalar_t(state[d]);
+  }
+}
+
+template <typename scalar_t, bool kG>
+static inline void mingru_bwd_step(const scalar_t* __restrict gp, const scalar_t* __restrict cp,
+                                   const scalar_t* __restrict ghk, const scalar_t* __restrict hp,
+                                   scalar_t* __restrict ggate, scalar_t* __restrict gcand,
+                                   typename Acc<scalar_t>::type* __restrict g,
+                                   typename Acc<scalar_t>::type* __restrict a_next, int64_t n) {
+  using acc_t = typename Acc<scalar_t>::type;
+  for (int64_t d = 0; d < n; ++d) {
+    acc_t z, a, c, dc;
+    gates_of<acc_t>(acc_t(gp[d]), z, a);
+    act_of<acc_t, kG>(acc_t(cp[d]), c, dc);
+    const acc_t gd = acc_t(ghk[d]) + a_next[d] * g[d];
+    g[d] = gd;
+    const acc_t gz = gd * z;
+    ggate[d] = scalar_t(gz * a * (c - acc_t(hp[d])));
+    gcand[d] = scalar_t(gz * dc);
+    a_next[d] = a;
+  }
+}
+
+constexpr int64_t kAhead = 8;
+
+template <typename scalar_t>
+static inline void prefetch_rows(const scalar_t* p, int64_t n) {
+  const char* c = reinterpret_cast<const char*>(p);
+  for (int64_t off = 0; off < n * int64_t(sizeof(scalar_t)); off += 64) __builtin_prefetch(c + off);
+}
+
 struct MinGRUShape {
   int64_t B, L, H, ndir;   // ndir = 2 for bidirectional (direction 1 scans backwards)
   int64_t sb, st;          // proj strides of batch and time (channel stride 1)
@@ -177,13 +221,14 @@ struct MinGRUShape {
 template <typename scalar_t, bool kG>
 void mingru_forward_kernel(const scalar_t* proj, const scalar_t* h0, scalar_t* h, MinGRUShape s) {
   using acc_t = typename Acc<scalar_t>::type;
-  const int64_t nblocks = (s.H + kBlock - 1) / kBlock;
+  const int64_t bs = kBlock;  // (whole rows per job measured slower here)
+  const int64_t nblocks = (s.H + bs - 1) / bs;
   const int64_t W = s.ndir * s.H;  // output row width
   at::parallel_for(0, s.B * s.ndir * nblocks, 1, [&](int64_t begin, int64_t end) {
     acc_t state[kBlock];
     for (int64_t job = begin; job < end; ++job) {
       const int64_t bi = job / (s.ndir * nblocks), dir = (job / nblocks) % s.ndir;
-      const int64_t d0 = (job % nblocks) * kBlock, n = std::min(kBlock, s.H - d0);
+      const int64_t d0 = (job % nblocks) * bs, n = std::min(bs, s.H - d0);
       const bool rev = s.ndir == 2 ? dir == 1 : s.reverse;
       for (int64_t d = 0; d < n; ++d) state[d] = h0 ? acc_t(h0[bi * W + dir * s.H + d0 + d]) : acc_t(0);
       for (int64_t k = 0; k < s.L; ++k) {
@@ -191,13 +236,7 @@ void mingru_forward_kernel(const scalar_t* proj, const scalar_t* h0, scalar_t* h
         const scalar_t* gp = proj + bi * s.sb + t * s.st + dir * 2 * s.H + d0;
         const scalar_t* cp = gp + s.H;
         scalar_t* hk = h + (bi * s.L + t) * W + dir * s.H + d0;
-        for (int64_t d = 0; d < n; ++d) {
-          acc_t z, a, c, dc;
-          gates_of<acc_t>(acc_t(gp[d]), z, a);
-          act_of<acc_t, kG>(acc_t(cp[d]), c, dc);
-          state[d] = a * state[d] + z * c;
-          hk[d] = scalar_t(state[d]);
-        }
+        mingru_fwd_step<scalar_t, kG>(gp, cp, hk, state, n);
       }
     }
   });
@@ -207,16 +246,18 @@ template <typename scalar_t, bool kG>
 void mingru_backward_kernel(const scalar_t* proj, const scalar_t* h, const scalar_t* h0, const scalar_t* gh,
                             scalar_t* gproj, scalar_t* gh0, MinGRUShape s) {
   using acc_t = typename Acc<scalar_t>::type;
-  const int64_t nblocks = (s.H + kBlock - 1) / kBlock;
+  const int64_t bs = kBlock;  // (whole rows per job measured slower here)
+  const int64_t nblocks = (s.H + bs - 1) / bs;
   const int64_t W = s.ndir * s.H;
   const int64_t P = 2 * W;  // grad_proj is contiguous
   at::parallel_for(0, s.B * s.ndir * nblocks, 1, [&](int64_t begin, int64_t end) {
-    acc_t g[kBlock], a_next[kBlock], zero[kBlock];
+    acc_t g[kBlock], a_next[kBlock];
+    scalar_t zero[kBlock];
     for (int64_t job = begin; job < end; ++job) {
       const int64_t bi = job / (s.ndir * nblocks), dir = (job / nblocks) % s.ndir;
-      const int64_t d0 = (job % nblocks) * kBlock, n = std::min(kBlock, s.H - d0);
+      const int64_t d0 = (job % nblocks) * bs, n = std::min(bs, s.H - d0);
       const bool rev = s.ndir == 2 ? dir == 1 : s.reverse;
-      for (int64_t d = 0; d < n; ++d) { g[d] = 0; a_next[d] = 0; zero[d] = 0; }
+      for (int64_t d = 0; d < n; ++d) { g[d] = 0; a_next[d] = 0; zero[d] = scalar_t(0); }
       for (int64_t k = s.L - 1; k >= 0; --k) {  // scan positions, last first
         const int64_t t = rev ? s.L - 1 - k : k;
         const int64_t t_prev = rev ? t + 1 : t - 1;
@@ -228,29 +269,14 @@ void mingru_backward_kernel(const scalar_t* proj, const scalar_t* h, const scala
         scalar_t* gcand = ggate + s.H;
         const scalar_t* hp = k > 0 ? h + (bi * s.L + t_prev) * W + dir * s.H + d0
                                    : (h0 ? h0 + bi * W + dir * s.H + d0 : nullptr);
-        if (hp) {
-          for (int64_t d = 0; d < n; ++d) {
-            acc_t z, a, c, dc;
-            gates_of<acc_t>(acc_t(gp[d]), z, a);
-            act_of<acc_t, kG>(acc_t(cp[d]), c, dc);
-            g[d] = acc_t(ghk[d]) + a_next[d] * g[d];
-            const acc_t gz = g[d] * z;
-            ggate[d] = scalar_t(gz * a * (c - acc_t(hp[d])));
-            gcand[d] = scalar_t(gz * dc);
-            a_next[d] = a;
-          }
-        } else {
-          for (int64_t d = 0; d < n; ++d) {
-            acc_t z, a, c, dc;
-            gates_of<acc_t>(acc_t(gp[d]), z, a);
-            act_of<acc_t, kG>(acc_t(cp[d]), c, dc);
-            g[d] = acc_t(ghk[d]) + a_next[d] * g[d];
-            const acc_t gz = g[d] * z;
-            ggate[d] = scalar_t(gz * a * c);
-            gcand[d] = scalar_t(gz * dc);
-            a_next[d] = a;
-          }
+        if (k >= kAhead) {  // the walk runs backwards in memory: fetch the rows kAhead steps ahead
+          const int64_t ta = rev ? t + kAhead : t - kAhead;
+          prefetch_rows(proj + bi * s.sb + ta * s.st + dir * 2 * s.H + d0, n);
+          prefetch_rows(proj + bi * s.sb + ta * s.st + dir * 2 * s.H + d0 + s.H, n);
+          prefetch_rows(gh + (bi * s.L + ta) * W + dir * s.H + d0, n);
+          prefetch_rows(h + (bi * s.L + ta) * W + dir * s.H + d0, n);
         }
+        mingru_bwd_step<scalar_t, kG>(gp, cp, ghk, hp ? hp : zero, ggate, gcand, g, a_next, n);
       }
       if (gh0) {
         for (int64_t d = 0; d < n; ++d) gh0[bi * W + dir * s.H + d0 + d] = scalar_t(a_next[d] * g[d]);
