@@ -8,12 +8,21 @@ Backends (``backend=``):
 * ``"torch"`` — the CPU default: the compiled CPU kernel (``cpu_kernel.py``, built on first use and
   by the set-up) when it is available, else the chunked pure-PyTorch scan (``chunked.py``).
   The forward and the backward are each one scan; autograd stores only ``a``, ``h`` and ``h0``.
-* ``"triton"`` — fused Triton kernels (``triton_scan.py``), the CUDA default. On a CPU they run
-  under ``TRITON_INTERPRET=1`` (slow; for testing).
+* ``"triton"`` — fused Triton kernels (``triton_scan.py``), the CUDA default; a chunked
+  time-parallel variant when ``B × D`` is small and ``L`` long. On a CPU they run under
+  ``TRITON_INTERPRET=1`` (slow; for testing).
+
+Except for ``"reference"``, ``linear_scan`` is the ``torch.library`` custom op
+``torch.ops.rv_plugins.linear_scan(a, b, h0, reverse, backend)`` with a fake (meta) implementation
+and registered autograd (``rv_plugins::linear_scan_backward`` for the backward): ``torch.compile``
+traces it as one node, without graph breaks, and ``FlopCounterMode`` sees it (``rv_plugins.utils.flops``).
+The kernels (compiled CPU kernel or chunked fallback) are picked inside the op.
 
 The backward is the same recurrence run the other way:
 ``g_t = dL/dh_t + a_{t+1} g_{t+1}``, ``dL/db_t = g_t``, ``dL/da_t = g_t h_{t-1}``, ``dL/dh0 = a_0 g_0``
-(indices in scan order: for ``reverse=True`` read ``t+1`` as ``t-1``).
+(indices in scan order: for ``reverse=True`` read ``t+1`` as ``t-1``). Under ``create_graph=True``
+(double backward, e.g. the C-RBP Lipschitz penalty) the backward is written with differentiable ops
+(this scan op, shifts, products), so second derivatives are exact on every backend.
 """
 import importlib.util
 import os
