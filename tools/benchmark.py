@@ -309,7 +309,7 @@ def _worker(args) -> None:
     # Imported before the baseline for every model: the first call of a torch.library custom op (our
     # scans) imports torch._dynamo (and Triton's library when installed), a one-time, size-independent
     # cost of ~100 MiB RSS that would otherwise land in our first step's peak.
-    import torch._dynamo  # noqa: F401
+    import torch._dynamo as _dynamo  # noqa: F401
     name, res, mode = args.worker[0], int(args.worker[1]), args.worker[2]
     if mode == "flops":
         out = measure_flops(name, res)
