@@ -155,9 +155,9 @@ def read_last_checkpoint(work_dir: str) -> Tuple[Optional[str], Optional[str]]:
 def checkpoint_candidates(work_dir: str, extra_dirs: Iterable[str] = ()) -> Tuple[List[str], List[str]]:
     """Checkpoints that could be resumed from, newest first, and notes about what was ignored.
 
-    Newest = highest step in ``iter_<N>.pth`` / ``epoch_<N>.pth``; the file named by ``last_checkpoint``
-    comes first among equals (and, if its name carries no step, right after the numbered ones that are
-    newer than it by modification time).
+    Newest = highest step in ``iter_<N>.pth`` / ``epoch_<N>.pth`` (the work dir, ``extra_dirs`` and the
+    folder of ``last_checkpoint``'s target); the target of ``last_checkpoint`` comes first among equal
+    steps, and after every numbered checkpoint if its name carries no step.
     """
     notes: List[str] = []
     target, why = read_last_checkpoint(work_dir)
