@@ -207,3 +207,11 @@ def test_very_long_odd_sequence(any_path, reverse):
     h_ref, grad_ref = _run("torch", proj.double(), None, reverse, False, "identity", grad_out.double())
     torch.testing.assert_close(h.double(), h_ref, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(grad.double(), grad_ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("block", ["16", "40"])
+def test_cpu_kernel_channel_blocks(block, monkeypatch):
+    """The compiled kernel splits a row's channels into jobs of RV_MINGRU_CPU_BLOCK (partial last block)."""
+    monkeypatch.setenv("RV_MINGRU_CPU_BLOCK", block)
+    compare("torch", 3, 21, 40, False, True, "g", True)
+    compare("torch", 2, 17, 40, True, False, "identity", True)

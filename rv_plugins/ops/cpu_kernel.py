@@ -78,13 +78,26 @@ def scan_backward(a, h, h0, grad_h, reverse):
     return grad_a, grad_b, (grad_h0 if has_h0 else None)
 
 
+def _mingru_block(proj: torch.Tensor, bidirectional: bool) -> int:
+    """Channels per parallel job of the fused minGRU kernels: whole rows (one direction's H, up to 512)
+    when there are at least two (batch, direction) jobs per thread, else blocks of 64 for parallelism.
+    Whole rows keep every memory stream sequential."""
+    H = proj.shape[-1] // (4 if bidirectional else 2)
+    override = int(os.environ.get("RV_MINGRU_CPU_BLOCK", "0"))
+    if override:
+        return min(max(override, 1), 512)
+    jobs = proj.shape[0] * (2 if bidirectional else 1)
+    return max(1, min(H, 512)) if jobs >= 2 * torch.get_num_threads() else 64
+
+
 def mingru_forward(proj: torch.Tensor, h0: Optional[torch.Tensor], reverse: bool, bidirectional: bool,
                    candidate_act: str) -> torch.Tensor:
     """Fused minGRU scan: ``proj`` (B, L, 2H or 4H), any batch/time strides -> ``h`` (B, L, H or 2H)."""
     if proj.stride(-1) != 1:
         proj = proj.contiguous()
     h0_ = torch.empty(0) if h0 is None else h0.to(proj.dtype).contiguous()
-    return load().mingru_forward(proj, h0_, bool(reverse), bool(bidirectional), candidate_act == "g")
+    return load().mingru_forward(proj, h0_, bool(reverse), bool(bidirectional), candidate_act == "g",
+                                 _mingru_block(proj, bidirectional))
 
 
 def mingru_backward(proj, h, h0, grad_h, reverse, bidirectional, candidate_act):
@@ -94,5 +107,6 @@ def mingru_backward(proj, h, h0, grad_h, reverse, bidirectional, candidate_act):
     has_h0 = h0 is not None
     h0_ = h0.to(proj.dtype).contiguous() if has_h0 else torch.empty(0)
     grad_proj, grad_h0 = load().mingru_backward(proj, h.contiguous(), h0_, grad_h.to(proj.dtype).contiguous(),
-                                                bool(reverse), bool(bidirectional), candidate_act == "g")
+                                                bool(reverse), bool(bidirectional), candidate_act == "g",
+                                                _mingru_block(proj, bidirectional))
     return grad_proj, (grad_h0 if has_h0 else None)

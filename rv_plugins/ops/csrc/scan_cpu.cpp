@@ -206,26 +206,36 @@ static inline void mingru_bwd_step(const scalar_t* __restrict gp, const scalar_t
 
 constexpr int64_t kAhead = 8;
 
+// Software prefetch for walks that run *down* through memory: this CPU's hardware prefetchers follow
+// ascending streams (measured: the same pass took 1.7x longer descending without this).
 template <typename scalar_t>
 static inline void prefetch_rows(const scalar_t* p, int64_t n) {
   const char* c = reinterpret_cast<const char*>(p);
   for (int64_t off = 0; off < n * int64_t(sizeof(scalar_t)); off += 64) __builtin_prefetch(c + off);
 }
+template <typename scalar_t>
+static inline void prefetch_rows_for_write(scalar_t* p, int64_t n) {
+  char* c = reinterpret_cast<char*>(p);
+  for (int64_t off = 0; off < n * int64_t(sizeof(scalar_t)); off += 64) __builtin_prefetch(c + off, 1);
+}
+
+constexpr int64_t kRowBlock = 512;
 
 struct MinGRUShape {
   int64_t B, L, H, ndir;   // ndir = 2 for bidirectional (direction 1 scans backwards)
   int64_t sb, st;          // proj strides of batch and time (channel stride 1)
   bool reverse;            // single-direction reverse scan
+  int64_t block;           // channels per job (<= kRowBlock)
 };
 
 template <typename scalar_t, bool kG>
 void mingru_forward_kernel(const scalar_t* proj, const scalar_t* h0, scalar_t* h, MinGRUShape s) {
   using acc_t = typename Acc<scalar_t>::type;
-  const int64_t bs = kBlock;  // (whole rows per job measured slower here)
+  const int64_t bs = s.block;
   const int64_t nblocks = (s.H + bs - 1) / bs;
   const int64_t W = s.ndir * s.H;  // output row width
   at::parallel_for(0, s.B * s.ndir * nblocks, 1, [&](int64_t begin, int64_t end) {
-    acc_t state[kBlock];
+    acc_t state[kRowBlock];
     for (int64_t job = begin; job < end; ++job) {
       const int64_t bi = job / (s.ndir * nblocks), dir = (job / nblocks) % s.ndir;
       const int64_t d0 = (job % nblocks) * bs, n = std::min(bs, s.H - d0);
@@ -236,6 +246,12 @@ void mingru_forward_kernel(const scalar_t* proj, const scalar_t* h0, scalar_t* h
         const scalar_t* gp = proj + bi * s.sb + t * s.st + dir * 2 * s.H + d0;
         const scalar_t* cp = gp + s.H;
         scalar_t* hk = h + (bi * s.L + t) * W + dir * s.H + d0;
+        if (rev && k + kAhead < s.L) {  // walking down through memory
+          const int64_t ta = t - kAhead;
+          prefetch_rows(proj + bi * s.sb + ta * s.st + dir * 2 * s.H + d0, n);
+          prefetch_rows(proj + bi * s.sb + ta * s.st + dir * 2 * s.H + d0 + s.H, n);
+          prefetch_rows_for_write(h + (bi * s.L + ta) * W + dir * s.H + d0, n);
+        }
         mingru_fwd_step<scalar_t, kG>(gp, cp, hk, state, n);
       }
     }
@@ -246,13 +262,13 @@ template <typename scalar_t, bool kG>
 void mingru_backward_kernel(const scalar_t* proj, const scalar_t* h, const scalar_t* h0, const scalar_t* gh,
                             scalar_t* gproj, scalar_t* gh0, MinGRUShape s) {
   using acc_t = typename Acc<scalar_t>::type;
-  const int64_t bs = kBlock;  // (whole rows per job measured slower here)
+  const int64_t bs = s.block;
   const int64_t nblocks = (s.H + bs - 1) / bs;
   const int64_t W = s.ndir * s.H;
   const int64_t P = 2 * W;  // grad_proj is contiguous
   at::parallel_for(0, s.B * s.ndir * nblocks, 1, [&](int64_t begin, int64_t end) {
-    acc_t g[kBlock], a_next[kBlock];
-    scalar_t zero[kBlock];
+    acc_t g[kRowBlock], a_next[kRowBlock];
+    scalar_t zero[kRowBlock];
     for (int64_t job = begin; job < end; ++job) {
       const int64_t bi = job / (s.ndir * nblocks), dir = (job / nblocks) % s.ndir;
       const int64_t d0 = (job % nblocks) * bs, n = std::min(bs, s.H - d0);
@@ -269,12 +285,14 @@ void mingru_backward_kernel(const scalar_t* proj, const scalar_t* h, const scala
         scalar_t* gcand = ggate + s.H;
         const scalar_t* hp = k > 0 ? h + (bi * s.L + t_prev) * W + dir * s.H + d0
                                    : (h0 ? h0 + bi * W + dir * s.H + d0 : nullptr);
-        if (k >= kAhead) {  // the walk runs backwards in memory: fetch the rows kAhead steps ahead
-          const int64_t ta = rev ? t + kAhead : t - kAhead;
+        if (!rev && k >= kAhead) {  // walking down through memory: fetch the rows kAhead steps ahead
+          const int64_t ta = t - kAhead;
           prefetch_rows(proj + bi * s.sb + ta * s.st + dir * 2 * s.H + d0, n);
           prefetch_rows(proj + bi * s.sb + ta * s.st + dir * 2 * s.H + d0 + s.H, n);
           prefetch_rows(gh + (bi * s.L + ta) * W + dir * s.H + d0, n);
           prefetch_rows(h + (bi * s.L + ta) * W + dir * s.H + d0, n);
+          prefetch_rows_for_write(gproj + (bi * s.L + ta) * P + dir * 2 * s.H + d0, n);
+          prefetch_rows_for_write(gproj + (bi * s.L + ta) * P + dir * 2 * s.H + d0 + s.H, n);
         }
         mingru_bwd_step<scalar_t, kG>(gp, cp, ghk, hp ? hp : zero, ggate, gcand, g, a_next, n);
       }
@@ -285,7 +303,7 @@ void mingru_backward_kernel(const scalar_t* proj, const scalar_t* h, const scala
   });
 }
 
-MinGRUShape mingru_shape(const torch::Tensor& proj, bool reverse, bool bidirectional) {
+MinGRUShape mingru_shape(const torch::Tensor& proj, bool reverse, bool bidirectional, int64_t block) {
   TORCH_CHECK(proj.device().is_cpu() && proj.dim() == 3, "mingru_cpu: proj must be a (B, L, P) CPU tensor");
   TORCH_CHECK(proj.stride(2) == 1, "mingru_cpu: proj's channel stride must be 1 (call .contiguous())");
   MinGRUShape s;
@@ -293,11 +311,14 @@ MinGRUShape mingru_shape(const torch::Tensor& proj, bool reverse, bool bidirecti
   TORCH_CHECK(proj.size(2) % (2 * s.ndir) == 0, "mingru_cpu: proj's last dim must be 2H (4H if bidirectional)");
   s.B = proj.size(0); s.L = proj.size(1); s.H = proj.size(2) / (2 * s.ndir);
   s.sb = proj.stride(0); s.st = proj.stride(1); s.reverse = reverse;
+  TORCH_CHECK(block >= 1 && block <= kRowBlock, "mingru_cpu: block must be in [1, ", kRowBlock, "]");
+  s.block = block;
   return s;
 }
 
-torch::Tensor mingru_forward(torch::Tensor proj, torch::Tensor h0, bool reverse, bool bidirectional, bool act_g) {
-  const MinGRUShape s = mingru_shape(proj, reverse, bidirectional);
+torch::Tensor mingru_forward(torch::Tensor proj, torch::Tensor h0, bool reverse, bool bidirectional, bool act_g,
+                             int64_t block) {
+  const MinGRUShape s = mingru_shape(proj, reverse, bidirectional, block);
   const bool has_h0 = h0.numel() > 0;
   auto h = torch::empty({s.B, s.L, s.ndir * s.H}, proj.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, proj.scalar_type(), "mingru_cpu_forward", [&] {
@@ -309,8 +330,9 @@ torch::Tensor mingru_forward(torch::Tensor proj, torch::Tensor h0, bool reverse,
 }
 
 std::vector<torch::Tensor> mingru_backward(torch::Tensor proj, torch::Tensor h, torch::Tensor h0,
-                                           torch::Tensor grad_h, bool reverse, bool bidirectional, bool act_g) {
-  const MinGRUShape s = mingru_shape(proj, reverse, bidirectional);
+                                           torch::Tensor grad_h, bool reverse, bool bidirectional, bool act_g,
+                                           int64_t block) {
+  const MinGRUShape s = mingru_shape(proj, reverse, bidirectional, block);
   TORCH_CHECK(h.is_contiguous() && grad_h.is_contiguous(), "mingru_cpu: h and grad_h must be contiguous");
   const bool has_h0 = h0.numel() > 0;
   auto gproj = torch::empty({s.B, s.L, 2 * s.ndir * s.H}, proj.options());
