@@ -522,3 +522,10 @@ def test_coco_head_rejects_a_projection_width_and_shared_kernels():
         HGRUMaskPredictor(cell="coco", share_kernels=True)
     with pytest.raises(ValueError, match="unknown cell"):
         HGRUMaskPredictor(cell="gala")
+
+
+def test_pathfinder_model_defaults_to_the_authors_penalty_scale():
+    """c-rbp/pathfinder_experiments mainclean.py adds penalty.mean() * 10 (lambda 0.9)."""
+    from rv_plugins.models.pathfinder_hgru import PathfinderHGRU
+    solver = PathfinderHGRU(channels=4, kernel_size=3, steps=2).solver
+    assert (solver.lcp_reduction, solver.lcp_weight, solver.lcp_lambda) == ("mean", 10.0, 0.9)
