@@ -27,7 +27,11 @@ model = dict(
         out_indices=(0, 1, 2, 3),  # strides 7, 14, 14, 14 (the FPN resizes to each lower level)
         drop_path_rate=0.1,
         with_cp=False,
-        init_cfg=None),  # ImageNet weights: init_cfg=dict(type='Pretrained', checkpoint=..., prefix='backbone.')
+        # ImageNet weights: init_cfg=dict(type='Pretrained', checkpoint=PATH), PATH one of ours (configs/
+        # sequencer2d_s_in1k.py; prefix 'backbone.' is detected) or timm's sequencer2d_s state dict saved with
+        # torch.save (same names as ours; its head.fc.* / norm.* are reported as unexpected). The log line
+        # reports loaded/missing/unexpected counts; a file that matches nothing is an error.
+        init_cfg=None),
     neck=dict(in_channels=embed_dims),
     # FPNHead keeps its default feature_strides=[4, 8, 16, 32] (its scale heads resize to the first
     # level): that head has the paper's parameter count (32M in all); [7, 14, 14, 14] would drop 3 convs.

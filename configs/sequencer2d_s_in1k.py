@@ -4,6 +4,8 @@
 # label smoothing 0.1, Mixup 0.8, CutMix 1.0, RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25.
 #   python -m torch.distributed.run --nproc_per_node 8 tools/train.py configs/sequencer2d_s_in1k.py --launcher pytorch
 # Other rnn_type values ('gru', 'rnn': the paper's Table 2e; 'mingru': ours) swap the token mixer's RNN.
+# timm's sequencer2d_s weights: keys are ours (classifier head.fc.*); to reproduce timm's logits at sizes
+# that are not multiples of 14, set model.backbone.grid_rounding='floor' (timm drops the border).
 _base_ = [
     'mmpretrain::_base_/datasets/imagenet_bs64_swin_224.py',
     'mmpretrain::_base_/schedules/imagenet_bs1024_adamw_swin.py',

@@ -10,7 +10,7 @@ img_size = (64, 64)
 norm_cfg = dict(type='BN', requires_grad=True)
 model = dict(
     data_preprocessor=dict(size=img_size),
-    backbone=dict(img_size=img_size[0], drop_path_rate=0.0),
+    backbone=dict(img_size=img_size[0], drop_path_rate=0.0, init_cfg=None),  # from scratch: no ImageNet weights
     decode_head=dict(channels=64, num_classes=num_classes, norm_cfg=norm_cfg),
     auxiliary_head=dict(channels=32, num_classes=num_classes, norm_cfg=norm_cfg))
 
