@@ -1,4 +1,9 @@
-"""Our backbones in mmseg's ``MODELS`` registry (the model code lives in ``rv_plugins.backbones``)."""
+"""Our backbones in mmseg's ``MODELS`` registry (the model code lives in ``rv_plugins.backbones``).
+
+``init_cfg=dict(type='Pretrained', checkpoint=..., prefix='backbone.')`` loads through the package's one
+loader when the runner initialises the model; importing this module (via ``rv_plugins._openmmlab``) also
+makes mmengine's checkpoints loadable under torch >= 2.6 (see ``rv_plugins.utils.checkpoint``).
+"""
 from mmseg.registry import MODELS
 
 from rv_plugins._openmmlab import openmmlab_backbone
