@@ -213,11 +213,6 @@ static inline void prefetch_rows(const scalar_t* p, int64_t n) {
   const char* c = reinterpret_cast<const char*>(p);
   for (int64_t off = 0; off < n * int64_t(sizeof(scalar_t)); off += 64) __builtin_prefetch(c + off);
 }
-template <typename scalar_t>
-static inline void prefetch_rows_for_write(scalar_t* p, int64_t n) {
-  char* c = reinterpret_cast<char*>(p);
-  for (int64_t off = 0; off < n * int64_t(sizeof(scalar_t)); off += 64) __builtin_prefetch(c + off, 1);
-}
 
 constexpr int64_t kRowBlock = 512;
 
@@ -250,7 +245,6 @@ void mingru_forward_kernel(const scalar_t* proj, const scalar_t* h0, scalar_t* h
           const int64_t ta = t - kAhead;
           prefetch_rows(proj + bi * s.sb + ta * s.st + dir * 2 * s.H + d0, n);
           prefetch_rows(proj + bi * s.sb + ta * s.st + dir * 2 * s.H + d0 + s.H, n);
-          prefetch_rows_for_write(h + (bi * s.L + ta) * W + dir * s.H + d0, n);
         }
         mingru_fwd_step<scalar_t, kG>(gp, cp, hk, state, n);
       }
@@ -291,8 +285,6 @@ void mingru_backward_kernel(const scalar_t* proj, const scalar_t* h, const scala
           prefetch_rows(proj + bi * s.sb + ta * s.st + dir * 2 * s.H + d0 + s.H, n);
           prefetch_rows(gh + (bi * s.L + ta) * W + dir * s.H + d0, n);
           prefetch_rows(h + (bi * s.L + ta) * W + dir * s.H + d0, n);
-          prefetch_rows_for_write(gproj + (bi * s.L + ta) * P + dir * 2 * s.H + d0, n);
-          prefetch_rows_for_write(gproj + (bi * s.L + ta) * P + dir * 2 * s.H + d0 + s.H, n);
         }
         mingru_bwd_step<scalar_t, kG>(gp, cp, ghk, hp ? hp : zero, ggate, gcand, g, a_next, n);
       }
