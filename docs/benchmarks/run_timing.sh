@@ -36,7 +36,12 @@ $B --models visiongru-b sequencer2d-m sequencer2d-l sequencer2d-s-mingru --resol
 B="$PY tools/benchmark.py --merge docs/benchmarks/timing5.json --point-budget-s 20 --timeout 180 --max-step-s 60"
 $B --models visiongru-b sequencer2d-s sequencer2d-m sequencer2d-l sequencer2d-s-mingru swin-t convnext-t \
     --resolutions 448 672 --modes train
-# 8. the report (README.md, results.json, PNGs)
+# 8. issue 12 (fused minGRU scan, chunked inference, recomputing training path): VisionGRU-Ti and DeiT-S
+#    again, one after the other in one run per mode (later --merge files win in the report)
+B="$PY tools/benchmark.py --merge docs/benchmarks/issue12.json --point-budget-s 30 --timeout 400 --max-step-s 60"
+$B --models visiongru-ti deit-s --resolutions 448 512 1024 --modes infer
+$B --models visiongru-ti deit-s --resolutions 1024 --modes train
+# 9. the report (README.md, results.json, PNGs)
 $PY tools/benchmark.py --report-only --fidelity --out docs/benchmarks --merge docs/benchmarks/results.json \
     docs/benchmarks/timing.json docs/benchmarks/eager.json docs/benchmarks/timing2.json docs/benchmarks/timing3.json \
-    docs/benchmarks/timing4.json docs/benchmarks/timing5.json
+    docs/benchmarks/timing4.json docs/benchmarks/timing5.json docs/benchmarks/issue12.json
