@@ -220,6 +220,7 @@ def test_our_checkpoints_in_mmsegs_own_train_resume_test_and_init_model(tmp_path
 # --------------------------------------------------------------------------- Detectron2 (fast)
 def test_detectron2_backbones_load_pretrained_through_the_loader(tmp_path):
     pytest.importorskip("detectron2")
+    import rv_plugins.detectron2  # noqa: F401  (first: installs the stand-in for detectron2._C if needed)
     from detectron2.modeling import build_backbone
 
     from rv_plugins.backbones.visiongru import VisionGRU
