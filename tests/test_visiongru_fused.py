@@ -262,3 +262,27 @@ def test_compile_chunked_training_path_has_no_graph_breaks():
             m.train_chunk_elems = 64
     e = _graph_breaks(model, torch.randn(1, 3, 40, 24), grad=True)
     assert e.graph_break_count == 0, [b.reason for b in e.break_reasons]
+
+
+@pytest.mark.parametrize("chunk_tokens", [None, 7])
+def test_recomputing_training_path_under_bf16_autocast(chunk_tokens):
+    """Under autocast the recomputed projection has the forward's dtype: one call is exact against the
+    plain ops; token chunks round the carried state to bfloat16 at chunk boundaries only."""
+    torch.manual_seed(0)
+    block = GRU2DBlock(8).train()
+    plain = copy.deepcopy(block)
+    plain.recompute_gelu = plain.mixer.recompute_proj = False
+    if chunk_tokens is not None:
+        block.mixer.train_chunk_elems = chunk_tokens * 2 * block.mixer.gru_fwd.hidden_dim
+    x = torch.randn(2, 5, 9, 8)
+    results = []
+    for m in (block, plain):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = m(x)
+        out.float().square().mean().backward()
+        results.append((out.detach().float(), [p.grad for p in m.parameters()]))
+    (o1, g1), (o2, g2) = results
+    tol = dict(atol=0, rtol=0) if chunk_tokens is None else dict(atol=1e-2, rtol=2e-2)
+    torch.testing.assert_close(o1, o2, **tol)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, atol=tol["atol"] and 1e-2 * float(b.abs().max()), rtol=tol["rtol"])
