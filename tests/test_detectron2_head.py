@@ -29,6 +29,8 @@ TINY = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "M
         "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "32",
         "MODEL.RPN.POST_NMS_TOPK_TEST", "16", "INPUT.MIN_SIZE_TEST", str(SIZE),
         "INPUT.MAX_SIZE_TEST", str(SIZE), "MODEL.ROI_MASK_HEAD.HGRU.STEPS", "4"]
+COCO_TINY = ["MODEL.ROI_MASK_HEAD.HGRU.CELL", "coco", "MODEL.ROI_MASK_HEAD.HGRU.CHANNELS", "64",
+             "MODEL.ROI_MASK_HEAD.HGRU.NORM_GROUPS", "8"]  # the authors' cell at the tiny FPN width
 
 
 def _batched_inputs(n=2, seed=0):
@@ -133,8 +135,9 @@ def _saved_bytes(head, x, steps):
     return total[0]
 
 
-def test_crbp_head_memory_is_constant_in_steps_but_bptt_grows():
-    cfg = get_cfg(SYNTHETIC, TINY)
+@pytest.mark.parametrize("cell", ["pathfinder", "coco"])
+def test_crbp_head_memory_is_constant_in_steps_but_bptt_grows(cell):
+    cfg = get_cfg(SYNTHETIC, TINY + (COCO_TINY if cell == "coco" else []))
     head = build_mask_head(cfg, ShapeSpec(channels=64, height=14, width=14)).train()
     x = torch.randn(6, 64, 14, 14)
     for mode in ("crbp", "rbp"):
@@ -194,10 +197,6 @@ def test_defaults_follow_the_authors_coco_runs_and_keep_the_old_cell():
 def test_bad_head_settings_name_the_key(opts, match):
     with pytest.raises(ValueError, match=match):
         build_mask_head(get_cfg(SYNTHETIC, TINY + opts), ShapeSpec(channels=64, height=14, width=14))
-
-
-COCO_TINY = ["MODEL.ROI_MASK_HEAD.HGRU.CELL", "coco", "MODEL.ROI_MASK_HEAD.HGRU.CHANNELS", "64",
-             "MODEL.ROI_MASK_HEAD.HGRU.NORM_GROUPS", "8"]
 
 
 def test_authors_cell_trains_logs_and_flags_unreliable_rbp(caplog):
