@@ -183,3 +183,97 @@ def test_resume_skips_corrupted_latest_checkpoint_via_tools(tmp_path):
     assert "skipped" in log and "iter_4.pth" in log and "truncated" in log
     assert "resumed epoch: 0, iter: 2" in log
     assert ck.checkpoint_problem(str(work_dir / "iter_6.pth")) is None
+
+
+# ------------------------------------------------------------------------------------------ Detectron2
+
+def _run_python(code, *flags, timeout=600):
+    return subprocess.run([sys.executable, *flags, "-c", textwrap.dedent(code)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+@pytest.mark.detectron2
+def test_detectron2_zoo_configs_without_pkg_resources():
+    """setuptools >= 82 has no pkg_resources, which Detectron2's model_zoo module imports."""
+    pytest.importorskip("detectron2")
+    out = _run_python("""
+        import sys
+        sys.modules['pkg_resources'] = None          # import pkg_resources -> ImportError
+        import rv_plugins.detectron2 as rd
+        cfg = rd.get_cfg('configs/detectron2/panoptic_fpn_R_50_synthetic_hgru_crbp.yaml')
+        print(cfg.MODEL.META_ARCHITECTURE, cfg.MODEL.ROI_MASK_HEAD.NAME)
+        try:
+            rd.config.zoo_config_file('COCO-PanopticSegmentation/nope.yaml')
+        except FileNotFoundError as e:
+            print('missing:', e)
+        """)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "PanopticFPN HGRUMaskHead" in out.stdout
+    assert "missing: _BASE_ detectron2://COCO-PanopticSegmentation/nope.yaml: no such file" in out.stdout
+
+
+@pytest.mark.detectron2
+def test_detectron2_broken_C_file_is_not_real_ops(tmp_path):
+    pytest.importorskip("detectron2")
+    import importlib.machinery
+    (tmp_path / f"_C{importlib.machinery.EXTENSION_SUFFIXES[0]}").write_bytes(b"not an ELF file")
+    out = _run_python(f"""
+        import logging, sys
+        logging.basicConfig()
+        import detectron2
+        detectron2.__path__.append({str(tmp_path)!r})   # a broken _C where Detectron2 looks for it
+        import rv_plugins.detectron2 as rd
+        from rv_plugins.detectron2.compat import STAND_IN_FLAG
+        print('real' if rd.has_compiled_ops() else 'not real',
+              getattr(sys.modules.get('detectron2._C'), STAND_IN_FLAG, False))
+        """)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[:2] == ["not", "real"]
+    assert "exists but does not import" in out.stderr
+
+
+@pytest.mark.detectron2
+def test_detectron2_event_storage_check_under_python_O():
+    pytest.importorskip("detectron2")
+    out = _run_python("""
+        import rv_plugins.detectron2.mask_head as mh
+        from detectron2.utils.events import EventStorage
+        assert mh._active_storage() is None
+        with EventStorage(0) as storage:
+            assert mh._active_storage() is storage
+        assert mh._active_storage() is None
+        print('ok')
+        """, "-O")
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+
+
+@pytest.mark.detectron2
+def test_panoptic_evaluation_of_a_split_without_things():
+    pytest.importorskip("detectron2")
+    evaluation = pytest.importorskip("panopticapi.evaluation")
+    from rv_plugins.detectron2.datasets import PanopticEvaluator, _empty_groups_are_nan
+
+    original = evaluation.PQStat.pq_average
+    stat = evaluation.PQStat()
+    stat[1].tp, stat[1].iou = 2, 1.6                   # a stuff class, matched twice
+    categories = {1: {"isthing": 0}, 2: {"isthing": 1}}  # a thing class that never occurs
+    with pytest.raises(ZeroDivisionError):
+        stat.pq_average(categories, isthing=True)      # what panopticapi does on its own
+    with _empty_groups_are_nan("synth_val"):
+        things, _ = stat.pq_average(categories, isthing=True)
+        stuff, _ = stat.pq_average(categories, isthing=False)
+    assert things["n"] == 0 and torch.isnan(torch.tensor(things["pq"]))
+    assert stuff["n"] == 1 and stuff["pq"] == pytest.approx(0.8)
+    assert evaluation.PQStat.pq_average is original   # restored after the evaluation
+
+    # tools/train_net.py evaluates panoptic datasets with it
+    from detectron2.data import MetadataCatalog
+    from tool_loader import load_tool
+    MetadataCatalog.get("rv_test_pan_no_things").set(
+        evaluator_type="coco_panoptic_seg", panoptic_root="/nonexistent", panoptic_json="/nonexistent.json",
+        thing_dataset_id_to_contiguous_id={}, stuff_dataset_id_to_contiguous_id={1: 0})
+    train_net = load_tool("train_net")
+    cfg = train_net.get_cfg()
+    cfg.MODEL.MASK_ON = False
+    assert isinstance(train_net.Trainer.build_evaluator(cfg, "rv_test_pan_no_things", "/tmp"),
+                      PanopticEvaluator)

@@ -11,7 +11,8 @@ bases). ``DATASETS.SYNTHETIC_PANOPTIC_ROOT`` registers the synthetic dataset of
 ``tools/make_synthetic_coco_panoptic.py``. Multi-GPU / multi-machine runs go through Detectron2's
 ``launch`` (``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``).
 
-Evaluation: ``COCOPanopticEvaluator`` (PQ via panopticapi) for panoptic datasets, plus
+Evaluation: ``COCOPanopticEvaluator`` (PQ via panopticapi; ours reports NaN, not a crash, for a split
+without "thing" or "stuff" segments) for panoptic datasets, plus
 ``COCOEvaluator`` for the things (its fast C++ implementation only when ``detectron2._C`` exists).
 """
 import logging
@@ -25,9 +26,10 @@ import detectron2.utils.comm as comm  # noqa: E402
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.data import MetadataCatalog  # noqa: E402
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch  # noqa: E402
-from detectron2.evaluation import (COCOEvaluator, COCOPanopticEvaluator, DatasetEvaluators,  # noqa: E402
-                                   SemSegEvaluator, verify_results)
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvaluator, verify_results  # noqa: E402
 from rv_plugins.detectron2.config import get_cfg  # noqa: E402
+from rv_plugins.detectron2.datasets import PanopticEvaluator  # noqa: E402
+from rv_plugins.engine.checkpointing import WorkDirLocked, acquire_work_dir_lock  # noqa: E402
 
 
 class Trainer(DefaultTrainer):
@@ -40,7 +42,7 @@ class Trainer(DefaultTrainer):
         fast = rv_d2.has_compiled_ops()
         evaluators = []
         if evaluator_type == "coco_panoptic_seg":
-            evaluators.append(COCOPanopticEvaluator(dataset_name, output_folder))
+            evaluators.append(PanopticEvaluator(dataset_name, output_folder))  # NaN, not a crash, without things
             if cfg.MODEL.MASK_ON:
                 evaluators.append(COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=fast))
         elif evaluator_type == "coco":
@@ -58,6 +60,11 @@ def setup(args):
     if cfg.DATASETS.SYNTHETIC_PANOPTIC_ROOT:
         rv_d2.register_synthetic_coco_panoptic(cfg.DATASETS.SYNTHETIC_PANOPTIC_ROOT)
     cfg.freeze()
+    if not args.eval_only and comm.is_main_process():  # one training run per OUTPUT_DIR
+        try:
+            acquire_work_dir_lock(cfg.OUTPUT_DIR, log=logging.getLogger(__name__).warning)
+        except WorkDirLocked as e:
+            sys.exit(f"error: {e} (OUTPUT_DIR)")
     default_setup(cfg, args)
     return cfg
 

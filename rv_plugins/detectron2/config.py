@@ -28,13 +28,15 @@ Inheriting Detectron2's own configs: Detectron2 v0.6 resolves ``_BASE_`` relativ
 file, which breaks as soon as our configs live outside its package. Our yaml files therefore
 write ``_BASE_: "detectron2://COCO-PanopticSegmentation/Base-Panoptic-FPN.yaml"``; the config
 node returned by :func:`get_cfg` maps that prefix to the installed model-zoo file
-(``detectron2.model_zoo.get_config_file``) at any depth of the ``_BASE_`` chain, and leaves every
-other ``_BASE_`` (relative, absolute, ``~``) to Detectron2. Plain ``detectron2.config.get_cfg()``
-cannot read these files; use ``rv_plugins.detectron2.config.get_cfg(path)``.
+(:func:`zoo_config_file`, found without importing ``detectron2.model_zoo``, which needs
+``pkg_resources``) at any depth of the ``_BASE_`` chain, and leaves every other ``_BASE_``
+(relative, absolute, ``~``) to Detectron2. Plain ``detectron2.config.get_cfg()`` cannot read these
+files; use ``rv_plugins.detectron2.config.get_cfg(path)``.
 """
+import importlib.util
+import os
 from typing import Optional, Sequence
 
-from detectron2 import model_zoo
 from detectron2.config import CfgNode as _D2CfgNode
 from detectron2.config import get_cfg as _d2_get_cfg
 
@@ -101,14 +103,36 @@ class RVCfgNode(_D2CfgNode):
         if isinstance(filename, str) and ZOO_PREFIX in filename:
             # fvcore joins a relative _BASE_ to the including file's folder; keep what follows the prefix
             zoo_path = filename.split(ZOO_PREFIX, 1)[1]
-            try:
-                filename = model_zoo.get_config_file(zoo_path)
-            except RuntimeError as err:
-                raise FileNotFoundError(
-                    f"_BASE_ {ZOO_PREFIX}{zoo_path}: no such file in the installed Detectron2 model "
-                    "zoo (detectron2/model_zoo/configs); check the path, e.g. "
-                    f"{ZOO_PREFIX}COCO-PanopticSegmentation/Base-Panoptic-FPN.yaml") from err
+            filename = zoo_config_file(zoo_path)
         return super().load_yaml_with_base(filename, allow_unsafe=allow_unsafe)
+
+
+def zoo_config_dirs() -> list:
+    """Where the installed Detectron2 keeps its model-zoo configs: ``detectron2/model_zoo/configs``
+    (wheels, our v0.6 package, and source builds, where setup.py links it to the checkout's
+    ``configs/``), else the checkout's ``configs/`` next to the package (an editable install
+    without the link). Found from the package's location, not by importing ``detectron2.model_zoo``,
+    which needs ``pkg_resources`` (gone from setuptools >= 82)."""
+    spec = importlib.util.find_spec("detectron2")
+    roots = list(spec.submodule_search_locations or []) if spec else []
+    dirs = []
+    for root in roots:
+        dirs += [os.path.join(root, "model_zoo", "configs"), os.path.join(os.path.dirname(root), "configs")]
+    return [d for d in dirs if os.path.isdir(d)]
+
+
+def zoo_config_file(zoo_path: str) -> str:
+    """``'COCO-PanopticSegmentation/Base-Panoptic-FPN.yaml'`` -> its file in the installed model zoo."""
+    dirs = zoo_config_dirs()
+    for d in dirs:
+        path = os.path.join(d, zoo_path)
+        if os.path.isfile(path):
+            return path
+    where = ", ".join(dirs) or "no model-zoo config folder found in the installed detectron2 package"
+    raise FileNotFoundError(
+        f"_BASE_ {ZOO_PREFIX}{zoo_path}: no such file in the installed Detectron2 model zoo ({where}); "
+        f"check the path, e.g. {ZOO_PREFIX}COCO-PanopticSegmentation/Base-Panoptic-FPN.yaml, or reinstall "
+        f"Detectron2 with its configs (tools/install_detectron2.py, or a source build).")
 
 
 def get_cfg(path: Optional[str] = None, opts: Optional[Sequence[str]] = None) -> RVCfgNode:

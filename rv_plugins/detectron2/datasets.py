@@ -12,14 +12,64 @@ Folder layout (``<split>`` is ``train`` / ``val``)::
 ``register_coco_panoptic_separated``, ``<prefix>_<split>_separated`` (Panoptic FPN training and
 ``COCOPanopticEvaluator``) and ``<prefix>_<split>_stuffonly`` for every split present.
 """
+import contextlib
 import json
+import logging
+import math
 import os
 from typing import List
 
 from detectron2.data import DatasetCatalog
 from detectron2.data.datasets import register_coco_panoptic_separated
+from detectron2.evaluation import COCOPanopticEvaluator
 
-__all__ = ["register_synthetic_coco_panoptic", "synthetic_panoptic_metadata"]
+__all__ = ["register_synthetic_coco_panoptic", "synthetic_panoptic_metadata", "PanopticEvaluator"]
+logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _empty_groups_are_nan(dataset_name: str):
+    """panopticapi averages PQ over the categories that occur (in ground truth or predictions) and
+    divides by their count: a split without any "thing" (or "stuff") segment raises ZeroDivisionError
+    after the whole evaluation ran. Inside this context such a group's PQ/SQ/RQ are NaN (undefined),
+    with a warning naming the split and the group; the other groups are unchanged."""
+    try:
+        from panopticapi import evaluation
+    except ImportError:
+        yield
+        return
+    original = evaluation.PQStat.pq_average
+
+    def pq_average(self, categories, isthing):
+        try:
+            return original(self, categories, isthing)
+        except ZeroDivisionError:
+            group = {True: "thing", False: "stuff"}.get(isthing, "any")
+            logger.warning("panoptic evaluation of %s: no %s segment in its ground truth or in the "
+                           "predictions, so PQ/SQ/RQ of that group are undefined (reported as NaN). "
+                           "Evaluate on a split that has %s segments to get them.", dataset_name, group, group)
+            nan = math.nan
+            return {"pq": nan, "sq": nan, "rq": nan, "n": 0}, {}
+
+    evaluation.PQStat.pq_average = pq_average
+    try:
+        yield
+    finally:
+        evaluation.PQStat.pq_average = original
+
+
+class PanopticEvaluator(COCOPanopticEvaluator):
+    """Detectron2's ``COCOPanopticEvaluator``, except that a split without "thing" (or "stuff") segments
+    reports NaN for that group's PQ (with a warning) instead of failing with ZeroDivisionError inside
+    panopticapi."""
+
+    def __init__(self, dataset_name: str, output_dir=None):
+        super().__init__(dataset_name, output_dir)
+        self._rv_dataset_name = dataset_name
+
+    def evaluate(self):
+        with _empty_groups_are_nan(self._rv_dataset_name):
+            return super().evaluate()
 
 
 def synthetic_panoptic_metadata(categories: List[dict]) -> dict:
