@@ -32,6 +32,7 @@ def openmmlab_backbone(core_cls: Type[nn.Module]) -> Type[nn.Module]:
         def __init__(self, *args, init_cfg=None, **kwargs):
             super().__init__(*args, init_cfg=None, **kwargs)  # no loading at construction
             self.init_cfg = init_cfg
+            self._is_init = False  # the constructor's own init_weights call must not count for mmengine
 
         def init_weights(self):
             cfg = self.init_cfg

@@ -23,6 +23,7 @@ SMALL = dict(embed_dims=[8, 16, 32, 64], depths=[1, 1, 2, 1])
 # the main-job config shrunk to seconds: 32x32 images, batch 2, no validation, checkpoint every iteration
 TINY_OPTIONS = ["train_dataloader.batch_size=2", "train_dataloader.dataset.img_size=(32,32)",
                 "model.data_preprocessor.size=(32,32)", "train_cfg.val_interval=1000000",
+                "val_dataloader.dataset.num_samples=4", "val_dataloader.dataset.img_size=(32,32)",
                 "default_hooks.checkpoint.interval=1", "default_hooks.logger.interval=1",
                 "test_dataloader.dataset.num_samples=4", "test_dataloader.dataset.img_size=(32,32)"]
 
@@ -90,6 +91,7 @@ def test_adapter_loads_init_cfg_when_the_runner_initialises(tmp_path, toolkit):
     model = MODELS.build(dict(type="VisionGRU", arch=SMALL, preset="paper", img_size=64,
                               init_cfg=dict(type="Pretrained", checkpoint=path, prefix="backbone.")))
     assert not torch.equal(model.stem.conv1.conv.weight, src.stem.conv1.conv.weight)  # lazy, as mmengine
+    assert not model.is_init  # so that mmengine's BaseModule.init_weights calls ours
     model.init_weights()
     assert model.is_init
     for k, v in src.state_dict().items():
