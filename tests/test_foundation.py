@@ -74,7 +74,7 @@ def test_rv_plugins_scope_from_a_config_outside_the_repo(tmp_path):
         print(cfg.model.backbone.type, cfg.train_cfg.max_iters, cfg.custom_imports['imports'])
         """, cwd=str(tmp_path))
     assert res.returncode == 0, res.stderr
-    assert res.stdout.split() == ["VisionGRU", "7", "['rv_plugins.mmseg']"]
+    assert res.stdout.split() == ["VisionGRU", "7", "['rv_plugins.mmseg',", "'rv_plugins.engine.hooks']"]
 
 
 def test_unknown_rv_plugins_config_names_the_available_ones(tmp_path):
