@@ -323,7 +323,8 @@ def test_sigkill_at_random_instants_loses_no_checkpoint(tmp_path):
     elapsed = time.time() - t0
     final = torch.load(work_dir / f"iter_{max_iters}.pth", map_location="cpu", weights_only=False)
     assert final["meta"]["iter"] == max_iters
-    assert f"Iter(train) [{max_iters}/{max_iters}]" in out
+    # the last run trained to the end, or a kill came after the final save and it had nothing left to do
+    assert f"Iter(train) [{max_iters}/{max_iters}]" in out or resumed_at[-1] == max_iters, out[-3000:]
     assert (work_dir / "last_checkpoint").read_text().strip().endswith(f"iter_{max_iters}.pth")
     leftovers = [n for n in os.listdir(work_dir) if ck.is_temporary(n) or n == ck.LOCK_NAME]
     assert not leftovers
