@@ -141,20 +141,35 @@ def test_pathfinder_table_merges_training_and_reevaluation_reports():
     rows = tool.merge_reports([trained, late, other])
     assert len(rows) == 2
     text = tool.table(rows, late_factor=4).splitlines()
-    assert text[2].startswith("| bptt | 8 | 0.5 | - |")  # a report without per-result steps
-    assert text[3] == "| crbp | 8 | 0.9 | 0.7 | 0.85 | - | 100 | 12.5 | 0 | 0.01 |"
-    assert text[4].startswith("| every bright pixel = target | | 0.45 | 0.41 |")
+    assert text[2].startswith("| bptt | 8 | - | 0.5 | - |")  # a report without per-result steps
+    assert text[3] == "| crbp | 8 | sum x 1 | 0.9 | 0.7 | 0.85 | - | 100 | 12.5 | 0 | 0.01 |"
+    assert text[4].startswith("| every bright pixel = target | | | 0.45 | 0.41 |")
+    # the same model trained with another penalty is another row
+    rescaled = dict(trained, lcp_reduction="mean", lcp_weight=10.0)
+    rows = tool.merge_reports([trained, rescaled])
+    assert sorted(key[-1] for key in rows) == ["mean x 10", "sum x 1"]
 
 
-def test_readme_pathfinder_table_is_the_one_the_committed_reports_give():
-    """The README's table is regenerated from docs/pathfinder_results/*_N*.json, not typed."""
+def test_readme_pathfinder_tables_are_the_ones_the_committed_reports_give():
+    """The tables are regenerated from the committed reports, not typed: the first runs (LCP summed,
+    weight 1; docs/pathfinder_results/*_N*.json) in docs/pathfinder.md, and the current table
+    (the LCP modes re-run with the authors' mean x 10 in docs/pathfinder_results/mean10/, beside the
+    unchanged BPTT/RBP runs) in README.md and docs/pathfinder.md."""
     import glob
     import os
     from tool_loader import load_tool
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    reports = sorted(glob.glob(os.path.join(repo, "docs", "pathfinder_results", "*_N*.json")))
-    assert reports, "docs/pathfinder_results/ has no reports"
-    text = load_tool("pathfinder_table").main(reports)
-    for doc in ("README.md", os.path.join("docs", "pathfinder.md")):
+    results = os.path.join(repo, "docs", "pathfinder_results")
+    first = sorted(glob.glob(os.path.join(results, "*_N*.json")))
+    current = (sorted(glob.glob(os.path.join(results, "bptt_N*.json")))
+               + sorted(glob.glob(os.path.join(results, "rbp_N*.json")))
+               + sorted(glob.glob(os.path.join(results, "mean10", "*_N*.json"))))
+    assert first and len(current) > len(first) // 2, "docs/pathfinder_results/ lacks reports"
+    tool = load_tool("pathfinder_table")
+    first_text, current_text = tool.main(first), tool.main(current)
+    for doc, texts in (("README.md", [current_text]),
+                       (os.path.join("docs", "pathfinder.md"), [first_text, current_text])):
         with open(os.path.join(repo, doc)) as handle:
-            assert text in handle.read(), f"{doc}: the Pathfinder table differs from the reports"
+            content = handle.read()
+        for text in texts:
+            assert text in content, f"{doc}: a Pathfinder table differs from the reports"
