@@ -158,6 +158,10 @@ def test_unreliable_rbp_is_flagged_in_the_run_log(tmp_path):
     scalar is 1 and the solver's warning is in the run's log file."""
     cfg = _tiny_cfg("rbp", tmp_path)
     cfg.model.backbone.steps = 2  # the residual after 2 steps from h0 = 0 is far above 0.05
+    # mmengine names a run's logger by its start second and reuses an existing logger of that name
+    # (with its log file): an earlier runner of this process started in the same second would get
+    # this run's log lines. A name of its own gives this run its own log file.
+    cfg.experiment_name = f"rbp_unreliable_{os.getpid()}_{tmp_path.name}"
     runner = mr.build_runner(cfg)
     runner.train()
     assert runner.message_hub.log_scalars["train/rbp_unreliable"].current() == 1.0
