@@ -128,7 +128,6 @@ class HGRUMaskHead(BaseMaskRCNNHead):
             storage.put_scalar("mask_hgru/lcp", float(info.lcp.detach()))
         if info.jacobian_colsum_max is not None:
             storage.put_scalar("mask_hgru/jacobian_colsum_max", info.jacobian_colsum_max)
-        if previous is not None and previous.neumann_terms is not None:
-            storage.put_scalar("mask_hgru/neumann_terms", previous.neumann_terms)
-            storage.put_scalar("mask_hgru/neumann_residual", previous.neumann_residual)
-            storage.put_scalar("mask_hgru/rbp_unreliable", float(previous.rbp_unreliable))
+        if previous is not None:
+            for name, value in previous.backward_scalars().items():
+                storage.put_scalar(f"mask_hgru/{name}", value)

@@ -165,11 +165,9 @@ class RecurrentSegmentor(BaseSegmentor):
         if solver is not None and hasattr(solver, "logger"):
             solver.logger = MMLogger.get_current_instance()  # warnings into the run's log
         log_vars = super().train_step(data, optim_wrapper)
-        info = self._last_info
-        if info is not None and info.neumann_terms is not None:
-            log_vars["neumann_terms"] = torch.tensor(float(info.neumann_terms))
-            log_vars["neumann_residual"] = torch.tensor(float(info.neumann_residual))
-            log_vars["rbp_unreliable"] = torch.tensor(float(info.rbp_unreliable))
+        if self._last_info is not None:
+            log_vars.update((name, torch.tensor(value))
+                            for name, value in self._last_info.backward_scalars().items())
         return log_vars
 
 

@@ -48,7 +48,7 @@ import math
 import numbers
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -102,6 +102,16 @@ class SolverInfo:
     neumann_error_estimate: Optional[float] = None
     rbp_unreliable: bool = False
     rbp_unreliable_reason: Optional[str] = None
+
+    def backward_scalars(self) -> Dict[str, float]:
+        """The RBP backward's diagnostics as log scalars, ``{}`` until a backward filled them:
+        ``neumann_terms``, ``neumann_residual`` and ``rbp_unreliable`` (1.0 when flagged). The
+        mmseg segmentor and the Detectron2 head log these under the same names."""
+        if self.neumann_terms is None:
+            return {}
+        return dict(neumann_terms=float(self.neumann_terms),
+                    neumann_residual=float(self.neumann_residual),
+                    rbp_unreliable=float(self.rbp_unreliable))
 
     def flag_unreliable(self, reason: str) -> None:
         """Set ``rbp_unreliable`` and append ``reason`` to ``rbp_unreliable_reason``."""
