@@ -34,7 +34,7 @@ KERNEL_CONSTEXPRS = {
     "_scan_bwd_kernel": dict(HAS_H0=True, REVERSE=True, BLOCK_L=64, BLOCK_D=32),
     "_mingru_fwd_kernel": dict(NDIR=2, REVERSE=False, ACT_G=True, HAS_H0=True, BLOCK_L=32, BLOCK_D=32),
     "_mingru_bwd_kernel": dict(NDIR=2, REVERSE=False, ACT_G=True, HAS_H0=True, BLOCK_L=32, BLOCK_D=32),
-    "_chunk_summary_kernel": dict(REVERSE=True, HAS_H0=True, CHUNK=256, BLOCK_L=64, BLOCK_D=64),
+    "_chunk_summary_kernel": dict(REVERSE=True, CHUNK=256, BLOCK_L=64, BLOCK_D=64),
     "_chunk_carry_kernel": dict(HAS_H0=True, BLOCK_D=64),
     "_chunk_replay_kernel": dict(REVERSE=True, CHUNK=256, BLOCK_L=64, BLOCK_D=64),
 }

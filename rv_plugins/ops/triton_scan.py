@@ -53,32 +53,51 @@ def _apply(a_cum, b_cum, h):
 
 
 @triton.jit
+def _last_row(x, BLOCK_L: tl.constexpr):
+    """Row ``BLOCK_L - 1`` of a ``(BLOCK_L, BLOCK_D)`` tile: the state carried into the next tile."""
+    return tl.sum(tl.where((tl.arange(0, BLOCK_L) == BLOCK_L - 1)[:, None], x, 0.0), axis=0)
+
+
+@triton.jit
+def _load_state(H0, row, offs_d, mask_d, HAS_H0: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr):
+    """The initial state ``H0[row, offs_d]`` (zeros without ``HAS_H0``)."""
+    if HAS_H0:
+        h = tl.load(H0 + row + offs_d, mask=mask_d, other=0.0).to(ACC)
+    else:
+        h = tl.zeros([BLOCK_D], dtype=ACC)
+    return h
+
+
+@triton.jit
+def _load_tile(A, X, base, k, L, D, offs_d, mask_d, REVERSE: tl.constexpr, ACC: tl.constexpr):
+    """Scan positions ``k`` (``t = k``, or ``L - 1 - k`` with ``REVERSE``) of ``a`` and ``b``: returns
+    ``(a, b, ptr, mask)``; padding is the identity ``(1, 0)``."""
+    if REVERSE:
+        t = L - 1 - k
+    else:
+        t = k
+    mask = (k < L)[:, None] & mask_d[None, :]
+    ptr = base + t.to(tl.int64)[:, None] * D + offs_d[None, :]
+    a = tl.load(A + ptr, mask=mask, other=1.0).to(ACC)
+    b = tl.load(X + ptr, mask=mask, other=0.0).to(ACC)
+    return a, b, ptr, mask
+
+
+@triton.jit
 def _scan_fwd_kernel(A, X, H0, H, L, D, HAS_H0: tl.constexpr, REVERSE: tl.constexpr,
                      BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr):
     pid_b = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < D
-    if HAS_H0:
-        h = tl.load(H0 + pid_b * D + offs_d, mask=mask_d, other=0.0).to(ACC)
-    else:
-        h = tl.zeros([BLOCK_D], dtype=ACC)
+    h = _load_state(H0, pid_b * D, offs_d, mask_d, HAS_H0, BLOCK_D, ACC)
     base = pid_b * L * D
     rows = tl.arange(0, BLOCK_L)
     for k0 in range(0, L, BLOCK_L):
-        k = k0 + rows
-        valid = k < L
-        if REVERSE:
-            t = L - 1 - k
-        else:
-            t = k
-        mask = valid[:, None] & mask_d[None, :]
-        ptr = base + t.to(tl.int64)[:, None] * D + offs_d[None, :]
-        a = tl.load(A + ptr, mask=mask, other=1.0).to(ACC)  # padding is the identity (1, 0)
-        b = tl.load(X + ptr, mask=mask, other=0.0).to(ACC)
+        a, b, ptr, mask = _load_tile(A, X, base, k0 + rows, L, D, offs_d, mask_d, REVERSE, ACC)
         a_cum, b_cum = tl.associative_scan((a, b), 0, _combine)
         hs = _apply(a_cum, b_cum, h)
         tl.store(H + ptr, hs.to(H.dtype.element_ty), mask=mask)
-        h = tl.sum(tl.where((rows == BLOCK_L - 1)[:, None], hs, 0.0), axis=0)
+        h = _last_row(hs, BLOCK_L)
 
 
 @triton.jit
@@ -90,8 +109,7 @@ def _scan_bwd_kernel(A, H, H0, DH, DA, DB, DH0, L, D, HAS_H0: tl.constexpr, REVE
     base = pid_b * L * D
     rows = tl.arange(0, BLOCK_L)
     g = tl.zeros([BLOCK_D], dtype=ACC)
-    if HAS_H0:
-        h0 = tl.load(H0 + pid_b * D + offs_d, mask=mask_d, other=0.0).to(ACC)
+    h0 = _load_state(H0, pid_b * D, offs_d, mask_d, HAS_H0, BLOCK_D, ACC)
     for j0 in range(0, L, BLOCK_L):
         k = L - 1 - (j0 + rows)          # scan-order index, walked from the end
         valid = k >= 0
@@ -119,7 +137,7 @@ def _scan_bwd_kernel(A, H, H0, DH, DA, DB, DH0, L, D, HAS_H0: tl.constexpr, REVE
             h_prev = tl.where((valid & (k == 0))[:, None], h0[None, :], h_prev)
         tl.store(DB + ptr, gs.to(DB.dtype.element_ty), mask=mask)
         tl.store(DA + ptr, (gs * h_prev).to(DA.dtype.element_ty), mask=mask)
-        g = tl.sum(tl.where((rows == BLOCK_L - 1)[:, None], gs, 0.0), axis=0)
+        g = _last_row(gs, BLOCK_L)
     if HAS_H0:
         if REVERSE:
             t_first = L - 1
@@ -185,8 +203,8 @@ def scan_backward(a, h, h0, grad_h, reverse):
 # (batch, channel block) over the n_chunks summaries gives the state entering each chunk; (3) every
 # chunk is replayed from its carry-in and h is stored. Reads a and b twice, writes h once.
 @triton.jit
-def _chunk_summary_kernel(A, X, S_A, S_B, L, D, n_chunks, REVERSE: tl.constexpr, HAS_H0: tl.constexpr,
-                          CHUNK: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr):
+def _chunk_summary_kernel(A, X, S_A, S_B, L, D, n_chunks, REVERSE: tl.constexpr, CHUNK: tl.constexpr,
+                          BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr):
     pid_b = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1)
     offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -196,20 +214,9 @@ def _chunk_summary_kernel(A, X, S_A, S_B, L, D, n_chunks, REVERSE: tl.constexpr,
     pa = tl.full([BLOCK_D], 1.0, ACC)
     pb = tl.zeros([BLOCK_D], dtype=ACC)
     for k0 in range(0, CHUNK, BLOCK_L):
-        k = c * CHUNK + k0 + rows
-        valid = k < L
-        if REVERSE:
-            t = L - 1 - k
-        else:
-            t = k
-        mask = valid[:, None] & mask_d[None, :]
-        ptr = base + t.to(tl.int64)[:, None] * D + offs_d[None, :]
-        a = tl.load(A + ptr, mask=mask, other=1.0).to(ACC)
-        b = tl.load(X + ptr, mask=mask, other=0.0).to(ACC)
+        a, b, ptr, mask = _load_tile(A, X, base, c * CHUNK + k0 + rows, L, D, offs_d, mask_d, REVERSE, ACC)
         a_cum, b_cum = tl.associative_scan((a, b), 0, _combine)
-        a_last = tl.sum(tl.where((rows == BLOCK_L - 1)[:, None], a_cum, 0.0), axis=0)
-        b_last = tl.sum(tl.where((rows == BLOCK_L - 1)[:, None], b_cum, 0.0), axis=0)
-        pa, pb = _combine(pa, pb, a_last, b_last)
+        pa, pb = _combine(pa, pb, _last_row(a_cum, BLOCK_L), _last_row(b_cum, BLOCK_L))
     out = (pid_b * n_chunks + c) * D + offs_d
     tl.store(S_A + out, pa, mask=mask_d)
     tl.store(S_B + out, pb, mask=mask_d)
@@ -221,10 +228,7 @@ def _chunk_carry_kernel(S_A, S_B, H0, CARRY, D, n_chunks, HAS_H0: tl.constexpr, 
     pid_b = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < D
-    if HAS_H0:
-        h = tl.load(H0 + pid_b * D + offs_d, mask=mask_d, other=0.0).to(ACC)
-    else:
-        h = tl.zeros([BLOCK_D], dtype=ACC)
+    h = _load_state(H0, pid_b * D, offs_d, mask_d, HAS_H0, BLOCK_D, ACC)
     for c in range(0, n_chunks):
         off = (pid_b * n_chunks + c) * D + offs_d
         tl.store(CARRY + off, h, mask=mask_d)
@@ -244,20 +248,11 @@ def _chunk_replay_kernel(A, X, CARRY, H, L, D, n_chunks, REVERSE: tl.constexpr, 
     rows = tl.arange(0, BLOCK_L)
     h = tl.load(CARRY + (pid_b * n_chunks + c) * D + offs_d, mask=mask_d, other=0.0)
     for k0 in range(0, CHUNK, BLOCK_L):
-        k = c * CHUNK + k0 + rows
-        valid = k < L
-        if REVERSE:
-            t = L - 1 - k
-        else:
-            t = k
-        mask = valid[:, None] & mask_d[None, :]
-        ptr = base + t.to(tl.int64)[:, None] * D + offs_d[None, :]
-        a = tl.load(A + ptr, mask=mask, other=1.0).to(ACC)
-        b = tl.load(X + ptr, mask=mask, other=0.0).to(ACC)
+        a, b, ptr, mask = _load_tile(A, X, base, c * CHUNK + k0 + rows, L, D, offs_d, mask_d, REVERSE, ACC)
         a_cum, b_cum = tl.associative_scan((a, b), 0, _combine)
         hs = _apply(a_cum, b_cum, h)
         tl.store(H + ptr, hs.to(H.dtype.element_ty), mask=mask)
-        h = tl.sum(tl.where((rows == BLOCK_L - 1)[:, None], hs, 0.0), axis=0)
+        h = _last_row(hs, BLOCK_L)
 
 
 CHUNK = 256
@@ -282,8 +277,8 @@ def _chunk_launch(a, b, h0, reverse, block_d):
     if acc == tl.float64:
         s_a, s_b, carry = s_a.double(), s_b.double(), carry.double()
     nd = triton.cdiv(D, block_d)
-    _chunk_summary_kernel[(B, n_chunks, nd)](a, b, s_a, s_b, L, D, n_chunks, REVERSE=bool(reverse), HAS_H0=h0 is not None,
-                                             CHUNK=CHUNK, BLOCK_L=block_l, BLOCK_D=block_d, ACC=acc)
+    _chunk_summary_kernel[(B, n_chunks, nd)](a, b, s_a, s_b, L, D, n_chunks, REVERSE=bool(reverse), CHUNK=CHUNK,
+                                             BLOCK_L=block_l, BLOCK_D=block_d, ACC=acc)
     h0_ = h0.to(s_a.dtype).contiguous() if h0 is not None else s_a
     _chunk_carry_kernel[(B, nd)](s_a, s_b, h0_, carry, D, n_chunks, HAS_H0=h0 is not None, BLOCK_D=block_d, ACC=acc)
     _chunk_replay_kernel[(B, n_chunks, nd)](a, b, carry, h, L, D, n_chunks, REVERSE=bool(reverse), CHUNK=CHUNK,
@@ -327,15 +322,28 @@ def scan_backward_chunked(a, h, h0, grad_h, reverse):
 
 # ----------------------------------------------------------------------------- fused minGRU scan
 @triton.jit
-def _gates(gate, cand, ACT_G: tl.constexpr):
-    """``(z, a, act(cand), act'(cand))`` in the accumulation type; ``z = sigmoid(gate)``,
-    ``a = sigmoid(-gate)`` without cancellation."""
+def _sigmoid_pair(gate):
+    """``(z, a) = (sigmoid(gate), sigmoid(-gate))``, ``a`` without the cancellation of ``1 - z``."""
     e = tl.exp(-tl.abs(gate))
     s = 1.0 / (1.0 + e)          # sigmoid(|gate|)
     t = e * s                    # sigmoid(-|gate|)
     pos = gate >= 0
-    z = tl.where(pos, s, t)
-    a = tl.where(pos, t, s)
+    return tl.where(pos, s, t), tl.where(pos, t, s)
+
+
+@triton.jit
+def _gate_ptr(P, b, t, stride_pb, stride_pt, direction, H, offs_d):
+    """Pointers to one direction's gate columns at tokens ``t`` (the candidate columns are ``+ H``)."""
+    return P + b * stride_pb + t[:, None] * stride_pt + direction * 2 * H + offs_d[None, :]
+
+
+@triton.jit
+def _gates(p_gate, H, mask, ACT_G: tl.constexpr, ACC: tl.constexpr):
+    """Loads gate and candidate at ``p_gate`` / ``p_gate + H``; returns ``(z, a, act(cand), act'(cand))`` in
+    the accumulation type, ``z = sigmoid(gate)``, ``a = sigmoid(-gate)``."""
+    gate = tl.load(p_gate, mask=mask, other=0.0).to(ACC)
+    cand = tl.load(p_gate + H, mask=mask, other=0.0).to(ACC)
+    z, a = _sigmoid_pair(gate)
     if ACT_G:
         ec = tl.exp(-tl.abs(cand))
         sc = ec / (1.0 + ec)     # sigmoid(cand) for cand < 0
@@ -359,27 +367,21 @@ def _mingru_fwd_kernel(P, H0, OUT, L, H, stride_pb, stride_pt, NDIR: tl.constexp
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < H
     W = NDIR * H
-    if HAS_H0:
-        h = tl.load(H0 + b * W + direction * H + offs_d, mask=mask_d, other=0.0).to(ACC)
-    else:
-        h = tl.zeros([BLOCK_D], dtype=ACC)
+    h = _load_state(H0, b * W + direction * H, offs_d, mask_d, HAS_H0, BLOCK_D, ACC)
     rows = tl.arange(0, BLOCK_L)
     for k0 in range(0, L, BLOCK_L):
         k = k0 + rows
         valid = k < L
         t = tl.where(rev, L - 1 - k, k).to(tl.int64)
         mask = valid[:, None] & mask_d[None, :]
-        p_gate = P + b * stride_pb + t[:, None] * stride_pt + direction * 2 * H + offs_d[None, :]
-        gate = tl.load(p_gate, mask=mask, other=0.0).to(ACC)
-        cand = tl.load(p_gate + H, mask=mask, other=0.0).to(ACC)
-        z, a, c, dc = _gates(gate, cand, ACT_G)
+        z, a, c, dc = _gates(_gate_ptr(P, b, t, stride_pb, stride_pt, direction, H, offs_d), H, mask, ACT_G, ACC)
         a = tl.where(mask, a, 1.0)       # padding is the identity (1, 0)
         x = tl.where(mask, z * c, 0.0)
         a_cum, b_cum = tl.associative_scan((a, x), 0, _combine)
         hs = _apply(a_cum, b_cum, h)
         tl.store(OUT + (b * L + t[:, None]) * W + direction * H + offs_d[None, :], hs.to(OUT.dtype.element_ty),
                  mask=mask)
-        h = tl.sum(tl.where((rows == BLOCK_L - 1)[:, None], hs, 0.0), axis=0)
+        h = _last_row(hs, BLOCK_L)
 
 
 @triton.jit
@@ -398,8 +400,7 @@ def _mingru_bwd_kernel(P, OUT, H0, DOUT, DP, DH0, L, H, stride_pb, stride_pt, ND
     col = direction * H + offs_d[None, :]
     rows = tl.arange(0, BLOCK_L)
     g = tl.zeros([BLOCK_D], dtype=ACC)
-    if HAS_H0:
-        h0 = tl.load(H0 + b * W + direction * H + offs_d, mask=mask_d, other=0.0).to(ACC)
+    h0 = _load_state(H0, b * W + direction * H, offs_d, mask_d, HAS_H0, BLOCK_D, ACC)
     for j0 in range(0, L, BLOCK_L):
         k = L - 1 - (j0 + rows)                      # scan positions, last first
         valid = k >= 0
@@ -409,14 +410,10 @@ def _mingru_bwd_kernel(P, OUT, H0, DOUT, DP, DH0, L, H, stride_pb, stride_pt, ND
         has_next = valid & (k + 1 < L)
         has_prev = valid & (k > 0)
         mask = valid[:, None] & mask_d[None, :]
-        p_gate = P + b * stride_pb + t[:, None] * stride_pt + direction * 2 * H + offs_d[None, :]
-        gate = tl.load(p_gate, mask=mask, other=0.0).to(ACC)
-        cand = tl.load(p_gate + H, mask=mask, other=0.0).to(ACC)
-        z, a, c, dc = _gates(gate, cand, ACT_G)
-        gate_next = tl.load(P + b * stride_pb + t_next[:, None] * stride_pt + direction * 2 * H + offs_d[None, :],
+        z, a, c, dc = _gates(_gate_ptr(P, b, t, stride_pb, stride_pt, direction, H, offs_d), H, mask, ACT_G, ACC)
+        gate_next = tl.load(_gate_ptr(P, b, t_next, stride_pb, stride_pt, direction, H, offs_d),
                             mask=has_next[:, None] & mask_d[None, :], other=0.0).to(ACC)
-        e = tl.exp(-tl.abs(gate_next))
-        a_next = tl.where(gate_next >= 0, e / (1.0 + e), 1.0 / (1.0 + e))
+        _, a_next = _sigmoid_pair(gate_next)
         a_next = tl.where(has_next[:, None] & mask_d[None, :], a_next, 0.0)
         a_next = tl.where(valid[:, None], a_next, 1.0)
         dh = tl.load(DOUT + (b * L + t[:, None]) * W + col, mask=mask, other=0.0).to(ACC)
@@ -430,13 +427,12 @@ def _mingru_bwd_kernel(P, OUT, H0, DOUT, DP, DH0, L, H, stride_pb, stride_pt, ND
         p_dgate = DP + (b * L + t[:, None]) * (2 * W) + direction * 2 * H + offs_d[None, :]
         tl.store(p_dgate, (gz * a * (c - h_prev)).to(DP.dtype.element_ty), mask=mask)
         tl.store(p_dgate + H, (gz * dc).to(DP.dtype.element_ty), mask=mask)
-        g = tl.sum(tl.where((rows == BLOCK_L - 1)[:, None], gs, 0.0), axis=0)
+        g = _last_row(gs, BLOCK_L)
     if HAS_H0:
         t_first = tl.where(rev, L - 1, 0).to(tl.int64)
         gate0 = tl.load(P + b * stride_pb + t_first * stride_pt + direction * 2 * H + offs_d, mask=mask_d,
                         other=0.0).to(ACC)
-        e0 = tl.exp(-tl.abs(gate0))
-        a0 = tl.where(gate0 >= 0, e0 / (1.0 + e0), 1.0 / (1.0 + e0))
+        _, a0 = _sigmoid_pair(gate0)
         tl.store(DH0 + b * W + direction * H + offs_d, (a0 * g).to(DH0.dtype.element_ty), mask=mask_d)
 
 
