@@ -15,15 +15,6 @@ DATA_HINTS = {
 }
 
 
-def allow_mmengine_checkpoints(runner=None) -> None:
-    """torch >= 2.6 loads checkpoints with ``weights_only=True``; mmengine 0.10.7's checkpoints then fail
-    on its message hub. The narrow allow-list lives in :mod:`rv_plugins.utils.checkpoint` (also applied
-    when the mm adapters are imported); ``runner`` is accepted for the callers and not needed."""
-    from rv_plugins.utils.checkpoint import allow_mmengine_checkpoints as allow
-
-    allow()
-
-
 def load_config(path: str, cfg_options: Optional[dict] = None):
     """``Config.fromfile`` with our ``rv_plugins::`` scope rule in place."""
     from mmengine.config import Config
@@ -121,13 +112,15 @@ def build_runner(cfg):
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
+    from rv_plugins.utils.checkpoint import allow_mmengine_checkpoints
+
     launcher = cfg.get("launcher", "none")
     init_cpu_process_group(launcher)
     if launcher != "none" and not torch.cuda.is_available():
         wrapper = cfg.get("model_wrapper_cfg") or dict(type="MMDistributedDataParallel")
         cfg.model_wrapper_cfg = dict(wrapper, device_ids=None)
     runner = Runner.from_cfg(cfg) if "runner_type" not in cfg else RUNNERS.build(cfg)
-    allow_mmengine_checkpoints(runner)
+    allow_mmengine_checkpoints()  # torch >= 2.6 weights-only loading of mmengine's own checkpoints (resume)
     return runner
 
 

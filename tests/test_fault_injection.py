@@ -169,7 +169,7 @@ def _toy_runner(work_dir, max_iters, name, resume=False, max_keep=1):
     from mmengine.runner import Runner
 
     import rv_plugins.engine.hooks  # noqa: F401
-    from rv_plugins import _mmengine_runner as mr
+    from rv_plugins.utils.checkpoint import allow_mmengine_checkpoints
 
     class Toy(BaseModel):
         def __init__(self):
@@ -194,7 +194,7 @@ def _toy_runner(work_dir, max_iters, name, resume=False, max_keep=1):
         optim_wrapper=dict(optimizer=dict(type="SGD", lr=1e-3)), train_cfg=dict(by_epoch=False, max_iters=max_iters),
         default_hooks=dict(checkpoint=dict(type="AtomicCheckpointHook", by_epoch=False, interval=2,
                                            max_keep_ckpts=max_keep)))
-    mr.allow_mmengine_checkpoints(runner)
+    allow_mmengine_checkpoints()
     return runner
 
 
