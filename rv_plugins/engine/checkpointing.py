@@ -28,8 +28,9 @@ from typing import Callable, Iterable, List, Optional, Tuple
 
 __all__ = [
     "TMP_SUFFIX", "LOCK_NAME", "atomic_write", "replace_atomically", "fsync_dir", "checkpoint_problem",
-    "checkpoint_candidates", "find_resume_checkpoint", "NothingToResume", "NoCompleteCheckpoint",
-    "WorkDirLock", "WorkDirLocked", "acquire_work_dir_lock", "release_work_dir_lock", "is_temporary",
+    "checkpoint_candidates", "find_resume_checkpoint", "NoCompleteCheckpoint",
+    "WorkDirLock", "WorkDirLocked", "acquire_work_dir_lock", "holds_work_dir_lock", "release_work_dir_lock",
+    "is_temporary",
 ]
 
 TMP_SUFFIX = ".rvtmp"   # temporary files are ".<name>.<pid>.rvtmp" next to their destination
@@ -188,10 +189,6 @@ def checkpoint_candidates(work_dir: str, extra_dirs: Iterable[str] = ()) -> Tupl
 
     ordered = sorted(found, key=key, reverse=True)
     return ordered, notes
-
-
-class NothingToResume(Exception):
-    """No checkpoint at all in the work dir (a fresh run)."""
 
 
 class NoCompleteCheckpoint(RuntimeError):
@@ -372,6 +369,12 @@ def acquire_work_dir_lock(work_dir: str, log: Callable[[str], None] = print) -> 
             log(f"work dir lock: took over {lock.path} from {_describe(lock.took_over)}, "
                 f"which is no longer running")
     return lock
+
+
+def holds_work_dir_lock(work_dir: str) -> bool:
+    """Whether this process holds ``work_dir``'s lock (taken by :func:`acquire_work_dir_lock`)."""
+    lock = _HELD.get(osp.realpath(work_dir))
+    return lock is not None and lock.held
 
 
 def release_work_dir_lock(work_dir: str) -> None:

@@ -50,8 +50,7 @@ class AtomicCheckpointHook(CheckpointHook):
     # -- run start: lock, choose the checkpoint to resume from ---------------------------------------
     def before_run(self, runner) -> None:
         if self.lock_work_dir and is_main_process() and isinstance(getattr(runner, "_train_loop", None), BaseLoop):
-            held = ck._HELD.get(osp.realpath(runner.work_dir))
-            if held is None or not held.held:
+            if not ck.holds_work_dir_lock(runner.work_dir):  # tools/train.py locks before the runner
                 ck.acquire_work_dir_lock(runner.work_dir, log=runner.logger.warning)
                 self._locked_here = True
         resume = getattr(runner, "_resume", False)
