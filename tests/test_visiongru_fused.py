@@ -44,6 +44,18 @@ def _with_act(module, act):
     return module
 
 
+def _assert_same_values_and_grads(out, expected, x, x_ref, module, ref):
+    """``out == expected``, then after one randomly weighted backward of each: ``x.grad == x_ref.grad`` and
+    every parameter gradient of ``module`` equals ``ref``'s."""
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-5)
+    w = torch.randn_like(out)
+    (out * w).sum().backward()
+    (expected * w).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-6, rtol=1e-5)
+    for (name, p), p_ref in zip(module.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, p_ref.grad, atol=1e-5, rtol=1e-5, msg=name)
+
+
 # ----------------------------------------------------------------------------- one bidirectional call
 @pytest.mark.parametrize("act", ["identity", "g"])
 def test_mixer_equals_two_mingrus_with_grads(act):
@@ -59,13 +71,7 @@ def test_mixer_equals_two_mingrus_with_grads(act):
     out = fused(x)
     y = ref.dwconv(x_ref.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
     expected = ref.scan_forward(y) + ref.scan_reverse(y)
-    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-5)
-    w = torch.randn_like(out)
-    (out * w).sum().backward()
-    (expected * w).sum().backward()
-    torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-6, rtol=1e-5)
-    for (name, p), p_ref in zip(fused.named_parameters(), ref.parameters()):
-        torch.testing.assert_close(p.grad, p_ref.grad, atol=1e-5, rtol=1e-5, msg=name)
+    _assert_same_values_and_grads(out, expected, x, x_ref, fused, ref)
 
 
 def test_mixer_runs_one_scan_and_two_gemms():
@@ -232,14 +238,7 @@ def test_recomputing_training_path_equals_plain_ops(act, chunk_tokens):
         block.mixer.train_chunk_elems = chunk_tokens * 2 * block.mixer.gru_fwd.hidden_dim
     x = torch.randn(2, 5, 9, 8, requires_grad=True)
     x_plain = x.detach().clone().requires_grad_()
-    out, expected = block(x), plain(x_plain)
-    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-5)
-    w = torch.randn_like(out)
-    (out * w).sum().backward()
-    (expected * w).sum().backward()
-    torch.testing.assert_close(x.grad, x_plain.grad, atol=1e-6, rtol=1e-5)
-    for (name, p), q in zip(block.named_parameters(), plain.parameters()):
-        torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-5, msg=name)
+    _assert_same_values_and_grads(block(x), plain(x_plain), x, x_plain, block, plain)
 
 
 def test_recomputing_training_path_refuses_double_backward():
