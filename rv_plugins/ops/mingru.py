@@ -25,6 +25,9 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
+from . import scan
+from .reference import linear_scan_reference
+
 CANDIDATE_ACTIVATIONS = ("identity", "g")
 
 
@@ -91,7 +94,6 @@ def mingru_scan_reference(proj: torch.Tensor, h0: Optional[torch.Tensor] = None,
 
     Shapes as :func:`mingru_scan`; the result has ``proj``'s dtype.
     """
-    from .reference import linear_scan_reference
     H = check_mingru_inputs(proj, h0, reverse, bidirectional, candidate_act)
     acc = _acc_dtype(proj.dtype)
     h0 = None if h0 is None else h0.to(acc)
@@ -105,10 +107,14 @@ def mingru_scan_reference(proj: torch.Tensor, h0: Optional[torch.Tensor] = None,
     return torch.cat([h_f, h_b], dim=-1).to(proj.dtype)
 
 
-def _act_and_grad(cand: Tensor, candidate_act: str):
+def _gate_terms(proj_dir: Tensor, acc: torch.dtype, candidate_act: str):
+    """One direction's ``(B, L, 2H)`` projection -> ``(z, a, act(cand), act'(cand))`` in ``acc``."""
+    gate, cand = proj_dir.to(acc).chunk(2, -1)
     if candidate_act == "g":
-        return g_activation(cand), g_activation_grad(cand)
-    return cand, torch.ones_like(cand)
+        c, dc = g_activation(cand), g_activation_grad(cand)
+    else:
+        c, dc = cand, torch.ones_like(cand)
+    return torch.sigmoid(gate), torch.sigmoid(-gate), c, dc
 
 
 def _split(x: Tensor, ndir: int, width: int):
@@ -142,9 +148,7 @@ def _composed_backward(scan_bwd, proj, h, h0, grad_h, reverse, bidirectional, ca
     grad_h0 = None if h0 is None else torch.empty(h0.shape, dtype=h0.dtype, device=h0.device)
     h0s = [None] * len(dirs) if h0 is None else _split(h0, len(dirs), H)
     for d, rev in enumerate(dirs):
-        gate, cand = proj[..., 2 * d * H:(2 * d + 2) * H].to(acc).chunk(2, -1)
-        z, a = torch.sigmoid(gate), torch.sigmoid(-gate)
-        c, dc = _act_and_grad(cand, candidate_act)
+        z, a, c, dc = _gate_terms(proj[..., 2 * d * H:(2 * d + 2) * H], acc, candidate_act)
         h0_d = None if h0s[d] is None else h0s[d].to(acc)
         ga, gb, gh0 = scan_bwd(a, h[..., d * H:(d + 1) * H].to(acc), h0_d,
                                grad_h[..., d * H:(d + 1) * H].to(acc), rev)
@@ -167,7 +171,6 @@ def _kernels(name: str, device: torch.device):
         from . import triton_scan
         triton_scan.check_device(device)
         return triton_scan.mingru_forward, triton_scan.mingru_backward
-    from . import scan
     fwd = lambda *args: _composed_forward(scan._chunked_forward, *args)  # noqa: E731
     bwd = lambda *args: _composed_backward(scan._chunked_backward, *args)  # noqa: E731
     return fwd, bwd
@@ -178,18 +181,13 @@ def _kernels(name: str, device: torch.device):
 def _mingru_scan_op(proj: Tensor, h0: Optional[Tensor], reverse: bool, bidirectional: bool,
                     candidate_act: str, backend: str) -> Tensor:
     """``h`` (B, L, H or 2H), contiguous, in ``proj``'s dtype; ``backend``: ``"torch"`` or ``"triton"``."""
-    from .scan import kernel_name
-    forward, _ = _kernels(kernel_name(backend, proj.device), proj.device)
+    forward, _ = _kernels(scan.kernel_name(backend, proj.device), proj.device)
     return forward(proj, h0, reverse, bidirectional, candidate_act).to(proj.dtype).contiguous()
-
-
-def _out_width(proj: Tensor, bidirectional: bool) -> int:
-    return proj.shape[-1] // 2
 
 
 @_mingru_scan_op.register_fake
 def _(proj, h0, reverse, bidirectional, candidate_act, backend):
-    return proj.new_empty(proj.shape[0], proj.shape[1], _out_width(proj, bidirectional))
+    return proj.new_empty(proj.shape[0], proj.shape[1], proj.shape[-1] // 2)  # H, or 2H bidirectional
 
 
 @torch.library.custom_op("rv_plugins::mingru_scan_backward", mutates_args=())
@@ -197,8 +195,7 @@ def _mingru_scan_backward_op(proj: Tensor, h: Tensor, h0: Optional[Tensor], grad
                              bidirectional: bool, candidate_act: str, backend: str) -> List[Tensor]:
     """``[grad_proj (proj's shape, contiguous), grad_h0]`` (``grad_h0`` empty when ``h0`` is None);
     the gates are recomputed from ``proj``."""
-    from .scan import kernel_name
-    _, backward = _kernels(kernel_name(backend, proj.device), proj.device)
+    _, backward = _kernels(scan.kernel_name(backend, proj.device), proj.device)
     grad_proj, grad_h0 = backward(proj, h, h0, grad_h, reverse, bidirectional, candidate_act)
     grad_h0 = proj.new_empty(0) if grad_h0 is None else grad_h0.to(h0.dtype).contiguous()
     return [grad_proj.to(proj.dtype).contiguous(), grad_h0]
@@ -213,24 +210,21 @@ def _(proj, h, h0, grad_h, reverse, bidirectional, candidate_act, backend):
 def _differentiable_backward(proj, h, h0, grad_h, reverse, bidirectional, candidate_act, backend):
     """The backward as differentiable ops (gates as PyTorch ops, the linear-scan op for the adjoint
     recurrence): used under ``create_graph=True``, so double backward is exact on every backend."""
-    from .scan import _first, _shift
     dirs = _directions(reverse, bidirectional)
     H = proj.shape[-1] // (2 * len(dirs))
     acc = _acc_dtype(proj.dtype)
     grads, grads_h0 = [], []
     h0s = [None] * len(dirs) if h0 is None else _split(h0, len(dirs), H)
     for d, rev in enumerate(dirs):
-        gate, cand = proj[..., 2 * d * H:(2 * d + 2) * H].to(acc).chunk(2, -1)
-        z, a = torch.sigmoid(gate), torch.sigmoid(-gate)
-        c, dc = _act_and_grad(cand, candidate_act)
-        a_next = _shift(a, None, rev, towards_past=False)
+        z, a, c, dc = _gate_terms(proj[..., 2 * d * H:(2 * d + 2) * H], acc, candidate_act)
+        a_next = scan._shift(a, None, rev, towards_past=False)
         g = torch.ops.rv_plugins.linear_scan(a_next, grad_h[..., d * H:(d + 1) * H].to(acc), None, not rev, backend)
         h0_d = None if h0s[d] is None else h0s[d].to(acc)
-        h_prev = _shift(h[..., d * H:(d + 1) * H].to(acc), h0_d, rev, towards_past=True)
+        h_prev = scan._shift(h[..., d * H:(d + 1) * H].to(acc), h0_d, rev, towards_past=True)
         gz = g * z
         grads += [gz * a * (c - h_prev), gz * dc]
         if h0 is not None:
-            grads_h0.append(_first(a, rev) * _first(g, rev))
+            grads_h0.append(scan._first(a, rev) * scan._first(g, rev))
     grad_h0 = None if h0 is None else torch.cat(grads_h0, -1).to(h0.dtype)
     return torch.cat(grads, -1).to(proj.dtype), grad_h0
 
@@ -241,14 +235,24 @@ def _mingru_setup(ctx, inputs, output):
     ctx.args = (reverse, bidirectional, candidate_act, backend)
 
 
+def mingru_scan_backward(proj: Tensor, h: Tensor, h0: Optional[Tensor], grad_h: Tensor, reverse: bool,
+                         bidirectional: bool, candidate_act: str, backend: str):
+    """The backward of ``mingru_scan`` without autograd (the ``rv_plugins::mingru_scan_backward`` op), for
+    code that writes its own ``autograd.Function`` around the op: ``h`` is the op's output, ``backend`` a
+    resolved name (:func:`rv_plugins.ops.resolve_backend`, not ``"reference"``). Returns
+    ``(grad_proj, grad_h0 or None)``, ``grad_proj`` contiguous in ``proj``'s shape and dtype; the gates are
+    recomputed from ``proj``."""
+    grad_proj, grad_h0 = torch.ops.rv_plugins.mingru_scan_backward(proj, h, h0, grad_h.contiguous(), reverse,
+                                                                   bidirectional, candidate_act, backend)
+    return grad_proj, (None if h0 is None else grad_h0)
+
+
 def _mingru_backward(ctx, grad_h):
-    from .scan import _needs_graph
     proj, h, h0 = ctx.saved_tensors
-    if _needs_graph(proj, h, h0, grad_h):
+    if scan._needs_graph(proj, h, h0, grad_h):
         grad_proj, grad_h0 = _differentiable_backward(proj, h, h0, grad_h, *ctx.args)
     else:
-        grad_proj, grad_h0 = torch.ops.rv_plugins.mingru_scan_backward(proj, h, h0, grad_h.contiguous(), *ctx.args)
-        grad_h0 = None if h0 is None else grad_h0
+        grad_proj, grad_h0 = mingru_scan_backward(proj, h, h0, grad_h, *ctx.args)
     return grad_proj, grad_h0, None, None, None, None
 
 
@@ -276,9 +280,8 @@ def mingru_scan(proj: torch.Tensor, h0: Optional[torch.Tensor] = None, reverse: 
         Except for ``"reference"`` this is the ``torch.ops.rv_plugins.mingru_scan`` custom op; its
         backward recomputes the gates and returns one gradient in ``proj``'s layout.
     """
-    from .scan import _public_backend
     check_mingru_inputs(proj, h0, reverse, bidirectional, candidate_act)
-    backend = _public_backend(backend, proj.device)
+    backend = scan._public_backend(backend, proj.device)
     if backend == "reference":
         return mingru_scan_reference(proj, h0, reverse, bidirectional, candidate_act)
     return torch.ops.rv_plugins.mingru_scan(proj, h0, reverse, bidirectional, candidate_act, backend)

@@ -87,13 +87,25 @@ def _shift(x: torch.Tensor, fill: Optional[torch.Tensor], reverse: bool, towards
     return torch.cat([fill, x[:, :-1]], 1) if later_first else torch.cat([x[:, 1:], fill], 1)
 
 
+def _public_backend(backend: Optional[str], device: torch.device) -> str:
+    """The backend the ops run for ``backend`` on ``device``: ``"reference"``, ``"torch"`` or ``"triton"``
+    (``None``: Triton on CUDA when installed, else ``"torch"``); raises on an unknown name. This is the
+    ``backend`` argument of ``torch.ops.rv_plugins.*``: the kernels are picked inside the op, so
+    ``torch.compile`` sees one opaque call and no Python branching on the environment."""
+    if backend is None:
+        return "triton" if device.type == "cuda" and _HAS_TRITON else "torch"
+    if backend not in BACKENDS:
+        raise ValueError(f"linear_scan: unknown backend {backend!r}; choose one of {BACKENDS} or None")
+    return backend
+
+
+resolve_backend = _public_backend  # the public name (``rv_plugins.ops.resolve_backend``)
+
+
 def kernel_name(backend: Optional[str], device: torch.device) -> str:
     """The kernels a backend name means on ``device``: ``"reference"``, ``"cpu-kernel"``, ``"chunked"``
     or ``"triton"`` (``backend=None``: Triton on CUDA when installed, else ``"torch"``)."""
-    if backend is None:
-        backend = "triton" if device.type == "cuda" and _HAS_TRITON else "torch"
-    if backend not in BACKENDS:
-        raise ValueError(f"linear_scan: unknown backend {backend!r}; choose one of {BACKENDS} or None")
+    backend = _public_backend(backend, device)
     if backend != "torch":
         return backend
     if device.type == "cpu" and os.environ.get("RV_SCAN_DISABLE_CPU_KERNEL", "0") != "1":
@@ -101,16 +113,6 @@ def kernel_name(backend: Optional[str], device: torch.device) -> str:
         if cpu_kernel.available():
             return "cpu-kernel"
     return "chunked"
-
-
-def _public_backend(backend: Optional[str], device: torch.device) -> str:
-    """``backend`` as passed to the ops (``"torch"``/``"triton"``; kernels are picked inside the op, so
-    ``torch.compile`` sees one opaque call and no Python branching on the environment)."""
-    if backend is None:
-        return "triton" if device.type == "cuda" and _HAS_TRITON else "torch"
-    if backend not in BACKENDS:
-        raise ValueError(f"linear_scan: unknown backend {backend!r}; choose one of {BACKENDS} or None")
-    return backend
 
 
 # ----------------------------------------------------------------------------- kernels (no autograd)
