@@ -23,13 +23,7 @@ import torch
 from torch import nn
 
 from rv_plugins.ops import mingru_scan
-
-CANDIDATE_ACTIVATIONS = ("identity", "g")
-
-
-def g_activation(x: torch.Tensor) -> torch.Tensor:
-    """minGRU's ``g``: ``x + 0.5`` where ``x >= 0``, ``sigmoid(x)`` where ``x < 0``; any shape."""
-    return torch.where(x >= 0, x + 0.5, torch.sigmoid(x))
+from rv_plugins.ops.mingru import CANDIDATE_ACTIVATIONS, g_activation  # noqa: F401 - re-exported
 
 
 class MinGRU(nn.Module):
