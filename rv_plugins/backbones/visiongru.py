@@ -120,6 +120,19 @@ def _chunk_rows(module: nn.Module, width: int, dim: int) -> int:
     return max(1, int(module.infer_chunk_elems // max(width * dim, 1)))
 
 
+def _assemble_rows(n_out: int, rows: int, compute) -> torch.Tensor:
+    """Run ``compute(o0, o1)`` -> ``(B, o1 - o0, ...)`` for row chunks ``[o0, o1)`` of ``rows`` rows covering
+    ``0..n_out`` and write the results into one ``(B, n_out, ...)`` tensor (allocated at the first chunk)."""
+    out = None
+    for o0 in range(0, n_out, rows):
+        o1 = min(o0 + rows, n_out)
+        y = compute(o0, o1)
+        if out is None:
+            out = y.new_empty(y.shape[0], n_out, *y.shape[2:])
+        out[:, o0:o1] = y
+    return out
+
+
 def _conv3x3_rows(conv: nn.Conv2d, get_rows, n_in: int, o0: int, o1: int) -> torch.Tensor:
     """Output rows ``[o0, o1)`` of ``conv`` (3x3, padding 1, any stride and groups) from input row slabs.
 
@@ -291,14 +304,8 @@ class ConvLN(nn.Module):
         c_out = self.conv.out_channels
         if not _lean(self, n_out * w_out, c_out):
             return self.norm(self.conv(x).permute(0, 2, 3, 1))
-        rows, out = _chunk_rows(self, w_out, c_out), None
-        for o0 in range(0, n_out, rows):
-            o1 = min(o0 + rows, n_out)
-            y = self.rows(lambda a, b: x[:, :, a:b], n_in, o0, o1)
-            if out is None:
-                out = y.new_empty(y.shape[0], n_out, y.shape[2], y.shape[3])
-            out[:, o0:o1] = y
-        return out
+        return _assemble_rows(n_out, _chunk_rows(self, w_out, c_out),
+                              lambda o0, o1: self.rows(lambda a, b: x[:, :, a:b], n_in, o0, o1))
 
     def rows(self, get_rows, n_in: int, o0: int, o1: int) -> torch.Tensor:
         """Output rows ``[o0, o1)``, ``(B, o1 - o0, W_out, out_dim)``, from input row slabs
@@ -338,14 +345,8 @@ class Stem(nn.Module):
         def first(a: int, b: int) -> torch.Tensor:
             return self.act(self.conv1.rows(lambda i, j: x[:, :, i:j], n_in, a, b)).permute(0, 3, 1, 2)
 
-        rows, out = _chunk_rows(self, w_out, c_out), None
-        for o0 in range(0, n_out, rows):
-            o1 = min(o0 + rows, n_out)
-            y = self.conv2.rows(first, n1, o0, o1)
-            if out is None:
-                out = y.new_empty(y.shape[0], n_out, y.shape[2], y.shape[3])
-            out[:, o0:o1] = y
-        return out
+        return _assemble_rows(n_out, _chunk_rows(self, w_out, c_out),
+                              lambda o0, o1: self.conv2.rows(first, n1, o0, o1))
 
 
 class GRU2DMixer(nn.Module):
