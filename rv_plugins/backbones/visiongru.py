@@ -38,7 +38,7 @@ from torch.utils.checkpoint import checkpoint
 from rv_plugins.backbones.base import HierarchicalBackbone
 from rv_plugins.layers.blocks import run_blocks
 from rv_plugins.layers.drop_path import DropPath
-from rv_plugins.layers.mingru import CANDIDATE_ACTIVATIONS, MinGRU
+from rv_plugins.layers.mingru import CANDIDATE_ACTIVATIONS, MinGRU, token_chunks
 from rv_plugins.layers.mlp import Mlp
 from rv_plugins.ops import mingru_scan
 from rv_plugins.ops.scan import _public_backend
@@ -181,7 +181,7 @@ class _ProjectedBiScan(torch.autograd.Function):
                 cols = slice(d * two_h // 2, (d + 1) * two_h // 2)
                 w_d, b_d = w_in[rows], None if b_in is None else b_in[rows]
                 state = None
-                for t0, t1 in _token_chunks(L, chunk, reverse):
+                for t0, t1 in token_chunks(L, chunk, reverse):
                     p = F.linear(seq[:, t0:t1], w_d, b_d)
                     hc = torch.ops.rv_plugins.mingru_scan(p, state, reverse, False, candidate_act, backend)
                     if h is None:
@@ -221,7 +221,7 @@ class _ProjectedBiScan(torch.autograd.Function):
             cols = slice(d * two_h // 2, (d + 1) * two_h // 2)
             w_d, b_d = w[rows], None if b is None else b[rows]
             carry = None                                    # dL/dh at the neighbouring chunk's boundary
-            for t0, t1 in reversed(_token_chunks(L, chunk, reverse)):
+            for t0, t1 in reversed(token_chunks(L, chunk, reverse)):
                 seq_c = seq[:, t0:t1].to(dt)
                 p = F.linear(seq_c, w_d, b_d)
                 gh = grad_h[:, t0:t1, cols].to(dt).contiguous()
@@ -243,12 +243,6 @@ class _ProjectedBiScan(torch.autograd.Function):
                 if need_b:
                     grad_b[rows] += g.sum(0).to(b_in.dtype)
         return grad_seq, grad_w, grad_b, None, None, None
-
-
-def _token_chunks(L: int, chunk: int, reverse: bool) -> List[Tuple[int, int]]:
-    """``[t0, t1)`` token ranges of at most ``chunk`` covering ``0..L``, in scan order."""
-    spans = [(t0, min(t0 + chunk, L)) for t0 in range(0, L, chunk)]
-    return spans[::-1] if reverse else spans
 
 
 class _GeluLinear(torch.autograd.Function):

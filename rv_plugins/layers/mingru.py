@@ -17,13 +17,19 @@ Memory-lean inference: under ``torch.no_grad()`` / ``inference_mode`` and outsid
 longer than ``infer_chunk_tokens`` runs in token chunks (projection, scan, output projection per chunk)
 that carry the state through ``h0``; the result equals the one-call path to float rounding.
 """
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from rv_plugins.ops import mingru_scan
 from rv_plugins.ops.mingru import CANDIDATE_ACTIVATIONS, g_activation  # noqa: F401 - re-exported
+
+
+def token_chunks(L: int, chunk: int, reverse: bool) -> List[Tuple[int, int]]:
+    """``[t0, t1)`` token ranges of at most ``chunk`` covering ``0..L``, in scan order."""
+    spans = [(t0, min(t0 + chunk, L)) for t0 in range(0, L, chunk)]
+    return spans[::-1] if reverse else spans
 
 
 class MinGRU(nn.Module):
@@ -74,12 +80,8 @@ class MinGRU(nn.Module):
         whole sequence's. ``x`` ``(B, L, dim)`` -> ``(B, L, out_dim)``.
         """
         B, L, _ = x.shape
-        starts = list(range(0, L, chunk))
-        if self.reverse:
-            starts.reverse()
         out, state = None, h0
-        for t0 in starts:
-            t1 = min(t0 + chunk, L)
+        for t0, t1 in token_chunks(L, chunk, self.reverse):
             h = mingru_scan(self.in_proj(x[:, t0:t1]), state, reverse=self.reverse,
                             candidate_act=self.candidate_act, backend=self.backend)
             state = h[:, 0] if self.reverse else h[:, -1]
