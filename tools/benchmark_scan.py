@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from rv_plugins.ops import backend_name, linear_scan, mingru_scan  # noqa: E402
-from rv_plugins.ops import scan as scan_mod  # noqa: E402
+from rv_plugins.ops import chunked, scan as scan_mod  # noqa: E402
 
 SHAPES = [(8, 3136, 96), (8, 784, 192), (8, 196, 384), (8, 49, 768), (2, 16384, 96)]
 FUSED_SHAPES = [(8, 3136, 144)]
@@ -55,7 +55,7 @@ def chunked_scan(a, b):
 class _ChunkedOnly(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, b):
-        h = scan_mod._chunked_forward(a, b, None, False).to(a.dtype)
+        h = chunked.scan_chunked(a, b, None, False).to(a.dtype)
         ctx.save_for_backward(a, h)
         return h
 
@@ -195,6 +195,11 @@ def markdown(results, device_desc, command):
     return "\n".join(lines)
 
 
+def _parse_shapes(text, default):
+    """``"8x3136x96,2x16384x96"`` -> ``[(8, 3136, 96), (2, 16384, 96)]``; ``default`` when empty."""
+    return [tuple(int(v) for v in s.split("x")) for s in text.split(",")] if text else default
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
@@ -222,7 +227,7 @@ def main(argv=None):
     else:
         CLOCK = time.perf_counter
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")] if args.shapes else SHAPES
+    shapes = _parse_shapes(args.shapes, SHAPES)
     skip = set(filter(None, args.skip.split(",")))
     desc = (torch.cuda.get_device_name(device) if device.type == "cuda"
             else f"CPU, {torch.get_num_threads()} threads") + f", {args.dtype}, torch backend = {backend_name(device)}" \
@@ -232,9 +237,7 @@ def main(argv=None):
         times = bench_shape(shape, device, dtype, args.repeats, args.budget, skip)
         results.append({"shape": "×".join(map(str, shape)), "times": times})
         print(f"done {shape}", file=sys.stderr, flush=True)
-    fused_shapes = ([] if args.fused_shapes == "none" else
-                    [tuple(int(v) for v in s.split("x")) for s in args.fused_shapes.split(",")] if args.fused_shapes
-                    else FUSED_SHAPES)
+    fused_shapes = [] if args.fused_shapes == "none" else _parse_shapes(args.fused_shapes, FUSED_SHAPES)
     fused = []
     for shape in fused_shapes:
         fused.append({"shape": "×".join(map(str, shape)), "times": bench_fused(shape, device, dtype, args.repeats,

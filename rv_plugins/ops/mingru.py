@@ -25,7 +25,7 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
-from . import scan
+from . import chunked, scan
 from .reference import linear_scan_reference
 
 CANDIDATE_ACTIVATIONS = ("identity", "g")
@@ -171,7 +171,7 @@ def _kernels(name: str, device: torch.device):
         from . import triton_scan
         triton_scan.check_device(device)
         return triton_scan.mingru_forward, triton_scan.mingru_backward
-    fwd = lambda *args: _composed_forward(scan._chunked_forward, *args)  # noqa: E731
+    fwd = lambda *args: _composed_forward(chunked.scan_chunked, *args)  # noqa: E731
     bwd = lambda *args: _composed_backward(scan._chunked_backward, *args)  # noqa: E731
     return fwd, bwd
 

@@ -116,10 +116,6 @@ def kernel_name(backend: Optional[str], device: torch.device) -> str:
 
 
 # ----------------------------------------------------------------------------- kernels (no autograd)
-def _chunked_forward(a, b, h0, reverse):
-    return chunked.scan_chunked(a, b, h0, reverse)
-
-
 def _chunked_backward(a, h, h0, grad_h, reverse) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
     """Backward with the chunked scan: one scan of ``(a_next, grad_h)`` the other way plus products."""
     acc = torch.promote_types(a.dtype, torch.float32)
@@ -139,7 +135,7 @@ def _kernels(name: str, device: torch.device):
     if name == "cpu-kernel":
         from . import cpu_kernel
         return cpu_kernel.scan_forward, cpu_kernel.scan_backward
-    return _chunked_forward, _chunked_backward
+    return chunked.scan_chunked, _chunked_backward
 
 
 # ----------------------------------------------------------------------------- torch.library ops
