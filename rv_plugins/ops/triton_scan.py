@@ -467,12 +467,11 @@ def mingru_backward(proj, h, h0, grad_h, reverse, bidirectional, candidate_act):
     """Returns ``(grad_proj (B, L, 2H|4H) contiguous, grad_h0 or None)``; gates recomputed from proj."""
     proj, B, L, H, ndir, grid, meta = _mingru_launch_args(proj, reverse, bidirectional)
     grad_proj = torch.empty((B, L, 2 * ndir * H), dtype=proj.dtype, device=proj.device)
-    grad_h0 = torch.empty_like(h0) if h0 is not None else None
+    grad_h0 = torch.empty(h0.shape, dtype=proj.dtype, device=proj.device) if h0 is not None else None
     if grad_proj.numel() == 0:
         return grad_proj.zero_(), None if h0 is None else grad_h0.zero_()
-    h0_ = h0.to(proj.dtype).contiguous() if h0 is not None else proj
-    dh0 = torch.empty(h0.shape, dtype=proj.dtype, device=proj.device) if h0 is not None else proj
-    _mingru_bwd_kernel[grid](proj, h.contiguous(), h0_, grad_h.to(proj.dtype).contiguous(), grad_proj, dh0, L, H,
-                             proj.stride(0), proj.stride(1), ACT_G=candidate_act == "g", HAS_H0=h0 is not None,
-                             **meta)
-    return grad_proj, (dh0 if h0 is not None else None)
+    h0_ = h0.to(proj.dtype).contiguous() if h0 is not None else proj  # dummy pointers when absent
+    _mingru_bwd_kernel[grid](proj, h.contiguous(), h0_, grad_h.to(proj.dtype).contiguous(), grad_proj,
+                             grad_h0 if h0 is not None else proj, L, H, proj.stride(0), proj.stride(1),
+                             ACT_G=candidate_act == "g", HAS_H0=h0 is not None, **meta)
+    return grad_proj, grad_h0
