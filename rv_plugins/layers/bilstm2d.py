@@ -73,34 +73,29 @@ class BiMinGRU(nn.Module):
 
 
 @functools.lru_cache(maxsize=32)
-def _direction_index(B: int, H: int, W: int, order: Tuple[int, ...], time_major: bool,
-                     device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Row permutations between the natural layout and the per-direction sequence layout.
+def _direction_index(B: int, H: int, W: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Row permutations between the natural layout and the per-direction time-major sequence layout.
 
     Natural layout: rows ``token * 4 + k`` of a ``(B*H*W*4, D)`` matrix, ``token = (b*H + h)*W + w``
-    and ``k`` the direction in ``_DIRECTIONS`` order. Sequence layout: the directions of ``order``
-    one after another, each ``B*H*W`` rows laid out as ``(N, T)`` (``time_major=False``) or
-    ``(T, N)`` (``time_major=True``, reverse directions then also flipped in time, so a step loop
-    reads every direction at the same index ``t``). Vertical: ``T = H``, ``N = B*W`` (sequence
-    ``(b, w)``); horizontal: ``T = W``, ``N = B*H``.
+    and ``k`` the direction in ``_DIRECTIONS`` order. Sequence layout: the four directions in
+    ``_DIRECTIONS`` order one after another, each ``B*H*W`` rows laid out as ``(T, N)`` (reverse
+    directions flipped in time, so a step loop reads every direction at the same index ``t``).
+    Vertical: ``T = H``, ``N = B*W`` (sequence ``(b, w)``); horizontal: ``T = W``, ``N = B*H``.
 
     Returns ``(gather, scatter)``: ``seq = natural[gather]`` and ``natural = seq[scatter]``.
     """
     with torch.inference_mode(False):  # cached: must stay usable by autograd later
-        return _build_direction_index(B, H, W, order, time_major, device)
+        return _build_direction_index(B, H, W, device)
 
 
-def _build_direction_index(B, H, W, order, time_major, device):
+def _build_direction_index(B, H, W, device):
     tok = torch.arange(B * H * W, device=device).view(B, H, W)
     rows = []
-    for k in order:
-        axis, reverse = _DIRECTIONS[k]
+    for k, (axis, reverse) in enumerate(_DIRECTIONS):
         seq = tok.transpose(1, 2) if axis == 0 else tok  # (B, N', T): (B, W, H) or (B, H, W)
-        seq = seq.reshape(-1, seq.shape[-1])               # (N, T)
-        if time_major:
-            seq = seq.t()
-            if reverse:
-                seq = seq.flip(0)
+        seq = seq.reshape(-1, seq.shape[-1]).t()           # (T, N)
+        if reverse:
+            seq = seq.flip(0)
         rows.append(seq.reshape(-1) * 4 + k)
     gather = torch.cat(rows)
     scatter = torch.empty_like(gather)
@@ -223,7 +218,7 @@ class BiLSTM2D(nn.Module):
         D, G = self.hidden_dim, _GATES[self.rnn_type] * self.hidden_dim
         w_ih, b_in, w_hh, b_hh = self._torch_rnn_weights()
         xp = F.linear(x.reshape(-1, C), w_ih, b_in)                                   # (BHW, 4G)
-        gather, scatter = _direction_index(B, H, W, (0, 1, 2, 3), True, x.device)
+        gather, scatter = _direction_index(B, H, W, x.device)
         seq = xp.reshape(-1, G).index_select(0, gather).view(4, B * H * W, G)  # time-major per direction
         # Directions of equal length share one step loop (one bmm per step for all of them).
         groups = [(0, 4, H, B * W)] if H == W else [(0, 2, H, B * W), (2, 4, W, B * H)]
