@@ -40,8 +40,7 @@ from rv_plugins.layers.blocks import run_blocks
 from rv_plugins.layers.drop_path import DropPath
 from rv_plugins.layers.mingru import CANDIDATE_ACTIVATIONS, MinGRU, token_chunks
 from rv_plugins.layers.mlp import Mlp
-from rv_plugins.ops import mingru_scan
-from rv_plugins.ops.scan import _public_backend
+from rv_plugins.ops import mingru_scan, mingru_scan_backward, resolve_backend
 from rv_plugins.ops.layout import from_sequence, to_sequence
 
 __all__ = ["VisionGRU", "GRU2DBlock", "GRU2DMixer", "ARCH_SETTINGS", "ARCH_ALIASES", "set_infer_chunk", "PRESETS"]
@@ -204,8 +203,7 @@ class _ProjectedBiScan(torch.autograd.Function):
         need_x, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], b_in is not None and ctx.needs_input_grad[2]
         if L <= chunk:
             proj = F.linear(seq.to(dt), w, b)
-            grad_proj, _ = torch.ops.rv_plugins.mingru_scan_backward(
-                proj, h, None, grad_h.to(dt).contiguous(), False, True, act, backend)
+            grad_proj, _ = mingru_scan_backward(proj, h, None, grad_h.to(dt), False, True, act, backend)
             del proj
             g = grad_proj.reshape(-1, grad_proj.shape[-1])
             grad_seq = (g @ w).view(seq.shape).to(seq.dtype) if need_x else None
@@ -231,10 +229,9 @@ class _ProjectedBiScan(torch.autograd.Function):
                     h0 = h[:, t1, cols].contiguous() if t1 < L else None
                 else:
                     h0 = h[:, t0 - 1, cols].contiguous() if t0 > 0 else None
-                gp, gh0 = torch.ops.rv_plugins.mingru_scan_backward(
-                    p, h[:, t0:t1, cols].contiguous(), h0, gh, reverse, False, act, backend)
+                gp, carry = mingru_scan_backward(p, h[:, t0:t1, cols].contiguous(), h0, gh, reverse, False, act,
+                                                 backend)  # carry: None at the sequence's first chunk
                 del p
-                carry = gh0 if h0 is not None else None
                 g = gp.reshape(-1, two_h)
                 if need_x:
                     grad_seq[:, t0:t1] += (g @ w_d).view(B, t1 - t0, C).to(seq.dtype)
@@ -399,7 +396,7 @@ class GRU2DMixer(nn.Module):
             return self.scan_forward(y) + self.scan_reverse(y)  # the directions differ: one call each
         w_in, b_in, w_out, b_out = self.fused_weights()
         seq = to_sequence(y, channels_last=True)
-        backend = _public_backend(f.backend, y.device)
+        backend = resolve_backend(f.backend, y.device)
         if self.recompute_proj and torch.is_grad_enabled() and backend != "reference":
             chunk = max(1, int(self.train_chunk_elems // max(w_in.shape[0] // 2, 1)))
             h = _ProjectedBiScan.apply(seq, w_in, b_in, f.candidate_act, backend, chunk)
