@@ -55,10 +55,6 @@ def build_ours(state, arch):
     return model.eval(), num_classes
 
 
-def ours_logits(model, x):
-    return model.forward_head(model(x))
-
-
 def verify(src_state, ours, num_classes, args) -> dict:
     """Authors' model (imported) vs ours on ``args.batch`` random 224x224 images -> figures dict."""
     if args.authors_code:
@@ -74,7 +70,7 @@ def verify(src_state, ours, num_classes, args) -> dict:
     gen = torch.Generator().manual_seed(args.seed)
     x = torch.randn(args.batch, 3, 224, 224, generator=gen)
     with torch.no_grad():
-        a, b = theirs(x), ours_logits(ours, x)
+        a, b = theirs(x), ours.forward_head(ours(x))
     diff = (a - b).abs().max().item()
     scale = a.abs().max().item()
     top1 = (a.argmax(1) == b.argmax(1)).float().mean().item()
