@@ -133,6 +133,20 @@ def test_triton_matches_reference(case):
 
 
 @pytest.mark.triton
+def test_triton_long_small_grid_runs_the_time_parallel_scan(monkeypatch):
+    """B x H too small to fill a GPU and L long: gates in float32 + the chunked (time-parallel) scan,
+    forward and backward, bidirectional with h0 and g, against the reference."""
+    pytest.importorskip("triton")
+    from rv_plugins.ops import triton_scan
+    calls = []
+    chunked_scan = triton_scan.scan_forward_chunked
+    monkeypatch.setattr(triton_scan, "scan_forward_chunked", lambda *args: calls.append(1) or chunked_scan(*args))
+    assert triton_scan.use_chunked(2, 2049, 3)
+    compare("triton", 1, 2049, 3, False, True, "g", True, dtype=torch.float32, atol=1e-5, rtol=1e-5)
+    assert len(calls) >= 4  # both directions, forward and backward
+
+
+@pytest.mark.triton
 def test_triton_non_contiguous():
     pytest.importorskip("triton")
     compare("triton", 2, 19, 6, False, True, "g", True, dtype=torch.float32, atol=1e-5, rtol=1e-5, non_contiguous=True)

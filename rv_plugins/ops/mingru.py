@@ -128,7 +128,7 @@ def _directions(reverse: bool, bidirectional: bool):
 
 # ----------------------------------------------------------------------------- composed kernels
 # Gates as PyTorch ops in float32, any linear-scan kernel pair for the recurrence: the path without
-# a compiler (chunked scan) and, for now, the Triton path's backward.
+# a compiler (chunked scan), and the Triton path where the fused kernel cannot fill the GPU.
 def _composed_forward(scan_fwd, proj, h0, reverse, bidirectional, candidate_act):
     dirs = _directions(reverse, bidirectional)
     H = proj.shape[-1] // (2 * len(dirs))
@@ -170,7 +170,27 @@ def _kernels(name: str, device: torch.device):
     if name == "triton":
         from . import triton_scan
         triton_scan.check_device(device)
-        return triton_scan.mingru_forward, triton_scan.mingru_backward
+
+        def time_parallel(proj, bidirectional):
+            # the fused kernel runs one program per (batch, direction, channel block) along all of L;
+            # where that leaves the GPU idle (VisionGRU at 1024²: B = 1, L = 65,536) the gates are
+            # PyTorch ops in float32 and the recurrence the time-parallel chunked scan
+            ndir = 2 if bidirectional else 1
+            B, L, W = proj.shape
+            return proj.numel() > 0 and triton_scan.use_chunked(B * ndir, L, W // (2 * ndir))
+
+        def forward(proj, h0, reverse, bidirectional, act):
+            if time_parallel(proj, bidirectional):
+                return _composed_forward(triton_scan.scan_forward, proj, h0, reverse, bidirectional, act)
+            return triton_scan.mingru_forward(proj, h0, reverse, bidirectional, act)
+
+        def backward(proj, h, h0, grad_h, reverse, bidirectional, act):
+            if time_parallel(proj, bidirectional):
+                return _composed_backward(triton_scan.scan_backward, proj, h, h0, grad_h, reverse,
+                                          bidirectional, act)
+            return triton_scan.mingru_backward(proj, h, h0, grad_h, reverse, bidirectional, act)
+
+        return forward, backward
     fwd = lambda *args: _composed_forward(chunked.scan_chunked, *args)  # noqa: E731
     bwd = lambda *args: _composed_backward(scan._chunked_backward, *args)  # noqa: E731
     return fwd, bwd
