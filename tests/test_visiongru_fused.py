@@ -285,3 +285,21 @@ def test_recomputing_training_path_under_bf16_autocast(chunk_tokens):
     torch.testing.assert_close(o1, o2, **tol)
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b, atol=tol["atol"] and 1e-2 * float(b.abs().max()), rtol=tol["rtol"])
+
+
+def test_chunked_inference_is_a_cpu_default_and_explicit_everywhere():
+    """'auto' (the default) chunks large maps on the CPU only; an explicit chunk applies on any device."""
+    from rv_plugins.backbones.visiongru import INFER_CHUNK_ELEMS, _lean
+    block = GRU2DBlock(8).eval()
+    big = INFER_CHUNK_ELEMS  # tokens; x 8 channels: above the chunk
+    with torch.no_grad():
+        assert _lean(block, big, 8, torch.device("cpu"))
+        assert not _lean(block, big, 8, torch.device("cuda"))
+        set_infer_chunk(block, 1024)
+        assert _lean(block, big, 8, torch.device("cuda"))
+        set_infer_chunk(block, "auto")
+        assert not _lean(block, big, 8, torch.device("cuda"))
+        set_infer_chunk(block, None)
+        assert not _lean(block, big, 8, torch.device("cpu"))
+    with pytest.raises(ValueError, match="'auto'"):
+        set_infer_chunk(block, "sometimes")

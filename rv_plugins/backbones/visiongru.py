@@ -93,30 +93,43 @@ def _resolve_arch(arch: Union[str, dict]) -> Tuple[list, list]:
 # about this size (see the module docstring): 2**16 = 256 KiB of float32 map, i.e. 910 tokens of
 # VisionGRU-Ti's first stage, whose chunk then holds a 1 MiB projection per direction. Measured on the
 # CPU (1 thread, VisionGRU-Ti): peak inference RSS at 1024^2 112 / 132 MiB with 2**16 / 2**18, time at
-# 448^2 +10% / +2% over unchunked. ``set_infer_chunk`` changes it per model.
+# 448^2 +10% / +2% over unchunked. The default, ``"auto"``, chunks on the CPU only: on a GPU the many
+# small launches cost more than the memory saves (H200, 1024^2, batch 3: 9.6 img/s chunked, see
+# README). ``set_infer_chunk`` changes it per model, on any device.
 INFER_CHUNK_ELEMS = 2 ** 16
+INFER_CHUNK_AUTO = "auto"
 
 
-def set_infer_chunk(model: nn.Module, elems: Optional[float]) -> nn.Module:
+def set_infer_chunk(model: nn.Module, elems: Union[float, str, None]) -> nn.Module:
     """Set the inference chunk (map elements, tokens x channels) of every module of ``model`` that has
-    one; ``None`` disables chunking (every map runs in one call). Returns ``model``."""
+    one; ``None`` disables chunking (every map runs in one call), ``"auto"`` (the default) chunks at
+    ``INFER_CHUNK_ELEMS`` on the CPU and not elsewhere. Returns ``model``."""
     elems = math.inf if elems is None else elems
-    if not elems >= 1:
-        raise ValueError(f"set_infer_chunk: elems must be >= 1 or None (no chunking), got {elems!r}")
+    if elems != INFER_CHUNK_AUTO and not (isinstance(elems, (int, float)) and elems >= 1):
+        raise ValueError(f"set_infer_chunk: elems must be >= 1, 'auto' or None (no chunking), got {elems!r}")
     for m in model.modules():
         if hasattr(m, "infer_chunk_elems"):
             m.infer_chunk_elems = elems
     return model
 
 
-def _lean(module: nn.Module, tokens: int, dim: int) -> bool:
-    """Whether ``module`` takes its chunked inference path for a map of ``tokens`` x ``dim``."""
-    return not module.training and not torch.is_grad_enabled() and tokens * dim > module.infer_chunk_elems
+def _chunk_elems(module: nn.Module, device: torch.device) -> float:
+    """``module``'s inference chunk on ``device`` (``"auto"``: ``INFER_CHUNK_ELEMS`` on the CPU, none elsewhere)."""
+    elems = module.infer_chunk_elems
+    if elems == INFER_CHUNK_AUTO:
+        return INFER_CHUNK_ELEMS if device.type == "cpu" else math.inf
+    return elems
 
 
-def _chunk_rows(module: nn.Module, width: int, dim: int) -> int:
+def _lean(module: nn.Module, tokens: int, dim: int, device: torch.device) -> bool:
+    """Whether ``module`` takes its chunked inference path for a map of ``tokens`` x ``dim`` on ``device``."""
+    return (not module.training and not torch.is_grad_enabled()
+            and tokens * dim > _chunk_elems(module, device))
+
+
+def _chunk_rows(module: nn.Module, width: int, dim: int, device: torch.device) -> int:
     """Rows per chunk for maps ``width`` tokens wide with ``dim`` channels (at least one row)."""
-    return max(1, int(module.infer_chunk_elems // max(width * dim, 1)))
+    return max(1, int(_chunk_elems(module, device) // max(width * dim, 1)))
 
 
 def _assemble_rows(n_out: int, rows: int, compute) -> torch.Tensor:
@@ -285,7 +298,7 @@ class ConvLN(nn.Module):
         self.conv = nn.Conv2d(in_dim, out_dim, 3, stride=2, padding=1)
         self.norm = nn.LayerNorm(out_dim, eps=_STEM_NORM_EPS)
 
-    infer_chunk_elems = INFER_CHUNK_ELEMS
+    infer_chunk_elems = INFER_CHUNK_AUTO
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last_in:
@@ -293,9 +306,9 @@ class ConvLN(nn.Module):
         n_in, w_in = x.shape[2], x.shape[3]
         n_out, w_out = (n_in + 1) // 2, (w_in + 1) // 2
         c_out = self.conv.out_channels
-        if not _lean(self, n_out * w_out, c_out):
+        if not _lean(self, n_out * w_out, c_out, x.device):
             return self.norm(self.conv(x).permute(0, 2, 3, 1))
-        return _assemble_rows(n_out, _chunk_rows(self, w_out, c_out),
+        return _assemble_rows(n_out, _chunk_rows(self, w_out, c_out, x.device),
                               lambda o0, o1: self.rows(lambda a, b: x[:, :, a:b], n_in, o0, o1))
 
     def rows(self, get_rows, n_in: int, o0: int, o1: int) -> torch.Tensor:
@@ -313,7 +326,7 @@ class Stem(nn.Module):
         self.act = nn.GELU()
         self.conv2 = ConvLN(max(dim // 2, 1), dim, channels_last_in=True)
 
-    infer_chunk_elems = INFER_CHUNK_ELEMS
+    infer_chunk_elems = INFER_CHUNK_AUTO
 
     # With autograd: store only the stem's input and recompute its stride-2 maps in the backward
     # (1.7% of VisionGRU-Ti's MACs; at 1024^2 the stem otherwise keeps ~150 MB for the backward).
@@ -329,14 +342,14 @@ class Stem(nn.Module):
         c_out = self.conv2.conv.out_channels
         if self.recompute and torch.is_grad_enabled():  # keep the image only; ~4 full-resolution maps less
             return checkpoint(self._full, x, use_reentrant=False)
-        if not _lean(self, n_out * w_out, c_out):
+        if not _lean(self, n_out * w_out, c_out, x.device):
             return self._full(x)
         # Row chunks of the output; the first conv's rows (one-row halo) are recomputed per chunk, so
         # neither full-resolution intermediate map is ever held.
         def first(a: int, b: int) -> torch.Tensor:
             return self.act(self.conv1.rows(lambda i, j: x[:, :, i:j], n_in, a, b)).permute(0, 3, 1, 2)
 
-        return _assemble_rows(n_out, _chunk_rows(self, w_out, c_out),
+        return _assemble_rows(n_out, _chunk_rows(self, w_out, c_out, x.device),
                               lambda o0, o1: self.conv2.rows(first, n1, o0, o1))
 
 
@@ -348,7 +361,7 @@ class GRU2DMixer(nn.Module):
     runs both at once (one input GEMM, one bidirectional ``mingru_scan``, one output GEMM).
     """
 
-    infer_chunk_elems = INFER_CHUNK_ELEMS
+    infer_chunk_elems = INFER_CHUNK_AUTO
     # With autograd: keep only the mixer's input and state for the backward and recompute the (B, L, 4h)
     # projection there (one extra GEMM; at 1024^2 that is 151 MB per first-stage block not stored).
     recompute_proj = True
@@ -407,7 +420,7 @@ class GRU2DMixer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
-        if _lean(self, H * W, C):
+        if _lean(self, H * W, C, x.device):
             return self.accumulate_(x, x.new_zeros(B, H, W, self.gru_fwd.out_proj.weight.shape[0]))
         y = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return self.mix(y)
@@ -422,7 +435,7 @@ class GRU2DMixer(nn.Module):
         bottom to top. Nothing of full size is allocated.
         """
         B, H, W, C = x.shape
-        rows = _chunk_rows(self, W, C)
+        rows = _chunk_rows(self, W, C, x.device)
 
         def slab(a: int, b: int) -> torch.Tensor:
             t = x[:, a:b] if pre is None else pre(x[:, a:b])
@@ -453,12 +466,12 @@ class GRU2DBlock(nn.Module):
         self.mlp = Mlp(dim, mlp_ratio)
         self.drop_path = DropPath(drop_path)
 
-    infer_chunk_elems = INFER_CHUNK_ELEMS
+    infer_chunk_elems = INFER_CHUNK_AUTO
 
     def forward(self, x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``x`` ``(B, H, W, dim)`` -> ``(B, H, W, dim)``. ``out``: optional buffer of ``x``'s shape that the
         memory-lean inference path writes its result into (its content is overwritten; otherwise ignored)."""
-        if _lean(self, x.shape[1] * x.shape[2], x.shape[3]):
+        if _lean(self, x.shape[1] * x.shape[2], x.shape[3], x.device):
             return self._forward_lean(x, out)
         x = x + self.drop_path(self.mixer(self.norm1(x)))
         return x + self.drop_path(self._mlp(self.norm2(x)))
@@ -477,7 +490,7 @@ class GRU2DBlock(nn.Module):
         and one chunk's temporaries (mixer projections, MLP hidden)."""
         out = x.clone() if out is None or out.shape != x.shape or out.dtype != x.dtype else out.copy_(x)
         out = self.mixer.accumulate_(x, out, pre=self.norm1)
-        rows = _chunk_rows(self, x.shape[2], x.shape[3])
+        rows = _chunk_rows(self, x.shape[2], x.shape[3], x.device)
         for r0 in range(0, out.shape[1], rows):
             chunk = out[:, r0:r0 + rows]
             chunk += self.mlp(self.norm2(chunk))

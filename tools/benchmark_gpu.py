@@ -1,0 +1,134 @@
+"""VisionGRU-Ti against DeiT-S on a GPU: images/s and peak memory, inference and one training step.
+
+    python tools/benchmark_gpu.py --json gpu.json                       # CUDA, 224/512/1024/1248
+    python tools/benchmark_gpu.py --device cpu --resolutions 32 --batch 1 --repeats 1   # smoke run
+
+The peer is timm's ``deit_small_patch16_224`` built at each resolution (``img_size=res``; its attention
+runs through ``scaled_dot_product_attention``, fused on CUDA), because mmpretrain (our CPU benchmark's
+peer, ``tools/benchmark.py``) is not on the GPU machine; the architecture is the same (22.05M params).
+VisionGRU-Ti is ``preset='paper'`` with a 1000-class classifier, as in ``tools/benchmark.py``.
+
+Per model and resolution: inference in ``torch.no_grad`` and eval mode, and a training step
+(forward, cross-entropy, backward) in train mode; each timed with CUDA events after warm-up (median of
+``--repeats``), peak memory from ``torch.cuda.max_memory_allocated`` over the timed calls minus the
+memory held before (weights, inputs). ``--dtype bfloat16`` runs both under autocast.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+
+def build(name: str, res: int) -> torch.nn.Module:
+    if name == "visiongru-ti":
+        from rv_plugins.backbones import VisionGRU
+        return VisionGRU("tiny", img_size=res, num_classes=1000, preset="paper")
+    if name == "deit-s":
+        import timm
+        return timm.create_model("deit_small_patch16_224", img_size=res, num_classes=1000)
+    raise ValueError(f"benchmark_gpu: unknown model {name!r}; use visiongru-ti or deit-s")
+
+
+def logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = model(x)
+    return model.forward_head(out) if isinstance(out, tuple) else out
+
+
+class Timer:
+    """Seconds of ``fn()``: CUDA events on a GPU, ``perf_counter`` elsewhere."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def __call__(self, fn) -> float:
+        if self.device.type != "cuda":
+            start = time.perf_counter()
+            fn()
+            return time.perf_counter() - start
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        return begin.elapsed_time(end) / 1e3
+
+
+def measure(name: str, res: int, batch: int, mode: str, device: torch.device, dtype: torch.dtype,
+            repeats: int, warmup: int) -> dict:
+    torch.manual_seed(0)
+    model = build(name, res).to(device)
+    x = torch.randn(batch, 3, res, res, device=device)
+    target = torch.randint(0, 1000, (batch,), device=device)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+    def infer():
+        with torch.no_grad(), autocast:
+            logits(model, x)
+
+    def train_step():
+        with autocast:
+            loss = F.cross_entropy(logits(model, x).float(), target)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    fn = infer if mode == "infer" else train_step
+    model.train(mode == "train")
+    for _ in range(warmup):
+        fn()
+    timer = Timer(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    times = [timer(fn) for _ in range(repeats)]
+    row = dict(model=name, res=res, batch=batch, mode=mode, dtype=str(dtype).replace("torch.", ""),
+               median_s=statistics.median(times), img_per_s=batch / statistics.median(times))
+    if device.type == "cuda":
+        row["peak_mib"] = (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
+    del model, x
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--models", nargs="+", default=["visiongru-ti", "deit-s"])
+    p.add_argument("--resolutions", nargs="+", type=int, default=[224, 512, 1024, 1248])
+    p.add_argument("--batch", type=int, default=0, help="images per call (0: 64 at 224, scaled by area, >= 1)")
+    p.add_argument("--modes", nargs="+", default=["infer", "train"], choices=["infer", "train"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--json", help="write the rows here")
+    args = p.parse_args(argv)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    desc = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    command = "python tools/benchmark_gpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    rows = []
+    print(f"device: {desc}, torch {torch.__version__}, {args.dtype}; command: {command}")
+    print("| model | res | batch | mode | img/s | peak MiB |\n|---|---|---|---|---|---|")
+    for res in args.resolutions:
+        batch = args.batch or max(1, round(64 * (224 / res) ** 2))
+        for mode in args.modes:
+            for name in args.models:
+                row = measure(name, res, batch, mode, device, dtype, args.repeats, args.warmup)
+                rows.append(row)
+                peak = f"{row['peak_mib']:.0f}" if "peak_mib" in row else "-"
+                print(f"| {name} | {res} | {batch} | {mode} | {row['img_per_s']:.1f} | {peak} |", flush=True)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(dict(device=desc, torch=torch.__version__, command=command, rows=rows), handle, indent=2)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
