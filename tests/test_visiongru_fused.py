@@ -287,19 +287,22 @@ def test_recomputing_training_path_under_bf16_autocast(chunk_tokens):
         torch.testing.assert_close(a, b, atol=tol["atol"] and 1e-2 * float(b.abs().max()), rtol=tol["rtol"])
 
 
-def test_chunked_inference_is_a_cpu_default_and_explicit_everywhere():
-    """'auto' (the default) chunks large maps on the CPU only; an explicit chunk applies on any device."""
-    from rv_plugins.backbones.visiongru import INFER_CHUNK_ELEMS, _lean
+def test_chunked_inference_default_depends_on_the_device_and_explicit_applies_everywhere():
+    """'auto' (the default) chunks at 2**16 map elements on the CPU and at 2**20 elsewhere (fewer, larger
+    launches on a GPU); an explicit chunk applies on any device."""
+    from rv_plugins.backbones.visiongru import INFER_CHUNK_ELEMS, INFER_CHUNK_ELEMS_ACCELERATOR, _lean
+    assert (INFER_CHUNK_ELEMS, INFER_CHUNK_ELEMS_ACCELERATOR) == (2 ** 16, 2 ** 20)
     block = GRU2DBlock(8).eval()
-    big = INFER_CHUNK_ELEMS  # tokens; x 8 channels: above the chunk
+    mid, large = 2 ** 14, 2 ** 18  # tokens; x 8 channels: 2**17 and 2**21 elements
     with torch.no_grad():
-        assert _lean(block, big, 8, torch.device("cpu"))
-        assert not _lean(block, big, 8, torch.device("cuda"))
+        assert _lean(block, mid, 8, torch.device("cpu"))
+        assert not _lean(block, mid, 8, torch.device("cuda"))
+        assert _lean(block, large, 8, torch.device("cuda"))
         set_infer_chunk(block, 1024)
-        assert _lean(block, big, 8, torch.device("cuda"))
+        assert _lean(block, mid, 8, torch.device("cuda"))
         set_infer_chunk(block, "auto")
-        assert not _lean(block, big, 8, torch.device("cuda"))
+        assert not _lean(block, mid, 8, torch.device("cuda"))
         set_infer_chunk(block, None)
-        assert not _lean(block, big, 8, torch.device("cpu"))
+        assert not _lean(block, large, 8, torch.device("cpu"))
     with pytest.raises(ValueError, match="'auto'"):
         set_infer_chunk(block, "sometimes")

@@ -26,10 +26,11 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 
-def build(name: str, res: int) -> torch.nn.Module:
+def build(name: str, res: int, infer_chunk="auto") -> torch.nn.Module:
     if name == "visiongru-ti":
         from rv_plugins.backbones import VisionGRU
-        return VisionGRU("tiny", img_size=res, num_classes=1000, preset="paper")
+        from rv_plugins.backbones.visiongru import set_infer_chunk
+        return set_infer_chunk(VisionGRU("tiny", img_size=res, num_classes=1000, preset="paper"), infer_chunk)
     if name == "deit-s":
         import timm
         return timm.create_model("deit_small_patch16_224", img_size=res, num_classes=1000)
@@ -61,9 +62,9 @@ class Timer:
 
 
 def measure(name: str, res: int, batch: int, mode: str, device: torch.device, dtype: torch.dtype,
-            repeats: int, warmup: int) -> dict:
+            repeats: int, warmup: int, infer_chunk="auto") -> dict:
     torch.manual_seed(0)
-    model = build(name, res).to(device)
+    model = build(name, res, infer_chunk).to(device)
     x = torch.randn(batch, 3, res, res, device=device)
     target = torch.randint(0, 1000, (batch,), device=device)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
@@ -89,6 +90,7 @@ def measure(name: str, res: int, batch: int, mode: str, device: torch.device, dt
         torch.cuda.reset_peak_memory_stats(device)
     times = [timer(fn) for _ in range(repeats)]
     row = dict(model=name, res=res, batch=batch, mode=mode, dtype=str(dtype).replace("torch.", ""),
+               infer_chunk=infer_chunk if name == "visiongru-ti" else None,
                median_s=statistics.median(times), img_per_s=batch / statistics.median(times))
     if device.type == "cuda":
         row["peak_mib"] = (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
@@ -108,6 +110,8 @@ def main(argv=None):
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--infer-chunks", nargs="+", default=["auto"],
+                   help="VisionGRU inference chunk(s) in map elements (set_infer_chunk): 'auto', 'none' or a number")
     p.add_argument("--json", help="write the rows here")
     args = p.parse_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
@@ -115,15 +119,19 @@ def main(argv=None):
     command = "python tools/benchmark_gpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
     rows = []
     print(f"device: {desc}, torch {torch.__version__}, {args.dtype}; command: {command}")
-    print("| model | res | batch | mode | img/s | peak MiB |\n|---|---|---|---|---|---|")
+    chunks = [None if c == "none" else c if c == "auto" else float(c) for c in args.infer_chunks]
+    print("| model | res | batch | mode | infer chunk | img/s | peak MiB |\n|---|---|---|---|---|---|---|")
     for res in args.resolutions:
         batch = args.batch or max(1, round(64 * (224 / res) ** 2))
         for mode in args.modes:
             for name in args.models:
-                row = measure(name, res, batch, mode, device, dtype, args.repeats, args.warmup)
-                rows.append(row)
-                peak = f"{row['peak_mib']:.0f}" if "peak_mib" in row else "-"
-                print(f"| {name} | {res} | {batch} | {mode} | {row['img_per_s']:.1f} | {peak} |", flush=True)
+                for chunk in (chunks if name == "visiongru-ti" and mode == "infer" else ["auto"]):
+                    row = measure(name, res, batch, mode, device, dtype, args.repeats, args.warmup, chunk)
+                    rows.append(row)
+                    peak = f"{row['peak_mib']:.0f}" if "peak_mib" in row else "-"
+                    shown = "-" if row["infer_chunk"] is None and name != "visiongru-ti" else chunk
+                    print(f"| {name} | {res} | {batch} | {mode} | {shown} | {row['img_per_s']:.1f} | {peak} |",
+                          flush=True)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(dict(device=desc, torch=torch.__version__, command=command, rows=rows), handle, indent=2)

@@ -93,17 +93,19 @@ def _resolve_arch(arch: Union[str, dict]) -> Tuple[list, list]:
 # about this size (see the module docstring): 2**16 = 256 KiB of float32 map, i.e. 910 tokens of
 # VisionGRU-Ti's first stage, whose chunk then holds a 1 MiB projection per direction. Measured on the
 # CPU (1 thread, VisionGRU-Ti): peak inference RSS at 1024^2 112 / 132 MiB with 2**16 / 2**18, time at
-# 448^2 +10% / +2% over unchunked. The default, ``"auto"``, chunks on the CPU only: on a GPU the many
-# small launches cost more than the memory saves (H200, 1024^2, batch 3: 9.6 img/s chunked, see
-# README). ``set_infer_chunk`` changes it per model, on any device.
+# 448^2 +10% / +2% over unchunked. On a GPU that chunk means many small launches: H200, fp32, 1024^2,
+# batch 3: 10 img/s at 2**16, 82 at 2**20, 102 unchunked, peak 114 / 288 / 1404 MiB (DeiT-S: 70 img/s,
+# 216 MiB; tools/benchmark_gpu.py). The default, ``"auto"``, is 2**16 on the CPU and 2**20 elsewhere;
+# ``set_infer_chunk`` changes it per model.
 INFER_CHUNK_ELEMS = 2 ** 16
+INFER_CHUNK_ELEMS_ACCELERATOR = 2 ** 20
 INFER_CHUNK_AUTO = "auto"
 
 
 def set_infer_chunk(model: nn.Module, elems: Union[float, str, None]) -> nn.Module:
     """Set the inference chunk (map elements, tokens x channels) of every module of ``model`` that has
     one; ``None`` disables chunking (every map runs in one call), ``"auto"`` (the default) chunks at
-    ``INFER_CHUNK_ELEMS`` on the CPU and not elsewhere. Returns ``model``."""
+    ``INFER_CHUNK_ELEMS`` on the CPU and ``INFER_CHUNK_ELEMS_ACCELERATOR`` elsewhere. Returns ``model``."""
     elems = math.inf if elems is None else elems
     if elems != INFER_CHUNK_AUTO and not (isinstance(elems, (int, float)) and elems >= 1):
         raise ValueError(f"set_infer_chunk: elems must be >= 1, 'auto' or None (no chunking), got {elems!r}")
@@ -114,10 +116,11 @@ def set_infer_chunk(model: nn.Module, elems: Union[float, str, None]) -> nn.Modu
 
 
 def _chunk_elems(module: nn.Module, device: torch.device) -> float:
-    """``module``'s inference chunk on ``device`` (``"auto"``: ``INFER_CHUNK_ELEMS`` on the CPU, none elsewhere)."""
+    """``module``'s inference chunk on ``device`` (``"auto"``: ``INFER_CHUNK_ELEMS`` on the CPU,
+    ``INFER_CHUNK_ELEMS_ACCELERATOR`` elsewhere)."""
     elems = module.infer_chunk_elems
     if elems == INFER_CHUNK_AUTO:
-        return INFER_CHUNK_ELEMS if device.type == "cpu" else math.inf
+        return INFER_CHUNK_ELEMS if device.type == "cpu" else INFER_CHUNK_ELEMS_ACCELERATOR
     return elems
 
 
