@@ -1,18 +1,5 @@
-"""Checks that the toolkits we plug into are usable, with errors that say how to fix them."""
-import importlib
-import importlib.util
+"""Old name of :mod:`rv_plugins.openmmlab.checks`. New code: ``from rv_plugins.openmmlab.checks import
+require_mmcv_with_ops``."""
+from rv_plugins.openmmlab.checks import SETUP_HINT, require_mmcv_with_ops  # noqa: F401
 
-SETUP_HINT = ("Run `bash tools/setup_env.sh` from the rv_plugins repository (it builds the verified "
-              "stack into .venv/), or in your own environment: `pip uninstall -y mmcv-lite mmcv && "
-              "MMCV_WITH_OPS=1 pip install --no-build-isolation 'mmcv==2.1.0'` (needs torch < 2.10).")
-
-
-def require_mmcv_with_ops(who: str) -> None:
-    """Raise ImportError unless mmcv (full, with compiled ``mmcv._ext``) is installed."""
-    if importlib.util.find_spec("mmcv") is None:
-        raise ImportError(f"{who} needs mmcv 2.1.0 with compiled ops, but mmcv is not installed. {SETUP_HINT}")
-    mmcv = importlib.import_module("mmcv")
-    if importlib.util.find_spec("mmcv._ext") is None:
-        raise ImportError(f"{who} needs mmcv with compiled ops (mmcv.ops / mmcv._ext), but the installed "
-                          f"mmcv {getattr(mmcv, '__version__', '?')} has none (mmcv-lite, or built without "
-                          f"MMCV_WITH_OPS=1). mmsegmentation imports mmcv.ops at import time. {SETUP_HINT}")
+__all__ = ["SETUP_HINT", "require_mmcv_with_ops"]

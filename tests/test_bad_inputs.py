@@ -14,7 +14,7 @@ import textwrap
 import pytest
 import torch
 
-from rv_plugins import _mmengine_runner as mr
+from rv_plugins.openmmlab import runner as mr
 from rv_plugins.backbones.sequencer2d import Sequencer2D
 from rv_plugins.backbones.visiongru import VisionGRU
 from rv_plugins.engine import checkpointing as ck

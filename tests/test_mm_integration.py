@@ -8,7 +8,7 @@ import pytest
 import torch
 from tool_loader import load_tool
 
-from rv_plugins import _mmengine_runner as mr
+from rv_plugins.openmmlab import runner as mr
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MM_CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "**", "*.py"), recursive=True)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from rv_plugins import _mmengine_runner as mr
+from rv_plugins.openmmlab import runner as mr
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO, "configs", "pathfinder")

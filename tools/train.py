@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from mmengine.config import DictAction  # noqa: E402
 
-from rv_plugins import _mmengine_runner as mr  # noqa: E402
+from rv_plugins.openmmlab import runner as mr  # noqa: E402
 from rv_plugins.engine import checkpointing as ck  # noqa: E402
 
 

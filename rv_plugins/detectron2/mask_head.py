@@ -7,7 +7,8 @@ and the inference are Detectron2's own (``mask_rcnn_loss`` / ``mask_rcnn_inferen
 ``BaseMaskRCNNHead``); training adds ``loss_mask_lcp`` (the weighted Lipschitz-constant penalty)
 in the LCP modes ``'cbptt'`` / ``'crbp'``.
 
-Event-storage scalars (when a Detectron2 ``EventStorage`` is active, i.e. in the trainer):
+Event-storage scalars (when a Detectron2 ``EventStorage`` is active, i.e. in the trainer), named
+by :meth:`rv_plugins.solvers.SolverInfo.log_scalars` with the prefix ``mask_hgru/``:
 ``mask_hgru/fixed_point_residual`` (``||h_N - h_{N-1}|| / ||h_N||``), ``mask_hgru/lcp``
 (unweighted), ``mask_hgru/jacobian_colsum_max``, and for RBP modes ``mask_hgru/neumann_terms``,
 ``mask_hgru/neumann_residual`` and ``mask_hgru/rbp_unreliable`` (1 when the solver flagged the
@@ -28,9 +29,11 @@ from detectron2.structures import Instances
 from detectron2.utils.events import get_event_storage
 
 from rv_plugins.heads.hgru_mask_head import HGRUMaskPredictor
-from rv_plugins.solvers.fixed_point import SolverInfo
+from rv_plugins.solvers import SolverInfo
 
 __all__ = ["HGRUMaskHead"]
+
+LOG_PREFIX = "mask_hgru/"  # + the names of SolverInfo.log_scalars
 
 
 def _active_storage():
@@ -123,11 +126,8 @@ class HGRUMaskHead(BaseMaskRCNNHead):
         storage = _active_storage()
         if storage is None:
             return
-        storage.put_scalar("mask_hgru/fixed_point_residual", info.fixed_point_residual)
-        if info.lcp is not None:
-            storage.put_scalar("mask_hgru/lcp", float(info.lcp.detach()))
-        if info.jacobian_colsum_max is not None:
-            storage.put_scalar("mask_hgru/jacobian_colsum_max", info.jacobian_colsum_max)
+        scalars = info.log_scalars(LOG_PREFIX, backward=False)
         if previous is not None:
-            for name, value in previous.backward_scalars().items():
-                storage.put_scalar(f"mask_hgru/{name}", value)
+            scalars.update(previous.log_scalars(LOG_PREFIX, forward=False))
+        for name, value in scalars.items():
+            storage.put_scalar(name, value)

@@ -1,10 +1,14 @@
 """mmpretrain adapter: importing it registers our backbones in mmpretrain's ``MODELS``.
 
 Configs load it with ``custom_imports = dict(imports=['rv_plugins.mmpretrain'], allow_failed_imports=False)``.
+Importing it also applies the ``rv_plugins::`` config rule (:mod:`rv_plugins.openmmlab.scope`) and
+registers mmengine's checkpoint classes with torch's weights-only loader
+(:mod:`rv_plugins.openmmlab.checkpoints`).
 """
-from rv_plugins import _mmengine_scope
+from rv_plugins.openmmlab import checkpoints, scope
 
-_mmengine_scope.patch_now()
+scope.patch_now()
+checkpoints.allow_mmengine_checkpoints()
 
 from . import backbones  # noqa: E402,F401
 from .backbones import *  # noqa: E402,F401,F403

@@ -1,16 +1,21 @@
-"""mmsegmentation adapter: importing it registers our backbones, datasets and transforms in mmseg.
+"""mmsegmentation adapter: importing it registers our backbones, datasets, transforms and segmentors in mmseg.
 
 Configs load it with ``custom_imports = dict(imports=['rv_plugins.mmseg'], allow_failed_imports=False)``.
+Importing it also applies the ``rv_plugins::`` config rule (:mod:`rv_plugins.openmmlab.scope`) and
+registers mmengine's checkpoint classes with torch's weights-only loader
+(:mod:`rv_plugins.openmmlab.checkpoints`).
 """
-from rv_plugins._toolkits import require_mmcv_with_ops
+from rv_plugins.openmmlab.checks import require_mmcv_with_ops
 
 require_mmcv_with_ops("rv_plugins.mmseg")
 
-from rv_plugins import _mmengine_scope  # noqa: E402
+from rv_plugins.openmmlab import checkpoints, scope  # noqa: E402
 
-_mmengine_scope.patch_now()
+scope.patch_now()
+checkpoints.allow_mmengine_checkpoints()
 
-from . import backbones, datasets  # noqa: E402,F401
+from . import backbones, datasets, pathfinder, segmentors  # noqa: E402,F401
 from .backbones import *  # noqa: E402,F401,F403
 from .datasets import *  # noqa: E402,F401,F403
 from .pathfinder import *  # noqa: E402,F401,F403
+from .segmentors import *  # noqa: E402,F401,F403

@@ -1,4 +1,17 @@
-"""Fixed-point solvers for recurrent models (plain PyTorch): ``from rv_plugins.solvers import FixedPointSolver``."""
-from rv_plugins.solvers.fixed_point import FixedPointSolver, SolverInfo, lipschitz_penalty
+"""Fixed-point solvers for recurrent models (plain PyTorch; imports no toolkit).
 
-__all__ = ["FixedPointSolver", "SolverInfo", "lipschitz_penalty"]
+``FixedPointSolver`` runs a transition ``h <- F(h, x)`` in one of ``MODES`` (``'bptt'``,
+``'cbptt'``, ``'rbp'``, ``'crbp'``: backprop through time or recurrent back-propagation, each with or
+without the Lipschitz-constant penalty :func:`lipschitz_penalty`) and returns a ``SolverInfo``;
+``SolverInfo.log_scalars(prefix)`` is the one way its diagnostics become training-log scalars
+(used by the mmseg ``RecurrentSegmentor`` and the Detectron2 ``HGRUMaskHead``).
+``NEUMANN_STOPS`` lists why the RBP backward's Neumann series can stop; ``RateLimitedWarning`` is
+the solver's warning throttle.
+
+    from rv_plugins.solvers import FixedPointSolver, SolverInfo
+"""
+from rv_plugins.solvers.fixed_point import (MODES, NEUMANN_STOPS, FixedPointSolver, RateLimitedWarning,
+                                            SolverInfo, Transition, lipschitz_penalty)
+
+__all__ = ["FixedPointSolver", "SolverInfo", "lipschitz_penalty", "MODES", "NEUMANN_STOPS",
+           "RateLimitedWarning", "Transition"]

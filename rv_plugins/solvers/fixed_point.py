@@ -103,15 +103,32 @@ class SolverInfo:
     rbp_unreliable: bool = False
     rbp_unreliable_reason: Optional[str] = None
 
+    def log_scalars(self, prefix: str = "", *, forward: bool = True, backward: bool = True) -> Dict[str, float]:
+        """The solver's diagnostics as ``{prefix + name: float}`` for a training log: the one naming
+        scheme of the mmseg segmentor and the Detectron2 head (names are the attributes').
+
+        ``forward``: ``fixed_point_residual``, and ``lcp`` (unweighted, detached) and
+        ``jacobian_colsum_max`` when the mode computes them. ``backward``: once the RBP backward has
+        filled them, ``neumann_terms``, ``neumann_residual`` and ``rbp_unreliable`` (1.0 when flagged).
+        None of the names contains ``loss`` (mmengine would add such keys to the loss).
+        """
+        out = {}
+        if forward:
+            out["fixed_point_residual"] = float(self.fixed_point_residual)
+            if self.lcp is not None:
+                out["lcp"] = float(self.lcp.detach())
+            if self.jacobian_colsum_max is not None:
+                out["jacobian_colsum_max"] = float(self.jacobian_colsum_max)
+        if backward and self.neumann_terms is not None:
+            out["neumann_terms"] = float(self.neumann_terms)
+            out["neumann_residual"] = float(self.neumann_residual)
+            out["rbp_unreliable"] = float(self.rbp_unreliable)
+        return {prefix + name: value for name, value in out.items()}
+
     def backward_scalars(self) -> Dict[str, float]:
-        """The RBP backward's diagnostics as log scalars, ``{}`` until a backward filled them:
-        ``neumann_terms``, ``neumann_residual`` and ``rbp_unreliable`` (1.0 when flagged). The
-        mmseg segmentor and the Detectron2 head log these under the same names."""
-        if self.neumann_terms is None:
-            return {}
-        return dict(neumann_terms=float(self.neumann_terms),
-                    neumann_residual=float(self.neumann_residual),
-                    rbp_unreliable=float(self.rbp_unreliable))
+        """``log_scalars(forward=False)``: the RBP backward's diagnostics, ``{}`` until a backward
+        filled them."""
+        return self.log_scalars(forward=False)
 
     def flag_unreliable(self, reason: str) -> None:
         """Set ``rbp_unreliable`` and append ``reason`` to ``rbp_unreliable_reason``."""
