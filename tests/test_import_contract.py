@@ -1,0 +1,109 @@
+"""The import contract: the plain-PyTorch layers import no toolkit and do not need the start-up hook.
+
+``rv_plugins.ops`` -> ``layers`` -> ``backbones`` / ``heads`` / ``solvers`` are plain PyTorch; only the
+adapters (``rv_plugins.mmseg``, ``rv_plugins.mmpretrain``, ``rv_plugins.detectron2``) may import a
+toolkit. The check runs in a fresh interpreter started with ``-S -E`` (no ``site`` processing, so
+none of site-packages' ``.pth`` files run, in particular ``rv_plugins_mmengine_scope.pth``; no
+``PYTHON*`` variables), with the repository and this environment's site-packages put on ``sys.path``
+by hand. It imports the packages one after the other and records, after each, which toolkit
+modules are loaded and whether the ``rv_plugins::`` scope hook is in place; the last step imports
+mmengine itself, so a harness that cannot see a toolkit import fails too.
+"""
+import json
+import os
+import site
+import subprocess
+import sys
+import sysconfig
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLKITS = ("mmengine", "mmcv", "mmseg", "mmpretrain", "detectron2")
+CORE = ("rv_plugins", "rv_plugins.ops", "rv_plugins.layers", "rv_plugins.backbones", "rv_plugins.heads",
+        "rv_plugins.solvers")
+# Glue that promises lazy toolkit imports (see their docstrings), and plain data code.
+LAZY = ("rv_plugins.datasets.pathfinder", "rv_plugins.datasets.synthetic_scenes", "rv_plugins.engine",
+        "rv_plugins.openmmlab", "rv_plugins.openmmlab.runner", "rv_plugins.openmmlab.checks",
+        "rv_plugins.openmmlab.checkpoints", "rv_plugins.openmmlab.scope")
+CONTROL = "mmengine"
+
+CHILD = r"""
+import importlib, json, sys
+repo, site_dirs, toolkits, steps = json.loads(sys.argv[1])
+sys.path[:0] = [repo]
+sys.path.extend(site_dirs)
+
+def state(name=None):
+    mod = sys.modules.get(name)
+    return dict(
+        toolkits=sorted(m for m in sys.modules if m.split(".")[0] in toolkits),
+        matplotlib="matplotlib" in sys.modules,
+        hook_modules=sorted(m for m in ("rv_plugins._mmengine_scope", "rv_plugins.openmmlab.scope")
+                            if m in sys.modules),
+        hook_finder=any(type(f).__name__ == "_PatchOnImport" for f in sys.meta_path),
+        file=getattr(mod, "__file__", None))
+
+report = dict(no_site=bool(sys.flags.no_site), start=state())
+for name in steps:
+    importlib.import_module(name)
+    report[name] = state(name)
+print("REPORT " + json.dumps(report))
+"""
+
+
+def _site_dirs():
+    """This environment's site-packages (a venv's, not the base interpreter's, which ``-S`` would give)."""
+    dirs = list(site.getsitepackages()) + [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    return [d for i, d in enumerate(dirs) if d not in dirs[:i] and os.path.isdir(d)]
+
+
+@pytest.fixture(scope="module")
+def report():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env.setdefault("OMP_NUM_THREADS", "1")
+    args = json.dumps([REPO, _site_dirs(), TOOLKITS, list(CORE + LAZY + (CONTROL,))])
+    proc = subprocess.run([sys.executable, "-S", "-E", "-c", CHILD, args], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, f"the import-contract child failed:\n{proc.stderr[-4000:]}"
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("REPORT ")][-1]
+    return json.loads(line[len("REPORT "):])
+
+
+def test_child_runs_without_site_and_without_the_start_up_hook(report):
+    assert report["no_site"], "the child must run with -S so that no .pth start-up hook runs"
+    start = report["start"]
+    assert not start["hook_modules"] and not start["hook_finder"], f"the start-up hook ran in the child: {start}"
+    assert not start["toolkits"], f"toolkits loaded before any import: {start['toolkits']}"
+    path = report["rv_plugins"]["file"]
+    assert os.path.realpath(path).startswith(os.path.realpath(REPO) + os.sep), \
+        f"the child imported rv_plugins from {path}, not from this checkout {REPO}"
+
+
+@pytest.mark.parametrize("name", CORE)
+def test_plain_pytorch_layers_import_no_toolkit_and_need_no_hook(report, name):
+    state = report[name]
+    assert not state["toolkits"], (
+        f"importing {name} (after {CORE[:CORE.index(name)]}) loaded toolkit modules {state['toolkits'][:8]}; "
+        "plain-PyTorch layers must not import a toolkit: move the import into the adapter package "
+        "(rv_plugins.mmseg / mmpretrain / detectron2) or inside the function that needs it")
+    assert not state["hook_modules"] and not state["hook_finder"], (
+        f"importing {name} imported or installed the rv_plugins:: scope hook ({state['hook_modules']}); "
+        "only the OpenMMLab glue may use rv_plugins.openmmlab.scope")
+    assert not state["matplotlib"], f"importing {name} imported matplotlib; import it inside the plotting function"
+
+
+@pytest.mark.parametrize("name", LAZY)
+def test_data_and_glue_modules_import_toolkits_lazily(report, name):
+    state = report[name]
+    assert not state["toolkits"], (
+        f"importing {name} loaded toolkit modules {state['toolkits'][:8]}; its toolkit imports belong inside "
+        "the functions that use them")
+    assert not state["matplotlib"], f"importing {name} imported matplotlib; import it inside the plotting function"
+    assert not state["hook_finder"], f"importing {name} installed the start-up import hook; only the .pth file does"
+
+
+def test_the_harness_sees_a_toolkit_import(report):
+    state = report[CONTROL]
+    assert "mmengine" in state["toolkits"], f"importing mmengine was not detected: {state}"
+    assert not state["hook_finder"]
