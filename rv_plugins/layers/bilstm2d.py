@@ -20,14 +20,27 @@ Implementations (``impl``), all computing the same function with the same parame
   directions in one call; oneDNN on the CPU for the LSTM, cuDNN on CUDA), time-major inputs so
   the RNN makes no extra layout copy. For ``'mingru'``: each MinGRU module on its own.
 * ``'fused'``: one input-projection GEMM for all four directions, one gather into sequence
-  layout, then for LSTM/GRU/RNN a loop over time steps where one batched matmul serves all
-  directions of equal length (all four when ``H == W``); for minGRU two bidirectional
-  ``mingru_scan`` calls in all (columns and rows; gates computed inside the scan).
+  layout, then for LSTM/GRU/RNN a loop over time steps where one batched cell call
+  (:func:`lstm_cell_batched`, :func:`gru_cell_batched`, :func:`rnn_tanh_cell_batched`: PyTorch's cell
+  formulas and gate order for ``K`` weight sets, one ``bmm``) serves all directions of equal length
+  (all four when ``H == W``); for minGRU two bidirectional scans in all (columns and rows;
+  :class:`~rv_plugins.layers.mingru.BiMinGRU`'s ``in_proj``/``scan``, gates computed inside ``mingru_scan``).
 * ``'auto'`` (default), from timings on a 2-core CPU (Sequencer2D-S, batch 8, 224x224, 2 threads,
   ``tools/benchmark_sequencer.py``): ``'native'`` for the LSTM (oneDNN: 1.10x the step loop for
   inference, ~1.5x for a training step of one mixer); ``'fused'`` for minGRU (~1.02x);
   GRU/RNN ``'fused'`` for CPU inference (1.14x / 1.12x PyTorch's per-direction C++ loop) and
-  ``'native'`` when autograd records (PyTorch's backward is faster) or on CUDA (cuDNN).
+  ``'native'`` when autograd records (PyTorch's backward is faster) or on CUDA (cuDNN). On one
+  thread (one mixer at Sequencer2D-S stage 1/2 shapes, batch 8; two runs on a shared 2-core machine)
+  the fused GRU/RNN inference gain is 1.00-1.05x / 1.09-1.18x.
+
+Why batched cells and not ``torch.lstm_cell`` / ``gru_cell`` / ``rnn_tanh_cell``: torch's cells take
+one weight set and the raw input (``x W_ih^T + b_ih`` is computed inside), so the step loop would
+need one call per direction and either the input GEMM inside every step or an undocumented 2-D
+``b_ih`` carrying the precomputed input gates. Measured that way (1 thread, same shapes, in one run
+with the batched cells; two runs), torch's cells are 1.02-1.17x slower for inference and 1.2-2.7x
+slower for a training step (the measuring script is in the message of the commit that added this
+note). torch's fused-gates cells (``aten::_thnn_fused_lstm_cell``) exist for CUDA only. The batched
+cells are pinned against ``nn.LSTMCell`` / ``nn.GRUCell`` / ``nn.RNNCell`` in ``tests/test_bilstm2d.py``.
 
 Parameters are named as in ``nn.LSTM`` (``rnn_v.weight_ih_l0``, ``..._reverse``) so checkpoints of
 the reference implementation (timm ``sequencer2d_*``) load unchanged.
@@ -39,12 +52,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rv_plugins.layers.mingru import MinGRU
-from rv_plugins.ops import mingru_scan
+from rv_plugins.layers.mingru import BiMinGRU
 from rv_plugins.ops.layout import (from_sequence_by_columns, from_sequence_by_rows, to_sequence_by_columns,
                                    to_sequence_by_rows)
 
-__all__ = ["BiLSTM2D", "BiMinGRU", "RNN_TYPES", "IMPLS"]
+__all__ = ["BiLSTM2D", "BiMinGRU", "RNN_TYPES", "IMPLS", "lstm_cell_batched", "gru_cell_batched",
+           "rnn_tanh_cell_batched"]
 
 RNN_TYPES = ("lstm", "gru", "rnn", "mingru")
 IMPLS = ("auto", "native", "fused")
@@ -52,24 +65,6 @@ _TORCH_RNNS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 _GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # rows of weight_ih per hidden unit
 # The four directions, in the channel order of the concatenated output: (axis, reverse).
 _DIRECTIONS = ((0, False), (0, True), (1, False), (1, True))  # v fwd, v bwd, h fwd, h bwd
-
-
-class BiMinGRU(nn.Module):
-    """Bidirectional minGRU: ``(N, L, dim)`` -> ``(N, L, 2 * hidden_dim)`` = [forward scan, reverse scan].
-
-    ``fwd`` and ``bwd`` are :class:`MinGRU` layers without output projection (``proj_out=False``);
-    ``bwd`` scans the same sequence with ``reverse=True`` (no flipped copy).
-    """
-
-    def __init__(self, dim: int, hidden_dim: int, bias: bool = True, backend: Optional[str] = None):
-        super().__init__()
-        self.hidden_dim = hidden_dim
-        self.fwd = MinGRU(dim, hidden_dim=hidden_dim, bias=bias, proj_out=False, backend=backend)
-        self.bwd = MinGRU(dim, hidden_dim=hidden_dim, bias=bias, proj_out=False, reverse=True,
-                          backend=backend)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.fwd(x), self.bwd(x)], dim=-1)
 
 
 @functools.lru_cache(maxsize=32)
@@ -101,6 +96,44 @@ def _build_direction_index(B, H, W, device):
     scatter = torch.empty_like(gather)
     scatter[gather] = torch.arange(gather.numel(), device=device)
     return gather, scatter
+
+
+# ----------------------------------------------------------------------------- batched cells
+# PyTorch's LSTM / GRU / tanh-RNN cells for K directions with K recurrent weight sets in one call, the
+# input part x W_ih^T + b_ih precomputed for all steps (why not torch's own cells: module docstring).
+# Shapes: x_gates (K, N, G), h and c (K, N, D), w_hh (K, D, G) (= weight_hh^T), b_hh (K, 1, G) or None.
+def lstm_cell_batched(x_gates: torch.Tensor, state: Tuple[torch.Tensor, torch.Tensor], w_hh: torch.Tensor,
+                      b_hh: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``nn.LSTMCell`` (gates i, f, g, o) of K directions: ``(h, c)`` -> ``(h', c')``, each ``(K, N, D)``."""
+    h, c = state
+    D = h.shape[-1]
+    gates = torch.baddbmm(x_gates, h, w_hh)
+    if b_hh is not None:
+        gates = gates + b_hh
+    s = torch.sigmoid(gates)
+    c = torch.addcmul(s[..., D:2 * D] * c, s[..., :D], torch.tanh(gates[..., 2 * D:3 * D]))
+    return s[..., 3 * D:] * torch.tanh(c), c
+
+
+def gru_cell_batched(x_gates: torch.Tensor, h: torch.Tensor, w_hh: torch.Tensor,
+                     b_hh: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``nn.GRUCell`` (gates r, z, n; ``n = tanh(x_n + r * (h W_hn^T + b_hn))``) of K directions:
+    ``h`` -> ``h'``, ``(K, N, D)``. ``b_hh`` must stay separate from ``x_gates`` (the reset gate scales it)."""
+    D = h.shape[-1]
+    gh = torch.bmm(h, w_hh) if b_hh is None else torch.baddbmm(b_hh, h, w_hh)
+    rz = torch.sigmoid(x_gates[..., :2 * D] + gh[..., :2 * D])
+    n = torch.tanh(torch.addcmul(x_gates[..., 2 * D:], rz[..., :D], gh[..., 2 * D:]))
+    return torch.lerp(n, h, rz[..., D:])                                              # (1 - z) n + z h
+
+
+def rnn_tanh_cell_batched(x_gates: torch.Tensor, h: torch.Tensor, w_hh: torch.Tensor,
+                          b_hh: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``nn.RNNCell(nonlinearity='tanh')`` of K directions: ``h`` -> ``tanh(x_gates + h W_hh^T + b_hh)``."""
+    pre = torch.baddbmm(x_gates, h, w_hh)
+    return torch.tanh(pre if b_hh is None else pre + b_hh)
+
+
+_BATCHED_CELLS = {"lstm": lstm_cell_batched, "gru": gru_cell_batched, "rnn": rnn_tanh_cell_batched}
 
 
 class BiLSTM2D(nn.Module):
@@ -232,50 +265,32 @@ class BiLSTM2D(nn.Module):
 
     def _step_loop(self, xs: torch.Tensor, w_hh: torch.Tensor, b_hh: Optional[torch.Tensor]) -> torch.Tensor:
         """Recurrence of ``K`` directions at once: input projections ``xs`` ``(K, T, N, G)`` (biases
-        in), ``w_hh`` ``(K, D, G)`` -> hidden states ``(K, T, N, D)``. Gate order as in PyTorch."""
+        in), ``w_hh`` ``(K, D, G)`` -> hidden states ``(K, T, N, D)``, one batched cell call per step."""
         K, T, N, _ = xs.shape
-        D = self.hidden_dim
-        h = xs.new_zeros(K, N, D)
-        c = xs.new_zeros(K, N, D) if self.rnn_type == "lstm" else None
+        cell = _BATCHED_CELLS[self.rnn_type]
+        h = xs.new_zeros(K, N, self.hidden_dim)
+        state = (h, h) if self.rnn_type == "lstm" else h
         hs: List[torch.Tensor] = []
         for t in range(T):
-            xt = xs[:, t]                                                             # (K, N, G)
-            if self.rnn_type == "lstm":                                               # gates i, f, g, o
-                gates = torch.baddbmm(xt, h, w_hh)
-                s = torch.sigmoid(gates)
-                c = torch.addcmul(s[..., D:2 * D] * c, s[..., :D], torch.tanh(gates[..., 2 * D:3 * D]))
-                h = s[..., 3 * D:] * torch.tanh(c)
-            elif self.rnn_type == "gru":                                              # gates r, z, n
-                gh = torch.bmm(h, w_hh) if b_hh is None else torch.baddbmm(b_hh, h, w_hh)
-                rz = torch.sigmoid(xt[..., :2 * D] + gh[..., :2 * D])
-                n = torch.tanh(torch.addcmul(xt[..., 2 * D:], rz[..., :D], gh[..., 2 * D:]))
-                h = torch.lerp(n, h, rz[..., D:])                                     # (1 - z) n + z h
-            else:
-                h = torch.tanh(torch.baddbmm(xt, h, w_hh))
-            hs.append(h)
+            state = cell(xs[:, t], state, w_hh, b_hh)
+            hs.append(state[0] if self.rnn_type == "lstm" else state)
         return torch.stack(hs, dim=1)
 
     def _fused_mingru(self, x: torch.Tensor) -> torch.Tensor:
         """minGRU, all four directions: ``(B, H, W, C)`` -> ``(B, H, W, 4D)``.
 
-        One input GEMM for the four directions (rows ``[v fwd, v bwd | h fwd, h bwd]``, each
-        ``[gate, candidate]``: ``mingru_scan``'s bidirectional layout per axis), then one bidirectional
-        :func:`mingru_scan` per axis (gates computed inside the scan): the columns ``(B*W, H, 4D)`` and the
-        rows ``(B*H, W, 4D)`` (a strided view, no copy), each writing ``[fwd, bwd]`` into one buffer.
+        One GEMM for the four directions' input projections (``BiMinGRU.in_proj`` of the vertical then
+        the horizontal pair: rows ``[v fwd, v bwd | h fwd, h bwd]``), then one bidirectional
+        ``BiMinGRU.scan`` per axis (gates computed inside ``mingru_scan``): the columns ``(B*W, H, 4D)``
+        and the rows ``(B*H, W, 4D)`` (a strided view, no copy), each writing ``[fwd, bwd]`` into one buffer.
         """
+        if not (self.rnn_v.fusable and self.rnn_h.fusable):  # directions set up differently: one call each
+            return torch.cat([self.mix_vertical(x), self.mix_horizontal(x)], dim=-1)
         B, H, W, C = x.shape
         D = self.hidden_dim
-        grus = [self.rnn_v.fwd, self.rnn_v.bwd, self.rnn_h.fwd, self.rnn_h.bwd]       # _DIRECTIONS order
-        acts = {g.candidate_act for g in grus}
-        if len(acts) > 1:  # directions with different activations: one MinGRU call each
-            return torch.cat([self.mix_vertical(x), self.mix_horizontal(x)], dim=-1)
-        w = torch.cat([g.in_proj.weight for g in grus])                               # (8D, C)
-        b = None if not self.bias else torch.cat([g.in_proj.bias for g in grus])
-        xp = F.linear(x, w, b)                                                        # (B, H, W, 8D)
-        act, backend = acts.pop(), self.scan_backend
-        hv = mingru_scan(to_sequence_by_columns(xp[..., :4 * D], channels_last=True), bidirectional=True,
-                         candidate_act=act, backend=backend)                          # (B*W, H, 2D)
-        hh = mingru_scan(to_sequence_by_rows(xp[..., 4 * D:], channels_last=True), bidirectional=True,
-                         candidate_act=act, backend=backend)                          # (B*H, W, 2D)
+        (wv, bv), (wh, bh) = self.rnn_v.in_proj(), self.rnn_h.in_proj()
+        xp = F.linear(x, torch.cat([wv, wh]), None if bv is None else torch.cat([bv, bh]))  # (B, H, W, 8D)
+        hv = self.rnn_v.scan(to_sequence_by_columns(xp[..., :4 * D], channels_last=True))  # (B*W, H, 2D)
+        hh = self.rnn_h.scan(to_sequence_by_rows(xp[..., 4 * D:], channels_last=True))     # (B*H, W, 2D)
         return torch.cat([from_sequence_by_columns(hv, B, channels_last=True),
                           from_sequence_by_rows(hh, B, channels_last=True)], dim=-1)

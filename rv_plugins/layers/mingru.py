@@ -16,6 +16,12 @@ tokens).
 Memory-lean inference: under ``torch.no_grad()`` / ``inference_mode`` and outside training, a sequence
 longer than ``infer_chunk_tokens`` runs in token chunks (projection, scan, output projection per chunk)
 that carry the state through ``h0``; the result equals the one-call path to float rounding.
+
+Bidirectional use: :class:`BiMinGRU` (a forward and a ``reverse=True`` MinGRU, outputs concatenated) and,
+for layers that run both directions as one op, :func:`bidirectional_in_proj` (the two ``in_proj`` in
+``mingru_scan``'s bidirectional layout) with :func:`bidirectional_scan` (one ``bidirectional=True``
+call on that projection). Those are the only places besides ``MinGRU.forward`` that know the
+``[gate, candidate]`` layout; the gates themselves exist only inside :func:`rv_plugins.ops.mingru_scan`.
 """
 from typing import List, Optional, Tuple
 
@@ -24,6 +30,9 @@ from torch import nn
 
 from rv_plugins.ops import mingru_scan
 from rv_plugins.ops.mingru import CANDIDATE_ACTIVATIONS, g_activation  # noqa: F401 - re-exported
+
+__all__ = ["MinGRU", "BiMinGRU", "token_chunks", "can_scan_together", "bidirectional_in_proj",
+           "bidirectional_scan", "CANDIDATE_ACTIVATIONS", "g_activation"]
 
 
 def token_chunks(L: int, chunk: int, reverse: bool) -> List[Tuple[int, int]]:
@@ -94,3 +103,67 @@ class MinGRU(nn.Module):
     def extra_repr(self) -> str:
         return (f"hidden_dim={self.hidden_dim}, reverse={self.reverse}, backend={self.backend}, "
                 f"candidate_act={self.candidate_act!r}")
+
+
+def can_scan_together(fwd: MinGRU, bwd: MinGRU) -> bool:
+    """Whether ``fwd`` and ``bwd`` are one bidirectional ``mingru_scan`` call: ``fwd`` scans forward,
+    ``bwd`` backward, same state width, ``candidate_act`` and backend, both with or both without bias."""
+    return (not fwd.reverse and bwd.reverse and fwd.hidden_dim == bwd.hidden_dim
+            and fwd.candidate_act == bwd.candidate_act and fwd.backend == bwd.backend
+            and (fwd.in_proj.bias is None) == (bwd.in_proj.bias is None))
+
+
+def bidirectional_in_proj(fwd: MinGRU, bwd: MinGRU) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Both input projections as one: weight ``(4H, dim)`` and bias ``(4H,)`` or ``None``, so that
+    ``F.linear(x, weight, bias)`` is ``[gate_fwd, cand_fwd, gate_bwd, cand_bwd]``, the ``proj`` of
+    :func:`bidirectional_scan` (``H = hidden_dim``). Differentiable: gradients reach both ``in_proj``."""
+    if not can_scan_together(fwd, bwd):
+        raise ValueError("bidirectional_in_proj: fwd and bwd cannot share one bidirectional scan (need a "
+                         "forward and a reverse MinGRU with equal hidden_dim, candidate_act, backend and bias "
+                         "setting); run them one by one (MinGRU.forward) or check can_scan_together first")
+    weight = torch.cat([fwd.in_proj.weight, bwd.in_proj.weight])
+    bias = None if fwd.in_proj.bias is None else torch.cat([fwd.in_proj.bias, bwd.in_proj.bias])
+    return weight, bias
+
+
+def bidirectional_scan(fwd: MinGRU, bwd: MinGRU, proj: torch.Tensor) -> torch.Tensor:
+    """The states of ``fwd`` and ``bwd`` from a projection in :func:`bidirectional_in_proj`'s layout.
+
+    ``proj``: ``(B, L, 4H)``, any strides -> ``(B, L, 2H)`` = ``[h_fwd, h_bwd]`` (before ``out_proj``), equal
+    to ``cat([fwd.in_proj -> scan, bwd.in_proj -> reverse scan])`` in one ``mingru_scan`` call.
+    """
+    return mingru_scan(proj, bidirectional=True, candidate_act=fwd.candidate_act, backend=fwd.backend)
+
+
+class BiMinGRU(nn.Module):
+    """Bidirectional minGRU: ``(N, L, dim)`` -> ``(N, L, 2 * hidden_dim)`` = [forward scan, reverse scan].
+
+    ``fwd`` and ``bwd`` are :class:`MinGRU` layers without output projection (``proj_out=False``);
+    ``bwd`` scans the same sequence with ``reverse=True`` (no flipped copy). ``forward`` runs each
+    MinGRU on its own; :meth:`in_proj` + :meth:`scan` are the same function as one GEMM and one
+    bidirectional scan (for callers that batch the GEMM with other work, like BiLSTM2D's fused path).
+    """
+
+    def __init__(self, dim: int, hidden_dim: int, bias: bool = True, backend: Optional[str] = None):
+        super().__init__()
+        self.hidden_dim = hidden_dim
+        self.fwd = MinGRU(dim, hidden_dim=hidden_dim, bias=bias, proj_out=False, backend=backend)
+        self.bwd = MinGRU(dim, hidden_dim=hidden_dim, bias=bias, proj_out=False, reverse=True,
+                          backend=backend)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, L, dim)`` -> ``(N, L, 2 * hidden_dim)``."""
+        return torch.cat([self.fwd(x), self.bwd(x)], dim=-1)
+
+    @property
+    def fusable(self) -> bool:
+        """Whether :meth:`in_proj` / :meth:`scan` apply (the directions share activation, backend, bias)."""
+        return can_scan_together(self.fwd, self.bwd)
+
+    def in_proj(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Weight ``(4 * hidden_dim, dim)`` and bias of both directions (:func:`bidirectional_in_proj`)."""
+        return bidirectional_in_proj(self.fwd, self.bwd)
+
+    def scan(self, proj: torch.Tensor) -> torch.Tensor:
+        """``(N, L, 4 * hidden_dim)`` projection (:meth:`in_proj`'s layout) -> ``(N, L, 2 * hidden_dim)``."""
+        return bidirectional_scan(self.fwd, self.bwd, proj)
