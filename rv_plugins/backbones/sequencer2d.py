@@ -20,7 +20,7 @@ Parameter names follow the reference implementation (timm ``sequencer2d_*``), so
 load with :func:`convert_timm_state_dict`; the forward pass is the same function.
 """
 import math
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -28,11 +28,12 @@ from torch import nn
 
 from rv_plugins.layers.bilstm2d import RNN_TYPES, BiLSTM2D
 from rv_plugins.backbones.base import HierarchicalBackbone
+from rv_plugins.backbones.registry import register_backbone
 from rv_plugins.layers.blocks import run_blocks
 from rv_plugins.layers.drop_path import DropPath
 from rv_plugins.layers.mlp import Mlp
 
-__all__ = ["Sequencer2D", "Sequencer2DBlock", "ARCH_SETTINGS", "ARCH_ALIASES", "convert_timm_state_dict"]
+__all__ = ["Sequencer2D", "Sequencer2DBlock", "PatchConv", "PatchEmbed", "Downsample", "ARCH_SETTINGS", "ARCH_ALIASES", "convert_timm_state_dict"]
 
 # The paper's Appendix B.2 / the authors' code. Parameters with the 1000-class classifier (LSTM):
 # S 27.65M, M 38.31M, L 54.30M (paper: 28M, 38M, 54M); tests/test_sequencer2d.py checks +-2%.
@@ -47,84 +48,56 @@ ARCH_ALIASES = {"small": "s", "medium": "m", "large": "l"}
 _ARCH_KEYS = ("depths", "embed_dims", "patch_sizes", "hidden_dims", "mlp_ratios")
 
 
-def _resolve_arch(arch: Union[str, dict]) -> Dict[str, list]:
-    """Arch name or dict -> dict of per-stage lists (``hidden_dims`` default C/4, ``mlp_ratios`` 3)."""
-    if isinstance(arch, str):
-        key = ARCH_ALIASES.get(arch.lower(), arch.lower())
-        if key not in ARCH_SETTINGS:
-            raise ValueError(f"Sequencer2D: unknown arch {arch!r}; choose one of "
-                             f"{sorted(ARCH_SETTINGS) + sorted(ARCH_ALIASES)} or pass a dict")
-        arch = ARCH_SETTINGS[key]
-    if not isinstance(arch, dict):
-        raise TypeError(f"Sequencer2D: arch must be a name or a dict, got {type(arch).__name__}")
-    unknown = set(arch) - set(_ARCH_KEYS)
-    missing = {"depths", "embed_dims", "patch_sizes"} - set(arch)
-    if unknown or missing:
-        raise ValueError(f"Sequencer2D: arch dict needs keys depths, embed_dims, patch_sizes (optional: "
-                         f"hidden_dims, mlp_ratios); missing {sorted(missing)}, unknown {sorted(unknown)}")
-    cfg = {k: list(v) for k, v in arch.items()}
-    cfg.setdefault("hidden_dims", [c // 4 for c in cfg["embed_dims"]])
-    cfg.setdefault("mlp_ratios", [3.0] * len(cfg["depths"]))
-    lengths = {k: len(cfg[k]) for k in _ARCH_KEYS}
-    if len(set(lengths.values())) != 1 or not cfg["depths"]:
-        raise ValueError(f"Sequencer2D: every arch list needs one entry per stage, got lengths {lengths}")
-    return cfg
-
-
 def _pad_to_multiple(x: torch.Tensor, p: int) -> torch.Tensor:
     """Zero-pad a ``(B, C, H, W)`` map at the bottom/right so that ``H`` and ``W`` divide by ``p``."""
     ph, pw = -x.shape[2] % p, -x.shape[3] % p
     return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
 
 
-class PatchEmbed(nn.Module):
-    """Stem: ``(B, C_in, H, W)`` -> ``p x p`` conv, stride ``p`` -> ``(B, ceil(H/p), ceil(W/p), dim)``.
+class PatchConv(nn.Module):
+    """``p x p`` conv, stride ``p``, -> channels-last ``(B, ceil(H/p), ceil(W/p), dim)``: the stem
+    (:class:`PatchEmbed`, image ``(B, C_in, H, W)`` in) and the downsampling between stages
+    (:class:`Downsample`, map ``(B, H, W, C_in)`` in) are this one layer in two input layouts.
 
-    ``floor = True`` (set by ``Sequencer2D(grid_rounding='floor')``): no padding, ``(B, floor(H/p),
-    floor(W/p), dim)``, the last ``H mod p`` rows / ``W mod p`` columns dropped (timm's behaviour).
+    A size that ``p`` does not divide is zero-padded at the bottom/right for the conv only (as Swin's
+    patch merging does), so the following RNNs run on real tokens. ``floor = True`` (set by
+    ``Sequencer2D(grid_rounding='floor')``): no padding, ``(B, floor(H/p), floor(W/p), dim)``, the last
+    ``H mod p`` rows / ``W mod p`` columns dropped (timm's behaviour). The conv is stored under
+    ``conv_name`` (``proj`` / ``down``: the reference implementation's parameter names).
     """
 
     floor = False
-
-    def __init__(self, in_channels: int, dim: int, patch_size: int):
-        super().__init__()
-        self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.floor:
-            if min(x.shape[2:]) < self.patch_size:
-                raise ValueError(f"Sequencer2D(grid_rounding='floor'): input {tuple(x.shape[2:])} is smaller "
-                                 f"than the {self.patch_size}x{self.patch_size} patch; use a larger image or "
-                                 "grid_rounding='ceil'")
-            return self.proj(x).permute(0, 2, 3, 1)
-        return self.proj(_pad_to_multiple(x, self.patch_size)).permute(0, 2, 3, 1)
-
-
-class Downsample(nn.Module):
-    """``(B, H, W, C_in)`` -> ``p x p`` conv, stride ``p`` -> ``(B, ceil(H/p), ceil(W/p), dim)``.
-
-    A map whose size does not divide by ``p`` is zero-padded at the bottom/right for the conv only
-    (as Swin's patch merging does), so the following RNNs run on real tokens. ``floor = True``: no
-    padding, ``floor`` sizes (timm's behaviour; see :class:`PatchEmbed`).
-    """
-
-    floor = False
+    channels_last_in = False
+    conv_name = "proj"
+    too_small = "input {size} is smaller than the {p}x{p} patch"
 
     def __init__(self, in_dim: int, dim: int, patch_size: int):
         super().__init__()
         self.patch_size = patch_size
-        self.down = nn.Conv2d(in_dim, dim, patch_size, stride=patch_size)
+        setattr(self, self.conv_name, nn.Conv2d(in_dim, dim, patch_size, stride=patch_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 3, 1, 2)
+        if self.channels_last_in:
+            x = x.permute(0, 3, 1, 2)
+        p = self.patch_size
         if not self.floor:
-            x = _pad_to_multiple(x, self.patch_size)
-        elif min(x.shape[2:]) < self.patch_size:
-            raise ValueError(f"Sequencer2D(grid_rounding='floor'): a {tuple(x.shape[2:])} map is smaller than "
-                             f"the {self.patch_size}x{self.patch_size} downsampling; use a larger image or "
-                             "grid_rounding='ceil'")
-        return self.down(x).permute(0, 2, 3, 1)
+            x = _pad_to_multiple(x, p)
+        elif min(x.shape[2:]) < p:
+            raise ValueError(f"Sequencer2D(grid_rounding='floor'): {self.too_small.format(size=tuple(x.shape[2:]), p=p)}"
+                             "; use a larger image or grid_rounding='ceil'")
+        return getattr(self, self.conv_name)(x).permute(0, 2, 3, 1)
+
+
+class PatchEmbed(PatchConv):
+    """Stem: image ``(B, C_in, H, W)`` -> ``(B, ceil(H/p), ceil(W/p), dim)`` (see :class:`PatchConv`)."""
+
+
+class Downsample(PatchConv):
+    """Between stages: ``(B, H, W, C_in)`` -> ``(B, ceil(H/p), ceil(W/p), dim)`` (see :class:`PatchConv`)."""
+
+    channels_last_in = True
+    conv_name = "down"
+    too_small = "a {size} map is smaller than the {p}x{p} downsampling"
 
 
 class Sequencer2DBlock(nn.Module):
@@ -160,6 +133,8 @@ class Sequencer2DStage(nn.Module):
         return run_blocks(self.blocks, self.downsample(x), self.with_cp)
 
 
+@register_backbone("sequencer2d", strides=(7, 14, 14, 14),
+                   test_arch=dict(depths=[1, 1, 1, 1], embed_dims=[16, 32, 32, 32], patch_sizes=[7, 2, 1, 1]))
 class Sequencer2D(HierarchicalBackbone):
     """Sequencer2D backbone (plain PyTorch; toolkit adapters wrap it).
 
@@ -201,6 +176,30 @@ class Sequencer2D(HierarchicalBackbone):
     when ``H`` divides by 14). ``forward_head(features)`` -> ``(B, num_classes)``.
     """
 
+    arch_zoo, arch_aliases = ARCH_SETTINGS, ARCH_ALIASES
+    arch_hint = "a dict with per-stage lists depths, embed_dims, patch_sizes (optional: hidden_dims, mlp_ratios)"
+    maps_channels_last = True
+
+    @classmethod
+    def _check_arch(cls, arch: dict) -> dict:
+        """Keys ``depths``, ``embed_dims``, ``patch_sizes`` (``hidden_dims`` default C/4, ``mlp_ratios`` 3),
+        one entry per stage."""
+        unknown = set(arch) - set(_ARCH_KEYS)
+        missing = {"depths", "embed_dims", "patch_sizes"} - set(arch)
+        if unknown or missing:
+            raise ValueError(f"Sequencer2D: arch dict needs keys depths, embed_dims, patch_sizes (optional: "
+                             f"hidden_dims, mlp_ratios); missing {sorted(missing)}, unknown {sorted(unknown)}")
+        cfg = {k: list(v) for k, v in arch.items()}
+        cfg.setdefault("hidden_dims", [c // 4 for c in cfg["embed_dims"]])
+        cfg.setdefault("mlp_ratios", [3.0] * len(cfg["depths"]))
+        lengths = {k: len(cfg[k]) for k in _ARCH_KEYS}
+        if len(set(lengths.values())) != 1 or not cfg["depths"]:
+            raise ValueError(f"Sequencer2D: every arch list needs one entry per stage, got lengths {lengths}")
+        return cfg
+
+    def _stage_strides(self):
+        return [math.prod(self.arch["patch_sizes"][:i + 1]) for i in range(self.num_stages)]
+
     def __init__(self, arch: Union[str, dict] = "s", rnn_type: str = "lstm", in_channels: int = 3,
                  out_indices: Sequence[int] = (3,), frozen_stages: int = -1, norm_eval: bool = False,
                  drop_path_rate: float = 0.0, with_cp: bool = False, final_norm: bool = False,
@@ -213,25 +212,19 @@ class Sequencer2D(HierarchicalBackbone):
         self.grid_rounding = grid_rounding
         if rnn_type not in RNN_TYPES:
             raise ValueError(f"Sequencer2D: unknown rnn_type {rnn_type!r}; choose one of {RNN_TYPES}")
-        cfg = _resolve_arch(arch)
-        self.arch = cfg
-        self.embed_dims, self.depths = cfg["embed_dims"], cfg["depths"]
-        self.num_stages = len(self.depths)
+        cfg = self._init_arch(arch)
         self.in_channels, self.rnn_type = in_channels, rnn_type
         self._setup_conventions(out_indices, frozen_stages, norm_eval)
         self.with_cp = with_cp
         self.init_cfg, self.num_classes = init_cfg, num_classes
 
         self.stem = PatchEmbed(in_channels, self.embed_dims[0], cfg["patch_sizes"][0])
-        total = sum(self.depths)
-        dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # 0 .. drop_path_rate
-        self.stages = nn.ModuleList()
-        for i, depth in enumerate(self.depths):
-            start = sum(self.depths[:i])
-            self.stages.append(Sequencer2DStage(
-                self.embed_dims[max(i - 1, 0)], self.embed_dims[i], cfg["patch_sizes"][i],
-                cfg["hidden_dims"][i], cfg["mlp_ratios"][i], dpr[start:start + depth], downsample=i > 0,
-                with_cp=with_cp, rnn_type=rnn_type, rnn_impl=rnn_impl, scan_backend=scan_backend))
+        dpr = self.drop_path_schedule(drop_path_rate, self.depths)
+        self.stages = nn.ModuleList(
+            Sequencer2DStage(self.embed_dims[max(i - 1, 0)], self.embed_dims[i], cfg["patch_sizes"][i],
+                             cfg["hidden_dims"][i], cfg["mlp_ratios"][i], dpr[i], downsample=i > 0, with_cp=with_cp,
+                             rnn_type=rnn_type, rnn_impl=rnn_impl, scan_backend=scan_backend)
+            for i in range(self.num_stages))
         self.final_norm = final_norm or num_classes > 0
         self.norm = nn.LayerNorm(self.embed_dims[-1], eps=1e-6) if self.final_norm else None
         self.head = nn.Linear(self.embed_dims[-1], num_classes) if num_classes > 0 else None
@@ -272,43 +265,6 @@ class Sequencer2D(HierarchicalBackbone):
                 for p in m.parameters():
                     nn.init.uniform_(p, -bound, bound)
         self._apply_init_cfg()
-
-    # ------------------------------------------------------------------ freezing
-    def _frozen_modules(self):
-        if self.frozen_stages >= 0:
-            yield self.stem
-            for i in range(self.frozen_stages):
-                yield self.stages[i]
-            if self.frozen_stages == self.num_stages and self.norm is not None:
-                yield self.norm
-
-    # ------------------------------------------------------------------ forward
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        """``(B, in_channels, H, W)`` -> tuple of ``(B, embed_dims[i], H_i, W_i)`` for ``out_indices``."""
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"Sequencer2D expects images of shape (B, {self.in_channels}, H, W), got "
-                             f"{tuple(x.shape)}; set in_channels to the image channels")
-        x = self.stem(x)
-        outs = {}
-        last = self.num_stages - 1
-        for i in range(max(self.out_indices) + 1):
-            x = self.stages[i](x)
-            if i in self.out_indices:
-                y = self.norm(x) if (i == last and self.norm is not None) else x
-                outs[i] = y.permute(0, 3, 1, 2).contiguous()
-        return tuple(outs[i] for i in self.out_indices)
-
-    def forward_head(self, feats: Union[torch.Tensor, Sequence[torch.Tensor]]) -> torch.Tensor:
-        """Last-stage map ``(B, embed_dims[-1], h, w)`` (or ``forward``'s tuple, last entry used; already
-        normalised by ``forward``) -> token mean -> linear -> ``(B, num_classes)``."""
-        if self.head is None:
-            raise RuntimeError("Sequencer2D.forward_head needs a classifier; build with num_classes > 0")
-        x = feats if isinstance(feats, torch.Tensor) else feats[-1]
-        if x.dim() != 4 or x.shape[1] != self.embed_dims[-1]:
-            raise ValueError(f"Sequencer2D.forward_head expects the last stage's map "
-                             f"(B, {self.embed_dims[-1]}, h, w), got {tuple(x.shape)}; include "
-                             f"{self.num_stages - 1} in out_indices")
-        return self.head(x.mean(dim=(2, 3)))
 
 
 def convert_timm_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

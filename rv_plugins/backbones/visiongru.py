@@ -36,6 +36,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from rv_plugins.backbones.base import HierarchicalBackbone
+from rv_plugins.backbones.registry import register_backbone
 from rv_plugins.layers.blocks import run_blocks
 from rv_plugins.layers.drop_path import DropPath
 from rv_plugins.layers.mingru import CANDIDATE_ACTIVATIONS, MinGRU, token_chunks
@@ -66,27 +67,6 @@ PRESETS: Dict[str, Dict[str, object]] = {
 }
 
 _STEM_NORM_EPS = 1e-6  # stem and downsampling LayerNorms (the authors' value; blocks use 1e-5)
-
-
-def _resolve_arch(arch: Union[str, dict]) -> Tuple[list, list]:
-    """``arch`` name/alias or ``dict(embed_dims=[...], depths=[...])`` -> (embed_dims, depths)."""
-    if isinstance(arch, str):
-        key = ARCH_ALIASES.get(arch.lower(), arch.lower())
-        if key not in ARCH_SETTINGS:
-            names = sorted(ARCH_SETTINGS) + sorted(ARCH_ALIASES)
-            raise ValueError(f"VisionGRU: unknown arch {arch!r}; choose one of {names} or pass "
-                             "dict(embed_dims=[c0, c1, c2, c3], depths=[d0, d1, d2, d3])")
-        arch = ARCH_SETTINGS[key]
-    if not isinstance(arch, dict) or not {"embed_dims", "depths"} <= set(arch):
-        raise ValueError(f"VisionGRU: a custom arch must be a dict with keys 'embed_dims' and 'depths', "
-                         f"got {arch!r}")
-    dims, depths = [int(c) for c in arch["embed_dims"]], [int(d) for d in arch["depths"]]
-    if len(dims) != 4 or len(depths) != 4:
-        raise ValueError(f"VisionGRU: arch needs 4 stages (strides 4/8/16/32), got embed_dims={dims} "
-                         f"and depths={depths}; give 4 values for each")
-    if min(dims) < 1 or min(depths) < 0:
-        raise ValueError(f"VisionGRU: embed_dims must be >= 1 and depths >= 0, got {dims} and {depths}")
-    return dims, depths
 
 
 # Memory-lean inference: maps of more elements (tokens x channels) than this run in row chunks of
@@ -525,6 +505,9 @@ class VisionGRUStage(nn.Module):
         return run_blocks(self.blocks, self.downsample(x), self.with_cp)
 
 
+@register_backbone("visiongru", test_arch=dict(embed_dims=[8, 16, 32, 64], depths=[1, 1, 1, 1]),
+                   test_kwargs=dict(pos_embed=True, img_size=32), strides=(4, 8, 16, 32),
+                   arch_names={"tiny": "ti", "base": "b"})
 class VisionGRU(HierarchicalBackbone):
     """VisionGRU backbone (plain PyTorch; toolkit adapters wrap it).
 
@@ -566,6 +549,26 @@ class VisionGRU(HierarchicalBackbone):
     """
 
     num_stages = 4
+    arch_zoo, arch_aliases = ARCH_SETTINGS, ARCH_ALIASES
+    arch_hint = "dict(embed_dims=[c0, c1, c2, c3], depths=[d0, d1, d2, d3])"
+    maps_channels_last = True
+
+    @classmethod
+    def _check_arch(cls, arch: dict) -> dict:
+        """Four stages (strides 4/8/16/32): ``embed_dims`` >= 1 and ``depths`` >= 0, as ints."""
+        if not {"embed_dims", "depths"} <= set(arch):
+            raise ValueError(f"VisionGRU: a custom arch must be a dict with keys 'embed_dims' and 'depths', "
+                             f"got {arch!r}")
+        dims, depths = [int(c) for c in arch["embed_dims"]], [int(d) for d in arch["depths"]]
+        if len(dims) != 4 or len(depths) != 4:
+            raise ValueError(f"VisionGRU: arch needs 4 stages (strides 4/8/16/32), got embed_dims={dims} "
+                             f"and depths={depths}; give 4 values for each")
+        if min(dims) < 1 or min(depths) < 0:
+            raise ValueError(f"VisionGRU: embed_dims must be >= 1 and depths >= 0, got {dims} and {depths}")
+        return dict(arch, embed_dims=dims, depths=depths)
+
+    def _stage_strides(self):
+        return [4 * 2 ** i for i in range(self.num_stages)]
 
     def __init__(self, arch: Union[str, dict] = "tiny", in_channels: int = 3,
                  img_size: Optional[Union[int, Tuple[int, int]]] = 224, out_indices: Sequence[int] = (3,),
@@ -574,7 +577,7 @@ class VisionGRU(HierarchicalBackbone):
                  num_classes: int = 0, preset: str = "released", candidate_act: Optional[str] = None,
                  pos_embed: Optional[bool] = None):
         super().__init__()
-        self.embed_dims, self.depths = _resolve_arch(arch)
+        self._init_arch(arch)
         if preset not in PRESETS:
             raise ValueError(f"VisionGRU: unknown preset {preset!r}; choose 'released' (the authors' released "
                              "code and weights) or 'paper' (the paper's text)")
@@ -598,14 +601,11 @@ class VisionGRU(HierarchicalBackbone):
             grid = (math.ceil(ih / 4), math.ceil(iw / 4))
             self.pos_embed = nn.Parameter(torch.zeros(1, self.embed_dims[0], *grid))  # (1, C0, h, w)
 
-        total = sum(self.depths)
-        dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # 0 .. drop_path_rate
-        self.stages = nn.ModuleList()
-        for i, (dim, depth) in enumerate(zip(self.embed_dims, self.depths)):
-            start = sum(self.depths[:i])
-            self.stages.append(VisionGRUStage(self.embed_dims[max(i - 1, 0)], dim, depth,
-                                              dpr[start:start + depth], downsample=i > 0,
-                                              with_cp=with_cp, backend=scan_backend))
+        dpr = self.drop_path_schedule(drop_path_rate, self.depths)
+        self.stages = nn.ModuleList(
+            VisionGRUStage(self.embed_dims[max(i - 1, 0)], dim, depth, dpr[i], downsample=i > 0, with_cp=with_cp,
+                           backend=scan_backend)
+            for i, (dim, depth) in enumerate(zip(self.embed_dims, self.depths)))
         self.head = nn.Linear(self.embed_dims[-1], num_classes) if num_classes > 0 else None
         for m in self.modules():  # the preset's candidate activation in every minGRU
             if isinstance(m, MinGRU):
@@ -631,17 +631,6 @@ class VisionGRU(HierarchicalBackbone):
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self._apply_init_cfg()
 
-    def _frozen_modules(self):
-        if self.frozen_stages >= 0:
-            yield self.stem
-            for i in range(self.frozen_stages):
-                yield self.stages[i]
-
-    def _freeze_stages(self) -> None:
-        if self.frozen_stages >= 0 and self.pos_embed is not None:
-            self.pos_embed.requires_grad = False
-        super()._freeze_stages()
-
     def _pos_embed(self, hw: Tuple[int, int]) -> torch.Tensor:
         """Positional embedding for a stem grid ``hw`` -> ``(1, h, w, C0)``."""
         pe = self.pos_embed
@@ -649,34 +638,15 @@ class VisionGRU(HierarchicalBackbone):
             pe = F.interpolate(pe, size=hw, mode="bicubic", align_corners=False)
         return pe.permute(0, 2, 3, 1)
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        """``(B, in_channels, H, W)`` -> tuple of ``(B, embed_dims[i], ceil(H/s_i), ceil(W/s_i))``."""
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"VisionGRU expects images of shape (B, {self.in_channels}, H, W), got "
-                             f"{tuple(x.shape)}; set in_channels to the image channels")
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Stem, plus the positional embedding: ``(B, in_channels, H, W)`` -> ``(B, ceil(H/4), ceil(W/4), C0)``."""
         x = self.stem(x)
         if self.pos_embed is not None:  # in place without autograd: no second full-size map
             pe = self._pos_embed(x.shape[1:3])
             x = x.add_(pe) if not torch.is_grad_enabled() else x + pe
-        outs = {}
-        for i in range(max(self.out_indices) + 1):
-            if torch.is_grad_enabled():
-                x = self.stages[i](x)
-            else:  # hand the map over: this frame holds no reference to it while the stage runs
-                box = [x]
-                del x
-                x = self.stages[i](box)
-            if i in self.out_indices:
-                outs[i] = x.permute(0, 3, 1, 2).contiguous()
-        return tuple(outs[i] for i in self.out_indices)
+        return x
 
-    def forward_head(self, feats: Union[torch.Tensor, Sequence[torch.Tensor]]) -> torch.Tensor:
-        """Last-stage map ``(B, embed_dims[3], h, w)`` (or ``forward``'s tuple, last entry used) ->
-        token mean -> linear -> ``(B, num_classes)``."""
-        if self.head is None:
-            raise RuntimeError("VisionGRU.forward_head needs a classifier; build with num_classes > 0")
-        x = feats if isinstance(feats, torch.Tensor) else feats[-1]
-        if x.dim() != 4 or x.shape[1] != self.embed_dims[-1]:
-            raise ValueError(f"VisionGRU.forward_head expects the last stage's map (B, {self.embed_dims[-1]}, "
-                             f"h, w), got {tuple(x.shape)}; include 3 in out_indices")
-        return self.head(x.mean(dim=(2, 3)))
+    def _run_stage(self, i: int, box: List[torch.Tensor]) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return self.stages[i](box.pop())
+        return self.stages[i](box)  # without autograd the stage takes the map out of ``box`` and frees it early
