@@ -1,5 +1,6 @@
-"""tools/benchmark.py: the FLOP/param path on tiny models and one subprocess measurement."""
-import argparse
+"""tools/benchmark.py (measures, writes JSON records) and tools/benchmark_report.py (tables, plots,
+target checks from those records)."""
+import json
 
 import pytest
 from tool_loader import load_tool
@@ -10,25 +11,122 @@ def tool():
     return load_tool("benchmark")
 
 
+@pytest.fixture(scope="module")
+def report():
+    return load_tool("benchmark_report")
+
+
+def _flops(model, res, macs, params=30e6, by_op=None):
+    return dict(model=model, res=res, mode="flops", threads=1, status="ok", params=params, macs=macs,
+                by_op=by_op or {"aten.mm": macs})
+
+
+def _speed(model, res, mode, ips, mib, cpu_ips=None, note=""):
+    rec = dict(model=model, res=res, mode=mode, threads=1, status="ok", images_per_s=ips, median_s=1 / ips,
+               peak_mem_mib=mib, note=note, load_average_1min=2.0)
+    if cpu_ips is not None:
+        rec["cpu_images_per_s"] = cpu_ips
+    return rec
+
+
 def test_flops_and_params_tiny_models(tool):
     vgru = tool.measure_flops("test-visiongru", 32)
     assert vgru["params"] > 0 and vgru["macs"] > 0
-    assert vgru["scan"] > 0, "VisionGRU's linear_scan must be counted"
-    seq = tool.measure_flops("test-sequencer", 32)
+    assert vgru["scan"] > 0, "VisionGRU's minGRU scan must be counted"
+    seq = tool.measure_flops("test-sequencer2d", 32)
     assert seq["params"] > 0 and seq["macs"] > 0
     assert seq["rnn"] > 0, "Sequencer's LSTMs must be counted"
-    # the tables render from these records
-    records = [dict(model="test-visiongru", res=32, mode="flops", status="ok", **vgru)]
-    assert "test-visiongru" in tool.resolution_table(records)
-    assert "| deit-s | 224 |" in tool.fidelity_table(records)
+    assert tool.measure_flops("test-sequencer", 32)["macs"] == seq["macs"], "the old test-model name still works"
+    with pytest.raises(SystemExit, match="unknown model 'nope'.*visiongru-ti.*deit-s"):
+        tool.build_model("nope", 32)
 
 
-def test_subprocess_measurement_positive(tool):
-    args = argparse.Namespace(threads=1, warmup=1, runs=2, point_budget_s=5.0, max_step_s=30.0, timeout=120.0)
-    rec = tool.run_point("test-visiongru", 32, "infer", args)  # one fresh worker process
+def test_model_names_come_from_the_registry_and_the_peer_table(tool):
+    ours = tool.our_model_names()
+    assert {"visiongru-ti", "visiongru-b", "sequencer2d-s", "sequencer2d-m", "sequencer2d-l",
+            "sequencer2d-s-mingru"} <= set(ours)
+    assert tool.default_models() == ours + ["deit-s", "swin-t", "convnext-t"]
+    # VisionGRU stays the paper's model in the sweep (figures comparable with the papers and earlier runs)
+    assert tool.build_ours("test-visiongru", 32).backbone.preset == "paper"
+    assert tool.build_ours("deit-s", 224) is None
+
+
+def test_one_subprocess_point_into_the_store(tool, tmp_path, capsys):
+    store = tmp_path / "results.json"
+    records = tool.main(["--models", "test-visiongru", "--resolutions", "32", "--modes", "infer", "--runs", "2",
+                         "--point-budget-s", "5", "--max-step-s", "120", "--timeout", "300", "--merge", str(store)])
+    rec, = records
     assert rec["status"] == "ok", rec
-    assert rec["images_per_s"] > 0 and rec["median_s"] > 0
-    assert rec["peak_mem_mib"] > 0
-    train = tool.measure_speed("test-sequencer", 32, "train", runs=2, warmup=1, point_budget_s=5.0,
-                               max_step_s=30.0)  # the training step, in-process to keep the test fast
+    assert rec["images_per_s"] > 0 and rec["median_s"] > 0 and rec["n_runs"] >= 1
+    assert rec["peak_mem_mib"] > 0 and rec["mem_method"]
+    saved = json.loads(store.read_text())
+    assert saved["results"] == records and "test-visiongru" not in saved["meta"]["models"]
+    assert saved["meta"]["command"].endswith("--merge " + str(store))
+    assert "| test-visiongru | 32 |" in capsys.readouterr().out
+    train = tool.measure_speed("test-sequencer2d", 32, "train", runs=2, warmup=1, point_budget_s=5.0,
+                               max_step_s=60.0)  # the training step, in-process to keep the test fast
     assert train["images_per_s"] > 0 and train["peak_mem_mib"] >= 0
+
+
+def _fixture_files(tmp_path):
+    sdpa = "aten._scaled_dot_product_flash_attention_for_cpu"
+    old = [_flops("visiongru-ti", 1248, 151.0e9), _flops("deit-s", 1248, 472.0e9, by_op={"aten.mm": 130e9, sdpa: 342e9}),
+           _speed("visiongru-ti", 1024, "infer", 0.2, 572.0), _speed("deit-s", 1024, "infer", 0.15, 156.0),
+           dict(model="swin-t", res=1024, mode="infer", threads=1, status="skipped",
+                note="worker ran past --timeout 5s")]
+    new = [_speed("visiongru-ti", 1024, "infer", 0.3, 121.0, cpu_ips=0.33),
+           _speed("deit-s", 1024, "infer", 0.15, 154.0, cpu_ips=0.16),
+           _speed("visiongru-ti", 1024, "train", 0.06, 2001.0), _speed("deit-s", 1024, "train", 0.04, 1646.0),
+           _speed("deit-s-eager", 1024, "infer", 0.004, 937.0, note="first call 250.3s > --max-step-s 60")]
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(dict(meta=dict(models=["visiongru-ti", "deit-s", "deit-s-eager", "swin-t"],
+                                           peers=["deit-s", "deit-s-eager", "swin-t"]), results=old)))
+    b.write_text(json.dumps(new))  # a bare list of records is read too
+    return a, b
+
+
+def test_report_merges_and_checks_the_targets(report, tmp_path, capsys):
+    a, b = _fixture_files(tmp_path)
+    out = tmp_path / "out"
+    merged = report.main([str(a), str(b), "--fidelity", "--out", str(out)])["results"]
+    assert len(merged) == 8, "a later file's record replaces the equal (model, res, mode) one"
+    assert report.find(merged, "visiongru-ti", 1024, "infer")["peak_mem_mib"] == 121.0
+    text = (out / "README.md").read_text()
+    for line in ["VisionGRU-Ti GMACs at 1248: 151.0 (target <= 151.9): met; ratio to DeiT-S 0.32 (target <= 0.4): met",
+                 "VisionGRU-Ti 121 MiB vs DeiT-S 154 MiB, ratio 0.79 (issue 12 target <= 1.0, stretch <= 0.5): "
+                 "met, stretch MISSED",
+                 "DeiT-S with eager (materialised) attention: 937 MiB, ratio 0.13 (met against that baseline)",
+                 "VisionGRU-Ti 2001 MiB vs DeiT-S 1646 MiB, ratio 1.22 (issue 12 target <= 1.5): met",
+                 "Inference at 1024: VisionGRU-Ti 0.330 vs DeiT-S 0.160 img/s (CPU time) -> faster",
+                 "FLOPs within +-10% of every paper figure: met",
+                 "| visiongru-ti | 1248 | - | - | - | 151.9 | 151.00 | -0.6% |",
+                 "| deit-s | 1248 | 30.00 | 472.00 | 342.00/0.00/0.00 |",
+                 "| deit-s-eager | 1024 | - | - | - | 0.004* | 937 |",
+                 "Skipped / failed: swin-t 1024 infer: worker ran past --timeout 5s"]:
+        assert line in text, line
+    rows = [ln.split(" | ")[0] for ln in text.splitlines() if ln.startswith("| ") and " | 1024 | " in ln]
+    assert rows == ["| visiongru-ti", "| deit-s", "| deit-s-eager"], "rows follow the stored model order"
+    assert {p.name for p in out.glob("*.png")} == {"flops.png", "memory_infer.png", "throughput_infer.png",
+                                                    "memory_train.png", "throughput_train.png"}
+    stored = json.loads((out / "results.json").read_text())
+    assert stored["results"] == merged and stored["meta"]["peers"] == ["deit-s", "deit-s-eager", "swin-t"]
+    assert "| deit-s | 224 | 22 | - | - | 4.6 | - | - |" in capsys.readouterr().out  # unmeasured figure: '-'
+    # the FLOP target fails when the count is off by more than 10%
+    far = [_flops("visiongru-ti", 1248, 180e9)]
+    assert any("MISSED for visiongru-ti@1248 (+18.5%)" in t for t in report.targets(far))
+
+
+def test_report_names_the_command_for_a_missing_file(report, tmp_path):
+    with pytest.raises(SystemExit, match="tools/benchmark.py --merge .*missing.json"):
+        report.main([str(tmp_path / "missing.json")])
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"rows": []}))
+    with pytest.raises(SystemExit, match="no 'results' list"):
+        report.load([str(bad)])
+
+
+def test_benchmark_report_only_forwards_to_the_report(tool, tmp_path):
+    a, b = _fixture_files(tmp_path)
+    out = tmp_path / "out"
+    records = tool.main(["--report-only", "--fidelity", "--out", str(out), "--merge", str(a), str(b)])
+    assert len(records) == 8 and (out / "README.md").exists() and (out / "flops.png").exists()
