@@ -1,16 +1,9 @@
-"""Our backbones in mmpretrain's ``MODELS`` registry (the model code lives in ``rv_plugins.backbones``).
-
-``init_cfg=dict(type='Pretrained', checkpoint=..., prefix='backbone.')`` loads through the package's one
-loader when the runner initialises the model; importing this module (via ``rv_plugins._openmmlab``) also
-makes mmengine's checkpoints loadable under torch >= 2.6 (see ``rv_plugins.utils.checkpoint``).
-"""
+"""Every registered backbone (``rv_plugins.backbones``) in mmpretrain's ``MODELS``, through the one OpenMMLab
+adapter (:func:`rv_plugins.openmmlab.backbones.register_all`): ``VisionGRU``, ``Sequencer2D``, ..."""
 from mmpretrain.registry import MODELS
 
-from rv_plugins._openmmlab import openmmlab_backbone
-from rv_plugins.backbones.sequencer2d import Sequencer2D as _Sequencer2D
-from rv_plugins.backbones.visiongru import VisionGRU as _VisionGRU
+from rv_plugins.openmmlab.backbones import register_all
 
-VisionGRU = MODELS.register_module(name="VisionGRU", module=openmmlab_backbone(_VisionGRU))
-Sequencer2D = MODELS.register_module(name="Sequencer2D", module=openmmlab_backbone(_Sequencer2D))
-
-__all__ = ["VisionGRU", "Sequencer2D"]
+_registered = register_all(MODELS)
+globals().update(_registered)
+__all__ = sorted(_registered)
