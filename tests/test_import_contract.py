@@ -107,3 +107,44 @@ def test_the_harness_sees_a_toolkit_import(report):
     state = report[CONTROL]
     assert "mmengine" in state["toolkits"], f"importing mmengine was not detected: {state}"
     assert not state["hook_finder"]
+
+
+# --------------------------------------------------------------------------- the start-up hook itself
+LEGACY_PTH = ("import sys; exec('try:\\n import rv_plugins._mmengine_scope as m; m.install_import_hook()\\n"
+              "except ImportError:\\n pass')\n")  # what earlier versions of tools/setup_env.sh wrote
+
+HOOK_CHILD = r"""
+import json, site, sys
+repo, site_dirs, pth_dir = json.loads(sys.argv[1])
+sys.path[:0] = [repo]
+sys.path.extend(site_dirs)
+site.addsitedir(pth_dir)  # runs the .pth file as interpreter start-up would
+finder = any(type(f).__name__ == "_PatchOnImport" for f in sys.meta_path)
+early = sorted(m for m in sys.modules if m.split(".")[0] == "mmengine")
+from mmengine.config import Config
+print("HOOK " + json.dumps(dict(finder=finder, early=early,
+                                path=Config._get_cfg_path("rv_plugins::upernet_visiongru_ti_synthetic.py", "x")[0])))
+"""
+
+
+@pytest.mark.parametrize("which", ["written now", "written by earlier versions"])
+def test_the_start_up_hook_is_lazy_and_resolves_rv_plugins_scopes(tmp_path, which):
+    """The .pth line (today's and the old one, which imports rv_plugins._mmengine_scope) installs only a
+    finder at start-up, and mmengine's Config resolves 'rv_plugins::' once mmengine is imported."""
+    from rv_plugins.openmmlab import scope
+
+    if which == "written now":
+        path = scope.write_pth(str(tmp_path))
+    else:
+        path = tmp_path / scope.PTH_NAME
+        path.write_text(LEGACY_PTH)
+    assert os.path.basename(str(path)) == "rv_plugins_mmengine_scope.pth"  # the name tools/setup_env.sh tests for
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    proc = subprocess.run([sys.executable, "-S", "-E", "-c", HOOK_CHILD, json.dumps([REPO, _site_dirs(), str(tmp_path)])],
+                          capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    got = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("HOOK ")][-1][len("HOOK "):])
+    assert got["finder"], "the .pth line did not install the import hook"
+    assert got["early"] == [], f"the start-up hook imported mmengine eagerly: {got['early']}"
+    assert got["path"].replace(os.sep, "/").endswith("configs/upernet_visiongru_ti_synthetic.py"), got
+    assert os.path.isfile(got["path"])
