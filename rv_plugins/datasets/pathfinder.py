@@ -8,7 +8,8 @@ from the previous one by at most ``max_turn_deg``; they stay inside the image, a
 and keep ``min_separation`` pixels from the other contours (relaxed step by step only when a
 layout cannot be found; ``PathfinderSample.relaxed`` tells).
 
-Everything is deterministic in ``(seed, index)`` and drawn with numpy + Pillow.
+Everything is deterministic in ``(seed, index)`` and drawn with numpy + Pillow; matplotlib is
+needed only by :func:`save_sample_grid` (imported there).
 """
 import math
 from dataclasses import dataclass, replace
@@ -243,13 +244,20 @@ class PathfinderDataset(Dataset):
 
 def save_sample_grid(path: str, sizes: Sequence[int] = (32, 64, 128),
                      lengths: Sequence[int] = (14, 20, 25), seed: int = 0, **config_kwargs) -> None:
-    """Save a PNG: one row per (size, length), columns image | target mask | overlay."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Save a PNG: one row per (size, length), columns image | target mask | overlay.
+
+    Needs matplotlib (imported here, not with the module). Draws on a standalone ``Figure``, so
+    pyplot's backend and figure list are left alone.
+    """
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise ImportError("save_sample_grid draws with matplotlib, which is not installed: "
+                          "pip install matplotlib") from err
 
     rows = [(size, length) for size in sizes for length in lengths]
-    fig, axes = plt.subplots(len(rows), 3, figsize=(6, 2 * len(rows)), squeeze=False)
+    fig = Figure(figsize=(6, 2 * len(rows)))
+    axes = fig.subplots(len(rows), 3, squeeze=False)
     for row, (size, length) in enumerate(rows):
         sample = pathfinder_sample(PathfinderConfig(image_size=size, length=length, **config_kwargs),
                                    seed, row)
@@ -261,4 +269,3 @@ def save_sample_grid(path: str, sizes: Sequence[int] = (32, 64, 128),
             axes[row, col].axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
