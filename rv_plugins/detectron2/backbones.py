@@ -1,25 +1,30 @@
-"""VisionGRU-FPN and Sequencer2D-FPN backbones for Detectron2 (``MODEL.BACKBONE.NAME``).
+"""Every registered backbone + FPN for Detectron2 (``MODEL.BACKBONE.NAME: build_<family>_fpn_backbone``).
 
-A thin :class:`~detectron2.modeling.Backbone` wrapper names the stage outputs ``res2..res5``
-(strides 4, 8, 16, 32, as ResNet's) and Detectron2's own ``FPN`` with ``LastLevelMaxPool`` turns
-them into ``p2..p6`` (``MODEL.FPN.IN_FEATURES`` must name a subset of the wrapper's
-``OUT_FEATURES``). Settings: ``MODEL.VISIONGRU`` / ``MODEL.SEQUENCER2D`` (``add_rv_config``).
+For each entry of the backbone registry (:mod:`rv_plugins.backbones.registry`) this module registers
+``build_<family>_fpn_backbone`` in Detectron2's ``BACKBONE_REGISTRY`` (``build_visiongru_fpn_backbone``,
+``build_sequencer2d_fpn_backbone``, ...), configured by ``MODEL.<FAMILY>`` (generated from the constructor:
+see :mod:`rv_plugins.detectron2.config`). A thin :class:`~detectron2.modeling.Backbone` wrapper names the
+stage outputs ``res2, res3, ...`` (stage 0 is ``res2``) and Detectron2's own ``FPN`` with
+``LastLevelMaxPool`` turns them into ``p2..p6`` (``MODEL.FPN.IN_FEATURES`` must name a subset of the
+wrapper's ``OUT_FEATURES``).
 
-VisionGRU has strides 4/8/16/32 natively. Sequencer2D's paper archs use patch sizes
-``[7, 2, 1, 1]``, i.e. strides 7/14/14/14, which an FPN cannot fuse (it needs each level at half
-the previous resolution); the wrapper then resizes each stage map bilinearly to
-``(H / s, W / s)`` for ``s`` in 4/8/16/32 and logs that once. ``MODEL.SEQUENCER2D.PATCH_SIZES:
-[4, 2, 2, 2]`` gives native strides 4/8/16/32 and no resizing (the weights of a classifier
-trained with other patch sizes then do not fit the stem and downsampling convs).
+Strides: the wrapper reads each stage's stride from the model (``feature_info``). Detectron2's FPN needs
+the levels at strides 4, 8, 16, 32 (each half the previous resolution; the zoo's anchors and Panoptic
+FPN's semantic head assume them), which ``res2..res5`` then report, as ResNet's. VisionGRU has these
+strides natively. Sequencer2D's paper archs (patch sizes ``[7, 2, 1, 1]``) have 7/14/14/14, which no FPN
+can fuse; for such a stage the wrapper resizes the map bilinearly to ``(ceil(H/s), ceil(W/s))`` and logs
+that once (``RecurrentBackbone.resized``). ``MODEL.SEQUENCER2D.PATCH_SIZES: [4, 2, 2, 2]`` gives native
+strides 4/8/16/32 and no resizing (the weights of a classifier trained with other patch sizes then do
+not fit the stem and downsampling convs).
 
-Pretrained backbone weights: ``MODEL.VISIONGRU.PRETRAINED`` / ``MODEL.SEQUENCER2D.PRETRAINED`` (a path
-or URL) are loaded when the backbone is built, by the package's one loader
-(:func:`rv_plugins.utils.checkpoint.load_pretrained`: ``backbone.`` / ``backbone.bottom_up.body.`` /
-wrapper prefixes detected, positional embeddings resized, a one-line report, an error when no tensor
-matched). ``MODEL.WEIGHTS``, which Detectron2 loads into the whole model afterwards, overrides them.
+Pretrained backbone weights: ``MODEL.<FAMILY>.PRETRAINED`` (a path or URL) is loaded when the backbone is
+built, by the package's one loader (:func:`rv_plugins.utils.checkpoint.load_pretrained`: ``backbone.`` /
+``backbone.bottom_up.body.`` / wrapper prefixes detected, positional embeddings resized, a one-line
+report, an error when no tensor matched). ``MODEL.WEIGHTS``, which Detectron2 loads into the whole model
+afterwards, overrides them.
 """
 import logging
-from typing import Dict, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,29 +32,25 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 
-from rv_plugins.backbones.sequencer2d import ARCH_ALIASES as SEQ_ALIASES
-from rv_plugins.backbones.sequencer2d import ARCH_SETTINGS as SEQ_ARCHS
-from rv_plugins.backbones.sequencer2d import Sequencer2D
-from rv_plugins.backbones.visiongru import VisionGRU
+from rv_plugins.backbones.registry import BACKBONES, BackboneEntry
+from rv_plugins.detectron2.config import backbone_kwargs, node_name, stage_names
 
 logger = logging.getLogger(__name__)
-STAGE_NAMES = ("res2", "res3", "res4", "res5")
-STAGE_STRIDES = (4, 8, 16, 32)
-__all__ = ["RecurrentBackbone", "build_visiongru_fpn_backbone", "build_sequencer2d_fpn_backbone"]
+__all__ = ["RecurrentBackbone", "build_backbone_fpn", "fpn_builder", "build_visiongru_fpn_backbone",
+           "build_sequencer2d_fpn_backbone"]
 
 
-def _pretrained(node):
-    """``init_cfg`` for the node's ``PRETRAINED`` path (``None`` when empty)."""
-    path = node.get("PRETRAINED", "")
-    return dict(type="Pretrained", checkpoint=path) if path else None
+def fpn_stride(index: int) -> int:
+    """The stride Detectron2's FPN expects of stage ``index`` (``res{index + 2}``): 4, 8, 16, 32, ..."""
+    return 2 ** (index + 2)
 
 
-def _stage_indices(out_features: Sequence[str], owner: str):
-    unknown = [name for name in out_features if name not in STAGE_NAMES]
+def _stage_indices(out_features: Sequence[str], owner: str, num_stages: int):
+    names = stage_names(num_stages)
+    unknown = [name for name in out_features if name not in names]
     if unknown or not out_features:
-        raise ValueError(f"{owner}.OUT_FEATURES={list(out_features)}: use a non-empty subset of "
-                         f"{list(STAGE_NAMES)}")
-    return tuple(STAGE_NAMES.index(name) for name in out_features)
+        raise ValueError(f"{owner}.OUT_FEATURES={list(out_features)}: use a non-empty subset of {names}")
+    return tuple(names.index(name) for name in out_features)
 
 
 class RecurrentBackbone(Backbone):
@@ -58,10 +59,10 @@ class RecurrentBackbone(Backbone):
     Args:
         body: module mapping images ``(B, 3, H, W)`` to a tuple of ``(B, C_i, H_i, W_i)`` maps,
             one per entry of ``out_features`` (in that order).
-        out_features: names from ``res2..res5`` (stage 0..3).
+        out_features: names ``res{i + 2}`` of the stages ``i`` the body returns.
         channels: ``C_i`` per output.
-        native_strides: the body's stride per output; where it differs from the named stride
-            (4/8/16/32) the map is resized bilinearly to ``(ceil(H/s), ceil(W/s))``.
+        native_strides: the body's stride per output; where it differs from the FPN's stride of that name
+            (4/8/16/32 for ``res2..res5``) the map is resized bilinearly to ``(ceil(H/s), ceil(W/s))``.
 
     ``forward(images (B, 3, H, W))`` -> ``{name: (B, C_i, ceil(H/s_i), ceil(W/s_i))}``.
     """
@@ -72,13 +73,13 @@ class RecurrentBackbone(Backbone):
         self.body = body
         self._out_features = list(out_features)
         self._out_feature_channels = dict(zip(self._out_features, channels))
-        self._out_feature_strides = {name: STAGE_STRIDES[STAGE_NAMES.index(name)] for name in self._out_features}
+        self._out_feature_strides = {name: fpn_stride(int(name[3:]) - 2) for name in self._out_features}
         self._native_strides = dict(zip(self._out_features, native_strides))
         self.resized = [n for n in self._out_features if self._native_strides[n] != self._out_feature_strides[n]]
         if self.resized:
-            logger.info("%s: stage strides %s differ from %s; resizing %s bilinearly", type(body).__name__,
-                        list(native_strides), [self._out_feature_strides[n] for n in self._out_features],
-                        self.resized)
+            logger.info("%s: stage strides %s differ from %s; resizing %s bilinearly for the FPN",
+                        type(body).__name__, list(native_strides),
+                        [self._out_feature_strides[n] for n in self._out_features], self.resized)
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         maps = self.body(x)
@@ -108,41 +109,40 @@ def _fpn(cfg, bottom_up: Backbone) -> FPN:
                top_block=LastLevelMaxPool(), fuse_type=cfg.MODEL.FPN.FUSE_TYPE)
 
 
-@BACKBONE_REGISTRY.register()
-def build_visiongru_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
-    """VisionGRU (``MODEL.VISIONGRU``) + FPN -> ``p2..p6`` (with the default ``FPN.IN_FEATURES``)."""
-    c = cfg.MODEL.VISIONGRU
-    indices = _stage_indices(c.OUT_FEATURES, "MODEL.VISIONGRU")
-    body = VisionGRU(arch=c.ARCH, in_channels=input_shape.channels, img_size=c.IMG_SIZE or None,
-                     out_indices=indices, frozen_stages=c.FROZEN_STAGES,
-                     drop_path_rate=c.DROP_PATH_RATE, with_cp=c.WITH_CP, preset=c.get("PRESET", "released"),
-                     init_cfg=_pretrained(c))
-    channels = [body.embed_dims[i] for i in indices]
-    bottom_up = RecurrentBackbone(body, c.OUT_FEATURES, channels, [STAGE_STRIDES[i] for i in indices])
+def build_backbone_fpn(cfg, input_shape: ShapeSpec, entry: BackboneEntry) -> FPN:
+    """A registered backbone (``MODEL.<FAMILY>``) + FPN -> ``p2..p6`` (with the default ``FPN.IN_FEATURES``)."""
+    where = f"MODEL.{node_name(entry)}"
+    if node_name(entry) not in cfg.MODEL:
+        raise KeyError(f"{where} is missing from the config; build it with rv_plugins.detectron2.config.get_cfg "
+                       "or call add_rv_config(cfg) before merging the yaml")
+    node = cfg.MODEL[node_name(entry)]
+    indices = _stage_indices(node.OUT_FEATURES, where, len(entry.strides))
+    body = entry.create(**backbone_kwargs(entry, node, input_shape.channels, indices))
+    info = body.feature_info
+    bottom_up = RecurrentBackbone(body, node.OUT_FEATURES, [info[i]["num_chs"] for i in indices],
+                                  [info[i]["reduction"] for i in indices])
     return _fpn(cfg, bottom_up)
 
 
-@BACKBONE_REGISTRY.register()
-def build_sequencer2d_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
-    """Sequencer2D (``MODEL.SEQUENCER2D``) + FPN -> ``p2..p6`` (see the module docstring on strides)."""
-    c = cfg.MODEL.SEQUENCER2D
-    indices = _stage_indices(c.OUT_FEATURES, "MODEL.SEQUENCER2D")
-    arch = c.ARCH
-    if c.PATCH_SIZES:
-        key = SEQ_ALIASES.get(arch.lower(), arch.lower())
-        if key not in SEQ_ARCHS:
-            raise ValueError(f"MODEL.SEQUENCER2D.ARCH={arch!r}: unknown; use one of {sorted(SEQ_ARCHS)}")
-        if len(c.PATCH_SIZES) != len(SEQ_ARCHS[key]["depths"]):
-            raise ValueError(f"MODEL.SEQUENCER2D.PATCH_SIZES={list(c.PATCH_SIZES)}: give one patch size "
-                             f"per stage ({len(SEQ_ARCHS[key]['depths'])})")
-        arch = dict(SEQ_ARCHS[key], patch_sizes=list(c.PATCH_SIZES))
-    body = Sequencer2D(arch=arch, rnn_type=c.RNN_TYPE, in_channels=input_shape.channels,
-                       out_indices=indices, frozen_stages=c.FROZEN_STAGES,
-                       drop_path_rate=c.DROP_PATH_RATE, with_cp=c.WITH_CP, init_cfg=_pretrained(c))
-    strides, stride = [], 1
-    for p in body.arch["patch_sizes"]:
-        stride *= p
-        strides.append(stride)
-    channels = [body.embed_dims[i] for i in indices]
-    bottom_up = RecurrentBackbone(body, c.OUT_FEATURES, channels, [strides[i] for i in indices])
-    return _fpn(cfg, bottom_up)
+def fpn_builder(entry: BackboneEntry) -> Callable:
+    """``build_<family>_fpn_backbone(cfg, input_shape)`` for Detectron2's ``BACKBONE_REGISTRY``."""
+
+    def build(cfg, input_shape: ShapeSpec) -> FPN:
+        return build_backbone_fpn(cfg, input_shape, entry)
+
+    build.__name__ = build.__qualname__ = f"build_{entry.name}_fpn_backbone"
+    build.__doc__ = (f"{entry.class_name} (``MODEL.{node_name(entry)}``) + FPN -> ``p2..p6`` "
+                     "(see :mod:`rv_plugins.detectron2.backbones` on strides).")
+    return build
+
+
+def _register(entry: BackboneEntry) -> Optional[Callable]:
+    build = fpn_builder(entry)
+    if build.__name__ not in BACKBONE_REGISTRY:
+        BACKBONE_REGISTRY.register(build)
+    return BACKBONE_REGISTRY.get(build.__name__)
+
+
+for _entry in BACKBONES.entries():
+    globals()[f"build_{_entry.name}_fpn_backbone"] = _register(_entry)
+del _entry
