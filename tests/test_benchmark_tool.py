@@ -130,3 +130,36 @@ def test_benchmark_report_only_forwards_to_the_report(tool, tmp_path):
     out = tmp_path / "out"
     records = tool.main(["--report-only", "--fidelity", "--out", str(out), "--merge", str(a), str(b)])
     assert len(records) == 8 and (out / "README.md").exists() and (out / "flops.png").exists()
+
+
+def test_crbp_child_measures_memory_that_grows_with_bptt_steps_only():
+    import argparse
+    crbp = load_tool("benchmark_crbp")
+    rows = {}
+    for mode in ("bptt", "crbp"):
+        for steps in (4, 16):
+            args = argparse.Namespace(threads=1, channels=4, kernel_size=3, batch=1, size=16, repeats=1,
+                                      child_mode=mode, child_steps=steps)
+            rows[mode, steps] = crbp.run_child(args)
+    assert rows["bptt", 16]["autograd_saved_mib"] > 3 * rows["bptt", 4]["autograd_saved_mib"]
+    assert rows["crbp", 16]["autograd_saved_mib"] == rows["crbp", 4]["autograd_saved_mib"]
+    assert all(r["peak_rss_mib"] >= 0 and r["step_time_s"] > 0 for r in rows.values())
+    assert "| crbp | 16 |" in crbp.markdown_table(list(rows.values()))
+
+
+def test_gpu_and_sequencer_tools_run_on_the_cpu(tmp_path, capsys):
+    gpu = load_tool("benchmark_gpu")
+    out = tmp_path / "gpu.json"
+    rows = gpu.main(["--device", "cpu", "--models", "visiongru-ti", "--resolutions", "32", "--batch", "1",
+                     "--modes", "infer", "--repeats", "2", "--warmup", "1", "--json", str(out)])
+    assert len(rows) == 1 and rows[0]["img_per_s"] > 0 and "peak_mib" not in rows[0]  # no CUDA peak on the CPU
+    assert json.loads(out.read_text())["rows"] == rows
+    capsys.readouterr()
+    seq = load_tool("benchmark_sequencer")
+    seq.main(["--models", "ours:mingru", "--size", "32", "--batch", "1", "--runs", "2", "--warmup", "1",
+              "--threads", "1", "--json"])
+    printed = json.loads(capsys.readouterr().out)
+    row, = printed["results"]
+    assert row["model"] == "ours:mingru" and len(row["times"]) == 2 and row["images_per_s"] > 0
+    assert printed["meta"]["command"].endswith("tools/benchmark_sequencer.py --models ours:mingru --size 32 "
+                                               "--batch 1 --runs 2 --warmup 1 --threads 1 --json")

@@ -1,11 +1,11 @@
 """Peak memory and time of one hGRU training step: BPTT vs C-RBP over the number of steps.
 
 Every (mode, steps) runs in a fresh subprocess, so the process's peak resident set size
-(``ru_maxrss``) belongs to that configuration alone. The child loads everything with a tiny
-warm-up (2 steps on a 4x smaller map), records its RSS, runs one training step (forward, loss,
-backward) and reports ``peak RSS - RSS before the step``; it also counts the bytes autograd saves
-for the backward (exact and allocator-independent). Time is the median of ``--repeats`` further
-steps.
+belongs to that configuration alone. The child loads everything with a tiny warm-up (2 steps on a
+4x smaller map), runs one training step (forward, loss, backward) and reports the peak RSS increase
+over its RSS before the step (``rv_plugins.utils.measure.PeakRSS``: the high-water mark reset at the
+step's start); it also counts the bytes autograd saves for the backward (exact and
+allocator-independent). Time is the median of ``--repeats`` further steps.
 
     PYTHONPATH=. python tools/benchmark_crbp.py                         # markdown table
     PYTHONPATH=. python tools/benchmark_crbp.py --json out.json --plot docs/crbp_memory.png
@@ -13,11 +13,8 @@ steps.
 import argparse
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
-import time
 from typing import Dict, List
 
 import torch
@@ -25,16 +22,9 @@ import torch.nn.functional as F
 
 from rv_plugins.layers.hgru import HGRUCell
 from rv_plugins.solvers.fixed_point import FixedPointSolver
+from rv_plugins.utils import measure
 
-
-def _rss_mib() -> float:
-    """Current resident set size of this process in MiB (Linux)."""
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _training_step(cell, readout, solver, x, target, steps):
@@ -44,13 +34,13 @@ def _training_step(cell, readout, solver, x, target, steps):
     if info.weighted_lcp is not None:
         loss = loss + info.weighted_lcp
     loss.backward()
-    return float(loss)
+    return float(loss.detach())
 
 
 def run_child(args) -> Dict:
     """One configuration in this process; returns its measurements."""
     torch.manual_seed(0)
-    torch.set_num_threads(args.threads)
+    measure.pin_threads(args.threads)
     cell = HGRUCell(args.channels, args.kernel_size)
     readout = torch.nn.Conv2d(args.channels, 2, 1)
     solver = FixedPointSolver(args.child_mode, steps=max(2, args.child_steps))
@@ -65,18 +55,13 @@ def run_child(args) -> Dict:
         saved[0] += tensor.numel() * tensor.element_size()
         return tensor
 
-    before = _rss_mib()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        start = time.perf_counter()
+    def step():
         _training_step(cell, readout, solver, x, target, args.child_steps)
-        first = time.perf_counter() - start
-    peak = _peak_rss_mib() - before
-    times = [first]
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        _training_step(cell, readout, solver, x, target, args.child_steps)
-        times.append(time.perf_counter() - start)
-    return dict(mode=args.child_mode, steps=args.child_steps, peak_rss_mib=round(peak, 1),
+
+    with measure.PeakRSS() as peak, torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        first = measure.time_call(step)
+    times = [first] + [measure.time_call(step) for _ in range(args.repeats)]
+    return dict(mode=args.child_mode, steps=args.child_steps, peak_rss_mib=round(peak.mib, 1),
                 autograd_saved_mib=round(saved[0] / 2 ** 20, 1),
                 step_time_s=round(statistics.median(times[1:] or times), 3))
 
@@ -87,10 +72,8 @@ def run_all(args) -> List[Dict]:
         for steps in [int(s) for s in args.steps.split(",")]:
             command = [sys.executable, os.path.abspath(__file__), "--child-mode", mode,
                        "--child-steps", str(steps)] + _shared_flags(args)
-            done = subprocess.run(command, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                raise RuntimeError(f"benchmark child {mode}/{steps} failed:\n{done.stderr}")
-            results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            child = measure.run_json_child(command, env=measure.thread_env(args.threads, [ROOT]))
+            results.append(child.unwrap(f"benchmark child {mode}/{steps}"))
             print(f"  done {mode} steps={steps}: {results[-1]}", file=sys.stderr, flush=True)
     return results
 
@@ -149,7 +132,7 @@ def main(argv=None) -> None:
     parser.add_argument("--child-steps", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child_mode:
-        print(json.dumps(run_child(args)))
+        measure.emit_result(run_child(args))
         return
     results = run_all(args)
     setting = (f"HGRUCell(C={args.channels}, k={args.kernel_size}), batch {args.batch}, "

@@ -10,20 +10,21 @@ VisionGRU-Ti is ``preset='paper'`` with a 1000-class classifier, as in ``tools/b
 
 Per model and resolution: inference in ``torch.no_grad`` and eval mode, and a training step
 (forward, cross-entropy, backward) in train mode; each timed with CUDA events after warm-up (median of
-``--repeats``), peak memory from ``torch.cuda.max_memory_allocated`` over the timed calls minus the
-memory held before (weights, inputs). ``--dtype bfloat16`` runs both under autocast.
+``--repeats``; ``rv_plugins.utils.measure.time_call``), peak memory from
+``torch.cuda.max_memory_allocated`` over the timed calls minus the memory held before (weights, inputs;
+``measure.CudaPeak``). ``--dtype bfloat16`` runs both under autocast.
 """
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+
+from rv_plugins.utils import measure as rvm  # noqa: E402  (this tool has its own measure())
 
 
 def build(name: str, res: int, infer_chunk="auto") -> torch.nn.Module:
@@ -40,25 +41,6 @@ def build(name: str, res: int, infer_chunk="auto") -> torch.nn.Module:
 def logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     out = model(x)
     return model.forward_head(out) if isinstance(out, tuple) else out
-
-
-class Timer:
-    """Seconds of ``fn()``: CUDA events on a GPU, ``perf_counter`` elsewhere."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-
-    def __call__(self, fn) -> float:
-        if self.device.type != "cuda":
-            start = time.perf_counter()
-            fn()
-            return time.perf_counter() - start
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        return begin.elapsed_time(end) / 1e3
 
 
 def measure(name: str, res: int, batch: int, mode: str, device: torch.device, dtype: torch.dtype,
@@ -83,17 +65,14 @@ def measure(name: str, res: int, batch: int, mode: str, device: torch.device, dt
     model.train(mode == "train")
     for _ in range(warmup):
         fn()
-    timer = Timer(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    times = [timer(fn) for _ in range(repeats)]
+    with rvm.CudaPeak(device) as peak:  # over the timed calls only
+        times = [rvm.time_call(fn, device) for _ in range(repeats)]
+    timing = rvm.Timing(first_s=times[0], times=times)
     row = dict(model=name, res=res, batch=batch, mode=mode, dtype=str(dtype).replace("torch.", ""),
                infer_chunk=infer_chunk if name == "visiongru-ti" else None,
-               median_s=statistics.median(times), img_per_s=batch / statistics.median(times))
-    if device.type == "cuda":
-        row["peak_mib"] = (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
+               median_s=timing.median_s, img_per_s=batch / timing.median_s)
+    if peak.mib is not None:
+        row["peak_mib"] = peak.mib
     del model, x
     if device.type == "cuda":
         torch.cuda.empty_cache()

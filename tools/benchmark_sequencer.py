@@ -12,15 +12,15 @@ machine compare only rows of one run.
 import argparse
 import json
 import os
-import shlex
 import statistics
-import sys
-import time
 
 import torch
 
 from rv_plugins.backbones.sequencer2d import Sequencer2D
+from rv_plugins.utils import measure
 from rv_plugins.utils.flops import count_flops
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def build(spec: str, arch: str) -> torch.nn.Module:
@@ -62,7 +62,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
-    torch.set_num_threads(args.threads)
+    measure.pin_threads(args.threads)
     shape = (args.batch, 3, args.size, args.size)
     x = torch.randn(*shape)
     models = {spec: build(spec, args.arch) for spec in args.models}
@@ -73,20 +73,18 @@ def main(argv=None):
         for _ in range(args.warmup):
             for m in models.values():
                 m(x)
-        for _ in range(args.runs):
+        for _ in range(args.runs):  # models take turns, so that background load hits them alike
             for spec, m in models.items():
-                start = time.perf_counter()
-                m(x)
-                rows[spec]["times"].append(time.perf_counter() - start)
+                rows[spec]["times"].append(measure.time_call(lambda: m(x)))
     for row in rows.values():
         row["median_s"] = statistics.median(row["times"])
         row["best_s"] = min(row["times"])
         row["images_per_s"] = args.batch / row["median_s"]
     base = rows[args.models[0]]["images_per_s"]
-    command = "PYTHONPATH=. " + " ".join([shlex.quote(sys.executable)] + [shlex.quote(a) for a in sys.argv])
+    env = measure.environment()
     meta = dict(arch=args.arch, input=list(shape), threads=args.threads, runs=args.runs, warmup=args.warmup,
-                torch=torch.__version__, load_average_1min=os.getloadavg()[0], cpu_count=os.cpu_count(),
-                command=command)
+                torch=env["torch"], load_average_1min=env["load_average_1min"], cpu_count=env["cpu_count"],
+                command=measure.command_line(argv, ROOT, script=__file__))
     if args.json:
         print(json.dumps(dict(meta=meta, results=list(rows.values())), indent=2))
         return
@@ -99,7 +97,7 @@ def main(argv=None):
     for r in rows.values():
         print(f"| {r['model']} | {r['params'] / 1e6:.2f} | {r['macs'] / 1e9:.2f} | {r['median_s']:.3f} | "
               f"{r['best_s']:.3f} | {r['images_per_s']:.2f} | {r['images_per_s'] / base:.2f}x |")
-    print(f"\n`{command}`")
+    print(f"\n`{meta['command']}`")
 
 
 if __name__ == "__main__":
