@@ -10,6 +10,7 @@ the settings saved in them; without any, one randomly initialised model is shown
         --show-steps 1 2 4 8 16 32 --out docs/analysis/hgru_steps.png
 """
 import argparse
+import json
 import os
 from typing import List, Tuple
 
@@ -19,8 +20,29 @@ from rv_plugins.datasets.pathfinder import PathfinderConfig, PathfinderDataset
 from rv_plugins.models.pathfinder_hgru import PathfinderHGRU
 
 
+def regenerate_hint(path: str) -> str:
+    """How to make the missing model ``path``: the command recorded in the run's report next to it
+    (``crbp_N8.pth`` -> ``crbp_N8.json``'s ``command``; the trained models are not kept in the repository),
+    else the general recipe."""
+    report = os.path.splitext(path)[0] + ".json"
+    try:
+        with open(report) as handle:
+            command = json.load(handle).get("command")
+    except (OSError, ValueError, AttributeError):
+        command = None
+    if command:
+        # the same run, its report written to work_dirs/ (the committed one backs the docs' tables)
+        folder = os.path.basename(os.path.dirname(os.path.abspath(report)))
+        rerun = command.replace(f"--out {report}", f"--out work_dirs/{folder}_{os.path.basename(report)}")
+        return f"re-train it with the command its report {report} records:\n    mkdir -p work_dirs && {rerun}"
+    return ("train one with `PYTHONPATH=. python tools/train_pathfinder.py ... --save " + path + "` "
+            "(the recipes: docs/pathfinder.md)")
+
+
 def load_model(path: str) -> Tuple[PathfinderHGRU, dict]:
     """A ``train_pathfinder.py --save`` file -> the model in eval mode and its saved settings."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"hgru_steps: {path} does not exist; {regenerate_hint(path)}")
     saved = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(saved, dict) or "args" not in saved:
         raise ValueError(f"{path}: not a tools/train_pathfinder.py --save file (needs 'args' and "
