@@ -81,7 +81,7 @@ def test_unknown_rv_plugins_config_names_the_available_ones(tmp_path):
     (tmp_path / "bad.py").write_text("_base_ = ['rv_plugins::no_such_config.py']\n")
     from mmengine.config import Config
 
-    from rv_plugins import _mmengine_scope
+    from rv_plugins.openmmlab import scope as _mmengine_scope
     _mmengine_scope.patch_now()
     with pytest.raises(FileNotFoundError, match="no config 'no_such_config.py'.*upernet_visiongru_ti_ade20k.py"):
         Config.fromfile(str(tmp_path / "bad.py"))
