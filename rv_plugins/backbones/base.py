@@ -130,6 +130,9 @@ class HierarchicalBackbone(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"{type(self).__name__} expects images of shape (B, {self.in_channels}, H, W), got "
                              f"{tuple(x.shape)}; set in_channels to the image channels")
+        if min(x.shape[2:]) < 1:
+            raise ValueError(f"{type(self).__name__}: the images are {x.shape[2]}x{x.shape[3]} pixels; every image "
+                             "needs H, W >= 1 (an empty crop or resize upstream?)")
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         """Image ``(B, in_channels, H, W)`` -> the first stage's input (``self.stem``)."""

@@ -104,9 +104,11 @@ def _fpn(cfg, bottom_up: Backbone) -> FPN:
         raise ValueError(f"MODEL.FPN.IN_FEATURES {list(cfg.MODEL.FPN.IN_FEATURES)} names {missing}, which "
                          f"the backbone does not output ({list(bottom_up.output_shape())}); add them to "
                          "the backbone's OUT_FEATURES")
+    top_block = LastLevelMaxPool()  # p6 from the last level: p5 for res2..res5 (as Detectron2's), p3 for res2..res3
+    top_block.in_feature = "p" + cfg.MODEL.FPN.IN_FEATURES[-1][len("res"):]
     return FPN(bottom_up=bottom_up, in_features=cfg.MODEL.FPN.IN_FEATURES,
                out_channels=cfg.MODEL.FPN.OUT_CHANNELS, norm=cfg.MODEL.FPN.NORM,
-               top_block=LastLevelMaxPool(), fuse_type=cfg.MODEL.FPN.FUSE_TYPE)
+               top_block=top_block, fuse_type=cfg.MODEL.FPN.FUSE_TYPE)
 
 
 def build_backbone_fpn(cfg, input_shape: ShapeSpec, entry: BackboneEntry) -> FPN:
