@@ -42,9 +42,12 @@ def test_flops_and_params_tiny_models(tool):
 
 
 def test_model_names_come_from_the_registry_and_the_peer_table(tool):
+    from rv_plugins.backbones import list_backbones, model_names
     ours = tool.our_model_names()
-    assert {"visiongru-ti", "visiongru-b", "sequencer2d-s", "sequencer2d-m", "sequencer2d-l",
-            "sequencer2d-s-mingru"} <= set(ours)
+    assert ours == model_names() + ["sequencer2d-s-mingru"], "every registry model is benchmarked by default"
+    assert {"visiongru-ti", "visiongru-b", "sequencer2d-s", "sequencer2d-m", "sequencer2d-l"} <= set(ours)
+    for family in list_backbones():  # each family's tiny test arch is a benchmark model too
+        assert tool.build_ours(f"test-{family}", 32) is not None
     assert tool.default_models() == ours + ["deit-s", "swin-t", "convnext-t"]
     # VisionGRU stays the paper's model in the sweep (figures comparable with the papers and earlier runs)
     assert tool.build_ours("test-visiongru", 32).backbone.preset == "paper"

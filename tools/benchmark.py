@@ -138,34 +138,25 @@ def build_ours(name: str, res: int) -> Optional[nn.Module]:
     return _OursClassifier(_create_test(family, **kwargs) if test else _create(name, **kwargs))
 
 
-# The backbone registry (rv_plugins.backbones.registry) is the list of our models; these four
-# functions are the tool's only contact with it.
-_LEGACY_ARCHS = {"visiongru": {"ti": "tiny", "b": "base"}, "sequencer2d": {"s": "s", "m": "m", "l": "l"}}
-_LEGACY_TEST = {"visiongru": dict(embed_dims=[8, 16, 16, 16], depths=[1, 1, 1, 1]),
-                "sequencer2d": dict(depths=[1, 1, 1, 1], embed_dims=[16, 16, 16, 16], patch_sizes=[4, 2, 1, 1],
-                                    hidden_dims=[4, 4, 4, 4], mlp_ratios=[1.0, 1.0, 1.0, 1.0])}
-
-
-def _legacy_class(family):
-    from rv_plugins.backbones import Sequencer2D, VisionGRU
-    return {"visiongru": VisionGRU, "sequencer2d": Sequencer2D}[family]
-
-
+# The backbone registry (rv_plugins.backbones.registry) is the list of our models.
 def _registry_families() -> List[str]:
-    return list(_LEGACY_ARCHS)
+    from rv_plugins.backbones import list_backbones
+    return list_backbones()
 
 
 def _registry_names() -> List[str]:
-    return [f"{f}-{a}" for f, archs in _LEGACY_ARCHS.items() for a in archs]
+    from rv_plugins.backbones import model_names
+    return model_names()
 
 
 def _create(name: str, **kwargs) -> nn.Module:
-    family, arch = name.split("-", 1)
-    return _legacy_class(family)(arch=_LEGACY_ARCHS[family][arch], **kwargs)
+    from rv_plugins.backbones import create_backbone
+    return create_backbone(name, **kwargs)
 
 
 def _create_test(family: str, **kwargs) -> nn.Module:
-    return _legacy_class(family)(arch=dict(_LEGACY_TEST[family]), **kwargs)
+    from rv_plugins.backbones import create_test_backbone
+    return create_test_backbone(family, **kwargs)
 
 
 # ----------------------------------------------------------------------------- peers (mmpretrain)

@@ -2,6 +2,7 @@
 
     python tools/benchmark_gpu.py --json gpu.json                       # CUDA, 224/512/1024/1248
     python tools/benchmark_gpu.py --device cpu --resolutions 32 --batch 1 --repeats 1   # smoke run
+    python tools/benchmark_gpu.py --models visiongru-b sequencer2d-s deit-s      # any registry model name
 
 The peer is timm's ``deit_small_patch16_224`` built at each resolution (``img_size=res``; its attention
 runs through ``scaled_dot_product_attention``, fused on CUDA), because mmpretrain (our CPU benchmark's
@@ -28,14 +29,17 @@ from rv_plugins.utils import measure as rvm  # noqa: E402  (this tool has its ow
 
 
 def build(name: str, res: int, infer_chunk="auto") -> torch.nn.Module:
-    if name == "visiongru-ti":
-        from rv_plugins.backbones import VisionGRU
-        from rv_plugins.backbones.visiongru import set_infer_chunk
-        return set_infer_chunk(VisionGRU("tiny", img_size=res, num_classes=1000, preset="paper"), infer_chunk)
+    """``deit-s`` (timm) or a registry model name (``rv_plugins.backbones.model_names()``; VisionGRU with
+    ``preset='paper'`` and ``img_size=res``, as in ``tools/benchmark.py``), 1000 classes."""
     if name == "deit-s":
         import timm
         return timm.create_model("deit_small_patch16_224", img_size=res, num_classes=1000)
-    raise ValueError(f"benchmark_gpu: unknown model {name!r}; use visiongru-ti or deit-s")
+    from rv_plugins.backbones import create_backbone, model_names
+    from rv_plugins.backbones.visiongru import set_infer_chunk
+    if name not in model_names():
+        raise ValueError(f"benchmark_gpu: unknown model {name!r}; use deit-s or one of {model_names()}")
+    extra = dict(img_size=res, preset="paper") if name.startswith("visiongru") else {}
+    return set_infer_chunk(create_backbone(name, num_classes=1000, **extra), infer_chunk)
 
 
 def logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -69,7 +73,7 @@ def measure(name: str, res: int, batch: int, mode: str, device: torch.device, dt
         times = [rvm.time_call(fn, device) for _ in range(repeats)]
     timing = rvm.Timing(first_s=times[0], times=times)
     row = dict(model=name, res=res, batch=batch, mode=mode, dtype=str(dtype).replace("torch.", ""),
-               infer_chunk=infer_chunk if name == "visiongru-ti" else None,
+               infer_chunk=infer_chunk if name.startswith("visiongru") else None,
                median_s=timing.median_s, img_per_s=batch / timing.median_s)
     if peak.mib is not None:
         row["peak_mib"] = peak.mib
@@ -104,11 +108,11 @@ def main(argv=None):
         batch = args.batch or max(1, round(64 * (224 / res) ** 2))
         for mode in args.modes:
             for name in args.models:
-                for chunk in (chunks if name == "visiongru-ti" and mode == "infer" else ["auto"]):
+                for chunk in (chunks if name.startswith("visiongru") and mode == "infer" else ["auto"]):
                     row = measure(name, res, batch, mode, device, dtype, args.repeats, args.warmup, chunk)
                     rows.append(row)
                     peak = f"{row['peak_mib']:.0f}" if "peak_mib" in row else "-"
-                    shown = "-" if row["infer_chunk"] is None and name != "visiongru-ti" else chunk
+                    shown = chunk if name.startswith("visiongru") else "-"
                     print(f"| {name} | {res} | {batch} | {mode} | {shown} | {row['img_per_s']:.1f} | {peak} |",
                           flush=True)
     if args.json:

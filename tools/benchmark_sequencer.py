@@ -16,7 +16,7 @@ import statistics
 
 import torch
 
-from rv_plugins.backbones.sequencer2d import Sequencer2D
+from rv_plugins.backbones import Sequencer2D, create_backbone
 from rv_plugins.utils import measure
 from rv_plugins.utils.flops import count_flops
 
@@ -33,8 +33,8 @@ def build(spec: str, arch: str) -> torch.nn.Module:
         raise SystemExit(f"unknown model {spec!r}: use 'timm' or 'ours:<rnn_type>[:<impl>]', "
                          "e.g. ours:lstm:native")
     impl = parts[2] if len(parts) == 3 else "auto"
-    backbone = Sequencer2D(arch, rnn_type=parts[1], rnn_impl=impl, num_classes=1000).eval()
-    return _Classifier(backbone)
+    backbone = create_backbone(f"sequencer2d-{arch}", rnn_type=parts[1], rnn_impl=impl, num_classes=1000)
+    return _Classifier(backbone).eval()
 
 
 class _Classifier(torch.nn.Module):
