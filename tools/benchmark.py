@@ -301,9 +301,10 @@ def run_point(name: str, res: int, mode: str, args) -> dict:
 
 
 # ----------------------------------------------------------------------------- store
-def save(path: str, records: List[dict], command: str) -> None:
-    """Write ``{"meta": ..., "results": records}`` to ``path`` (the format ``--merge`` and the report read)."""
-    meta = dict(measure.environment(command), models=known_models(), peers=list(PEERS))
+def save(path: str, records: List[dict], command: str, order: List[str]) -> None:
+    """Write ``{"meta": ..., "results": records}`` to ``path`` (the format ``--merge`` and the report read);
+    ``meta["models"]`` = ``order``, the row order of the report's tables."""
+    meta = dict(measure.environment(command), models=list(order), peers=list(PEERS))
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = path + ".tmp"
@@ -349,7 +350,8 @@ def main(argv=None):
 
     report = report_module()
     command = measure.command_line(argv, ROOT, script=__file__)
-    records, _ = report.load(args.merge or [], missing_ok=True)
+    records, stored = report.load(args.merge or [], missing_ok=True)
+    order = list(dict.fromkeys(stored.get("models", []) + known_models()))  # a store keeps its row order
     points = [] if args.report_only else \
         [(m, r, mode) for mode in MODES if mode in args.modes for r in args.resolutions for m in models]
     if args.fidelity and not args.report_only:
@@ -361,13 +363,13 @@ def main(argv=None):
         msg = {k: rec.get(k) for k in ("status", "params", "macs", "images_per_s", "peak_mem_mib", "note") if k in rec}
         print(f"[{time.strftime('%H:%M:%S')}] {name} {res} {mode}: {msg}", file=sys.stderr, flush=True)
         if args.merge:  # keep partial progress (in the first --merge file)
-            save(args.merge[0], records, command)
+            save(args.merge[0], records, command, order)
     if args.out:
-        report.write_report(records, args.out, command, known_models(), list(PEERS))
+        report.write_report(records, args.out, command, order, list(PEERS))
     if args.json:
         print(json.dumps(dict(meta=measure.environment(command), results=records), indent=1))
     else:
-        report.print_report(records, command, args.fidelity, known_models())
+        report.print_report(records, command, args.fidelity, order)
     return records
 
 
