@@ -249,7 +249,7 @@ def test_forward_head(entry):
 def test_frozen_stages(entry, frozen):
     n = len(entry.strides)
     frozen = n if frozen == "all" else frozen
-    model = build(entry, out_indices=all_stages(entry), frozen_stages=frozen, drop_path_rate=0.5)
+    model = build(entry, out_indices=all_stages(entry), frozen_stages=frozen, drop_path_rate=0.5, num_classes=2)
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         deterministic = model.eval()(x)
@@ -266,6 +266,7 @@ def test_frozen_stages(entry, frozen):
     if frozen == n:
         norm = getattr(model, "norm", None)
         assert norm is None or not any(p.requires_grad for p in norm.parameters())
+    assert all(p.requires_grad for p in model.head.parameters())  # the classifier is never frozen
     torch.manual_seed(1)
     outs = model(x)
     for i in range(frozen):  # frozen stages run in eval mode (no drop path, no BN update): eval's outputs
@@ -295,13 +296,18 @@ def test_norm_eval(entry, norm_eval):
 @parametrize_entries
 def test_with_cp_gives_equal_outputs_and_gradients(entry):
     x = torch.randn(2, 3, 36, 28)
-    results = []
+    results, calls = [], []
     for with_cp in (False, True):
         model = build(entry, out_indices=all_stages(entry), drop_path_rate=0.3, with_cp=with_cp).train()
+        count = [0]
+        for m in model.modules():
+            m.register_forward_pre_hook(lambda *_: count.__setitem__(0, count[0] + 1))
         torch.manual_seed(5)
         outs = model(x)
         loss = sum(o.square().mean() for o in outs)
         results.append((outs, torch.autograd.grad(loss, list(model.parameters()))))
+        calls.append(count[0])
+    assert calls[1] > calls[0]  # checkpointing recomputed blocks in the backward
     (o0, g0), (o1, g1) = results
     for a, b in zip(o0, o1):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

@@ -48,18 +48,6 @@ def test_adapters_import_together():
     assert res.stdout.strip().endswith("ok")
 
 
-def test_backbones_registered_in_both_toolkits():
-    import rv_plugins.mmpretrain  # noqa: F401
-    import rv_plugins.mmseg  # noqa: F401
-    from mmpretrain.registry import MODELS as PRETRAIN_MODELS
-    from mmseg.registry import MODELS as SEG_MODELS
-    from rv_plugins.backbones.sequencer2d import Sequencer2D
-    from rv_plugins.backbones.visiongru import VisionGRU
-    for core in (VisionGRU, Sequencer2D):
-        seg_cls, cls_cls = SEG_MODELS.get(core.__name__), PRETRAIN_MODELS.get(core.__name__)
-        assert issubclass(seg_cls, core) and issubclass(cls_cls, core)
-
-
 def test_rv_plugins_scope_from_a_config_outside_the_repo(tmp_path):
     """A downstream project inherits our config with the 'rv_plugins::' scope, in a fresh interpreter
     that has not imported rv_plugins (the .pth start-up hook must do the work)."""
