@@ -17,15 +17,20 @@ from typing import Dict
 import torch
 from torch import nn
 
+PEERS = ("convnext-t", "deit-s")  # mmpretrain's own implementations, for comparison
+
 
 def build_backbone(name: str, size: int) -> nn.Module:
-    """A backbone whose ``forward`` returns the last stage's ``(B, C, h, w)`` map (first of a tuple)."""
-    if name == "visiongru-ti":
-        from rv_plugins.backbones.visiongru import VisionGRU
-        return VisionGRU("tiny", img_size=size, drop_path_rate=0.0)
-    if name == "sequencer2d-s":
-        from rv_plugins.backbones.sequencer2d import Sequencer2D
-        return Sequencer2D("s")
+    """A backbone whose ``forward`` returns the last stage's ``(B, C, h, w)`` map (first of a tuple): one of
+    ours by its registry name (``rv_plugins.backbones.model_names()``, no drop path, positional embedding
+    made for ``size`` where the model has one) or an mmpretrain peer (``PEERS``)."""
+    from rv_plugins.backbones import BACKBONES, create_backbone, model_names
+    if name in model_names():
+        entry, _ = BACKBONES.split(name)
+        kwargs = dict(drop_path_rate=0.0)
+        if "img_size" in entry.constructor_defaults():
+            kwargs["img_size"] = size
+        return create_backbone(name, **kwargs)
     if name == "convnext-t":
         import mmpretrain.models  # noqa: F401
         from mmpretrain.registry import MODELS
@@ -39,7 +44,7 @@ def build_backbone(name: str, size: int) -> nn.Module:
                                   out_type="featmap"))
         model.init_weights()
         return model
-    raise SystemExit(f"unknown model {name!r}")
+    raise SystemExit(f"unknown model {name!r}; choose from {model_names() + list(PEERS)}")
 
 
 def erf(model: nn.Module, size: int, images: int, seed: int) -> torch.Tensor:
@@ -61,7 +66,8 @@ def erf(model: nn.Module, size: int, images: int, seed: int) -> torch.Tensor:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["sequencer2d-s", "visiongru-ti", "convnext-t"],
-                        help="from sequencer2d-s, visiongru-ti, convnext-t, deit-s")
+                        help="our registry names (rv_plugins.backbones.model_names(): visiongru-ti, "
+                             "sequencer2d-s, ...) and the peers convnext-t, deit-s")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--checkpoint", nargs="*", default=[], help="name=path (backbone state_dict)")
