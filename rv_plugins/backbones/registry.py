@@ -20,15 +20,24 @@ the tools and the README use.
 import dataclasses
 import importlib
 import inspect
+import pkgutil
 from types import MappingProxyType
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 __all__ = ["BackboneEntry", "BackboneRegistry", "BACKBONES", "register_backbone", "get_backbone",
            "list_backbones", "model_names", "create_backbone", "create_test_backbone"]
 
-# The model files that register the built-in backbones (imported on first use of the registry, so that
-# ``from rv_plugins.backbones.registry import list_backbones`` alone sees them).
-BUILTIN_MODULES = ("rv_plugins.backbones.visiongru", "rv_plugins.backbones.sequencer2d")
+# Modules of this package that hold no model; every other module of rv_plugins/backbones/ is a model file,
+# imported on first use of the registry (so that ``from rv_plugins.backbones.registry import list_backbones``
+# alone sees every model, and a new model file needs no line elsewhere).
+NOT_MODEL_FILES = ("base", "registry")
+
+
+def builtin_modules() -> List[str]:
+    """The model files of ``rv_plugins/backbones/``: ``["rv_plugins.backbones.sequencer2d", ...]``."""
+    package = importlib.import_module("rv_plugins.backbones")
+    return sorted(f"{package.__name__}.{m.name}" for m in pkgutil.iter_modules(package.__path__)
+                  if m.name not in NOT_MODEL_FILES and not m.name.startswith("_"))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -88,19 +97,20 @@ def _copy_arch(arch):
 
 
 class BackboneRegistry:
-    """Family name -> :class:`BackboneEntry`. The package's backbones live in :data:`BACKBONES`; a test
-    or a downstream project can make its own (``BackboneRegistry(builtins=())``) to try a backbone
-    without touching the global list."""
+    """Family name -> :class:`BackboneEntry`. The package's backbones live in :data:`BACKBONES` (every model
+    file of ``rv_plugins/backbones/``); a test or a downstream project can make its own
+    (``BackboneRegistry()``) to try a backbone without touching the package's list."""
 
-    def __init__(self, builtins: Sequence[str] = ()):
+    def __init__(self, builtins: Union[Sequence[str], Callable[[], Sequence[str]]] = ()):
+        """``builtins``: modules (or a function listing them) imported on first use; they register here."""
         self._entries: Dict[str, BackboneEntry] = {}
-        self._builtins = tuple(builtins)
-        self._loaded = not self._builtins
+        self._builtins = builtins
+        self._loaded = False
 
     def _load_builtins(self) -> None:
         if not self._loaded:
             self._loaded = True  # first: the model modules register through this registry while importing
-            for module in self._builtins:
+            for module in (self._builtins() if callable(self._builtins) else self._builtins):
                 importlib.import_module(module)
 
     def register(self, name: str, *, test_arch: Union[str, Mapping[str, Any]], strides: Sequence[int],
@@ -196,7 +206,7 @@ class BackboneRegistry:
         return self.get(family).create_test(**kwargs)
 
 
-BACKBONES = BackboneRegistry(builtins=BUILTIN_MODULES)
+BACKBONES = BackboneRegistry(builtins=builtin_modules)
 
 
 def register_backbone(name: str, *, test_arch, strides: Sequence[int], test_kwargs: Optional[Mapping] = None,
