@@ -167,3 +167,21 @@ def test_gpu_and_sequencer_tools_run_on_the_cpu(tmp_path, capsys):
     assert row["model"] == "ours:mingru" and len(row["times"]) == 2 and row["images_per_s"] > 0
     assert printed["meta"]["command"].endswith("tools/benchmark_sequencer.py --models ours:mingru --size 32 "
                                                "--batch 1 --runs 2 --warmup 1 --threads 1 --json")
+
+
+def test_a_newly_registered_backbone_is_benchmarked_without_touching_the_tool(tool):
+    import torch
+
+    from rv_plugins.backbones import BACKBONES, Sequencer2D, get_backbone
+    entry = get_backbone("sequencer2d")
+    newcomer = type("Newcomer", (Sequencer2D,), {})  # stands for a new model file with its own class
+    BACKBONES.register("newcomer", test_arch=dict(entry.test_arch), strides=entry.strides)(newcomer)
+    try:
+        assert "newcomer-s" in tool.our_model_names() and "newcomer-s" in tool.default_models()
+        model = tool.build_model("test-newcomer", 32)
+        assert isinstance(model.backbone, newcomer)
+        assert tuple(model(torch.randn(1, 3, 32, 32)).shape) == (1, 1000)
+        assert tool.measure_flops("test-newcomer", 32)["rnn"] > 0
+    finally:
+        BACKBONES.unregister("newcomer")
+    assert "newcomer-s" not in tool.our_model_names()
