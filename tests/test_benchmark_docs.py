@@ -72,6 +72,11 @@ def test_a_missing_trained_model_names_the_command_that_retrains_it(tmp_path):
             hint = tool.regenerate_hint(model)
             assert "tools/train_pathfinder.py" in hint and f"--save {model}" in hint, hint
             assert f"--out {report}" not in hint, "the re-run must not overwrite the committed report"
+            with open(report) as handle:
+                recorded = json.load(handle)
+            reduction = recorded.get("lcp_reduction", "sum")  # reports before the setting: summed
+            assert f"--lcp-reduction {reduction}" in hint, ("the re-run must use the recorded penalty scale, "
+                                                            f"not today's default: {hint}")
             with pytest.raises(SystemExit, match=f"{re.escape(model)} does not exist; re-train it"):
                 tool.load_model(model)
     finally:

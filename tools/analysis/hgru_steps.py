@@ -27,9 +27,14 @@ def regenerate_hint(path: str) -> str:
     report = os.path.splitext(path)[0] + ".json"
     try:
         with open(report) as handle:
-            command = json.load(handle).get("command")
+            recorded = json.load(handle)
+        command = recorded.get("command")
     except (OSError, ValueError, AttributeError):
-        command = None
+        recorded, command = {}, None
+    if command and "--lcp-reduction" not in command:
+        # reports written before the penalty's scale was a setting ran the then-default: summed, weight 1;
+        # today's defaults (mean x 10) would train a different model
+        command += f" --lcp-reduction sum --lcp-weight {recorded.get('lcp_weight', 1.0):g}"
     if command:
         # the same run, its report written to work_dirs/ (the committed one backs the docs' tables)
         folder = os.path.basename(os.path.dirname(os.path.abspath(report)))
