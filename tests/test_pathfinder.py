@@ -93,9 +93,11 @@ def test_model_training_step_every_mode(mode):
     assert info.steps == 6 and torch.isfinite(logits).all()
 
 
-def test_train_pathfinder_tool_trains_saves_and_reevaluates(tmp_path):
-    """A tiny run of tools/train_pathfinder.py; --load re-evaluates the saved model at more steps
-    with the saved settings (the same IoU at the trained step count: evaluation is deterministic)."""
+def test_train_pathfinder_tool_trains_saves_and_reevaluates(tmp_path, capsys):
+    """A tiny run of tools/train_pathfinder.py (mmengine's runner on the Pathfinder config); --load
+    re-evaluates the saved model at more steps with the saved settings (the same IoU at the trained
+    step count: evaluation is deterministic). The report is the only thing on stdout."""
+    import json
     from tool_loader import load_tool
     tool = load_tool("train_pathfinder")
     ckpt = str(tmp_path / "tiny.pth")
@@ -104,6 +106,9 @@ def test_train_pathfinder_tool_trains_saves_and_reevaluates(tmp_path):
                          "--batch-size", "2", "--channels", "4", "--kernel-size", "3", "--steps", "2",
                          "--lr-schedule", "cosine", "--eval-samples", "4", "--eval-every", "2",
                          "--save", ckpt, "--out", str(tmp_path / "tiny.json")])
+    assert json.loads(capsys.readouterr().out) == trained
+    with open(tmp_path / "tiny.json") as handle:
+        assert json.load(handle) == trained
     assert [(r["length"], r["steps"]) for r in trained["eval"]] == [(2, 2), (3, 2)]
     assert all(0.0 <= r["iou"] <= 1.0 and 0.0 < r["all_bright_iou"] <= 1.0 for r in trained["eval"])
     assert trained["final_lcp"] is not None and trained["mean_neumann_terms"] is not None
@@ -111,6 +116,46 @@ def test_train_pathfinder_tool_trains_saves_and_reevaluates(tmp_path):
     assert reloaded["mode"] == "crbp" and reloaded["kernel_size"] == 3 and reloaded["iters"] == 3
     assert [(r["length"], r["steps"]) for r in reloaded["eval"]] == [(2, 2), (3, 2), (2, 5), (3, 5)]
     assert reloaded["eval"][:2] == trained["eval"]
+
+
+def _documented_train_pathfinder_commands():
+    """The ``tools/train_pathfinder.py`` commands of docs/pathfinder.md (continuation lines joined,
+    comments cut), as argument lists."""
+    import os
+    import shlex
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
+                           "pathfinder.md")) as handle:
+        text = handle.read().replace("\\\n", " ")
+    return [shlex.split(line.split("tools/train_pathfinder.py", 1)[1].split("#")[0])
+            for line in text.splitlines() if "python tools/train_pathfinder.py" in line]
+
+
+def test_train_pathfinder_runs_the_config_recipe():
+    """tools/train_pathfinder.py is configs/pathfinder/hgru_crbp_pathfinder32.py plus the differences its
+    docstring lists, nothing else: with the command docs/pathfinder.md gives for the published table
+    the two configs differ only there (so a change of the config's recipe, of the documented command or
+    of the script's mapping of flags fails here)."""
+    import os
+    from tool_loader import load_tool
+    from rv_plugins.openmmlab import runner as mr
+    tool = load_tool("train_pathfinder")
+    commands = _documented_train_pathfinder_commands()
+    assert len(commands) >= 3, "docs/pathfinder.md lost its train_pathfinder.py commands"
+    for argv in commands:  # every documented command still parses (same flags)
+        tool.parse_args(argv)
+    recipe = commands[0]
+    assert "--iters" in recipe and "--load" not in recipe
+    script = tool.build_config(tool.parse_args(recipe)).to_dict()
+    config = mr.load_config(os.path.join(os.path.dirname(tool.BASE_CONFIG), "hgru_crbp_pathfinder32.py")).to_dict()
+    config["train_dataloader"]["sampler"]["shuffle"] = False       # images in order
+    config["model"]["class_weight"] = [1.0, 1.0]                   # [1, --target-weight]
+    config.update(val_dataloader=None, val_cfg=None, val_evaluator=None)   # --eval-every probes instead
+    config["default_hooks"]["logger"]["interval"] = 250            # --iters // 10
+    config["default_hooks"]["checkpoint"] = None                   # only with --work-dir
+    script.pop("launcher")
+    assert script == config
+    options = tool.cfg_options(tool.parse_args(recipe + ["--lr-schedule", "constant", "--work-dir", "w"]))
+    assert options["param_scheduler"] == [] and "default_hooks.checkpoint" not in options
 
 
 def test_step_logits_follow_the_solver_states():

@@ -103,7 +103,7 @@ def test_one_runner_iteration_trains_and_logs_the_solver(mode, tmp_path):
     changed = [name for name, p in cell.named_parameters() if not torch.equal(before[name], p)]
     assert changed, "no hGRU parameter changed: the loss did not back-propagate into the cell"
     scalars = runner.message_hub.log_scalars
-    assert "train/loss_ce" in scalars and "train/fp_residual" in scalars
+    assert "train/loss_ce" in scalars and "train/fixed_point_residual" in scalars
     assert ("train/loss_lcp" in scalars) == (mode in ("cbptt", "crbp"))
     assert ("train/lcp" in scalars) == (mode in ("cbptt", "crbp"))
     assert ("train/neumann_terms" in scalars) == (mode in ("rbp", "crbp"))
@@ -129,7 +129,7 @@ def test_lcp_term_is_part_of_the_backward(tmp_path):
     losses = model.loss(model.data_preprocessor({"inputs": list(imgs), "data_samples": samples},
                                                 True)["inputs"], samples)
     assert float(losses["loss_lcp"].detach()) > 0
-    assert not losses["lcp"].requires_grad and not losses["fp_residual"].requires_grad
+    assert not losses["lcp"].requires_grad and not losses["fixed_point_residual"].requires_grad
     losses["loss_lcp"].backward()
     grad = model.backbone.cell.w_inh.grad
     assert grad is not None and float(grad.abs().sum()) > 0

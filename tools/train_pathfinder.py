@@ -1,43 +1,44 @@
 """Train the hGRU Pathfinder model (C-RBP paper, section 2.1) on a scaled-down Pathfinder; CPU-sized.
 
-Trains on contours of ``--length`` dashes and reports the IoU of the target class on held-out
-images of every ``--eval-lengths`` (the paper trains on 14 and tests on 14, 20, 25 dashes; by
-default those are scaled by ``--length-scale`` to fit small images), the peak memory of training
-and the wall time. For context it also reports the IoU of the trivial rule "every bright pixel is
-target" (a model must beat it to have traced anything).
+A thin caller of the mmengine configs: the run is ``configs/pathfinder/hgru_pathfinder32_base.py``
+with the keys this script's flags name set by :func:`cfg_options`, trained by mmengine's runner
+(as ``tools/train.py`` does). What the script adds is the report: the IoU of the target class on
+held-out images of every ``--eval-lengths`` after each of ``--eval-steps`` recurrent steps (the
+paper trains on 14 dashes and tests on 14, 20, 25; by default those are scaled by
+``--length-scale`` to fit small images), the IoU of the trivial rule "every bright pixel is target"
+(a model must beat it to have traced anything), the fixed-point residual, the peak memory of
+training and the wall time, as JSON (``--out``; ``tools/pathfinder_table.py`` makes the tables).
 
     PYTHONPATH=. python tools/train_pathfinder.py --mode crbp --steps 8 --iters 150 --out crbp.json
+
+Against ``tools/train.py CONFIG`` the run differs only where the flags say so and in: training
+images in order (``train_dataloader.sampler.shuffle=False``, the runs behind the published table),
+the cross-entropy weight ``[1, --target-weight]``, no validation loop (``--eval-every`` probes
+instead), the log every ``--iters // 10`` iterations on stderr, and checkpoints only with
+``--work-dir`` (else the runner works in a temporary folder that is deleted afterwards).
 """
 import argparse
+import contextlib
 import json
 import os
-import resource
+import shutil
 import sys
+import tempfile
 import time
 from typing import Dict, List, Optional
 
 import torch
-import torch.nn.functional as F
 
-from rv_plugins.datasets.pathfinder import PathfinderConfig, PathfinderDataset
-from rv_plugins.models.pathfinder_hgru import PathfinderHGRU
-from rv_plugins.solvers.fixed_point import MODES
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # run from a checkout
+
+from rv_plugins.openmmlab import runner as mr  # noqa: E402
+from rv_plugins.solvers.fixed_point import MODES  # noqa: E402
+from rv_plugins.utils.measure import PeakRSS  # noqa: E402
 
 PAPER_LENGTHS = (14, 20, 25)
-
-
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def _batch(dataset: PathfinderDataset, start: int, size: int) -> Dict[str, torch.Tensor]:
-    items = [dataset[(start + offset) % len(dataset)] for offset in range(size)]
-    return {key: torch.stack([item[key] for item in items]) for key in items[0]}
+BASE_CONFIG = os.path.join(REPO, "configs", "pathfinder", "hgru_pathfinder32_base.py")
+EVAL_SEED_OFFSET = 10_000  # held-out images: a seed stream disjoint from training (the configs' val/test seed)
 
 
 def parse_args(argv=None):
@@ -82,6 +83,8 @@ def parse_args(argv=None):
     parser.add_argument("--load", help="evaluate this --save file instead of training (the "
                         "model settings are taken from it)")
     parser.add_argument("--out", help="write the results here as JSON")
+    parser.add_argument("--work-dir", help="keep the runner's log and checkpoints (every 250 iterations, "
+                        "kill-safe) here; default: a temporary folder, deleted at the end")
     args = parser.parse_args(argv)
     scaled = [max(2, round(args.length_scale * length)) for length in PAPER_LENGTHS]
     args.length = args.length or scaled[0]
@@ -92,73 +95,165 @@ def parse_args(argv=None):
     return args
 
 
-def train(args, model: PathfinderHGRU) -> Dict:
-    """Adam on per-pixel cross-entropy (+ LCP in the contractor modes); returns the log."""
-    config = PathfinderConfig(image_size=args.image_size, length=args.length,
-                              num_distractors=args.num_distractors)
-    data = PathfinderDataset(args.iters * args.batch_size, config, seed=args.seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.iters)
-                 if args.lr_schedule == "cosine" else None)
-    class_weight = torch.tensor([1.0, args.target_weight])
-    model.train()
-    losses, lcps, residuals, neumann = [], [], [], []
-    rss_before, start = _rss_mib(), time.perf_counter()
-    for iteration in range(args.iters):
-        batch = _batch(data, iteration * args.batch_size, args.batch_size)
-        logits, info = model(batch["img"])
-        loss = F.cross_entropy(logits, batch["mask"], weight=class_weight)
-        total = loss if info.weighted_lcp is None else loss + info.weighted_lcp
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        losses.append(float(loss.detach()))
-        residuals.append(info.fixed_point_residual)
+def cfg_options(args) -> Dict:
+    """The base config's keys this script's flags set (``Config.merge_from_dict`` form)."""
+    dataset = dict(image_size=args.image_size, num_distractors=args.num_distractors)
+    options = {
+        "model.backbone.mode": args.mode, "model.backbone.steps": args.steps,
+        "model.backbone.channels": args.channels, "model.backbone.kernel_size": args.kernel_size,
+        "model.backbone.lcp_lambda": args.lcp_lambda, "model.backbone.lcp_weight": args.lcp_weight,
+        "model.backbone.lcp_reduction": args.lcp_reduction, "model.backbone.input_scale": args.input_scale,
+        "model.backbone.target_prior": args.target_prior,
+        "model.class_weight": [1.0, args.target_weight],
+        "train_dataloader.batch_size": args.batch_size,
+        "train_dataloader.sampler.shuffle": False,
+        "train_dataloader.dataset": dict(dataset, length=args.length, seed=args.seed,
+                                         num_samples=args.iters * args.batch_size),
+        "test_dataloader.batch_size": args.batch_size,
+        "test_dataloader.dataset": dict(dataset, seed=args.seed + EVAL_SEED_OFFSET,
+                                        num_samples=args.eval_samples),
+        "optim_wrapper.optimizer.lr": args.lr,
+        "param_scheduler": ([dict(type="CosineAnnealingLR", T_max=args.iters, eta_min=0.0, by_epoch=False)]
+                            if args.lr_schedule == "cosine" else []),
+        "train_cfg.max_iters": args.iters,
+        "val_dataloader": None, "val_cfg": None, "val_evaluator": None,
+        "default_hooks.logger.interval": max(1, args.iters // 10),
+        "randomness.seed": args.seed,
+    }
+    if not args.work_dir:
+        options["default_hooks.checkpoint"] = None
+    return options
+
+
+def build_config(args):
+    """The base config with :func:`cfg_options` applied (an mmengine ``Config``)."""
+    cfg = mr.load_config(BASE_CONFIG, cfg_options(args))
+    cfg.launcher = "none"
+    return cfg
+
+
+def _import_config_modules(cfg) -> None:
+    """The config's registries, as the runner would set them up (for building without a runner)."""
+    from mmengine.registry import init_default_scope
+    from mmengine.utils import import_modules_from_strings
+    import_modules_from_strings(**cfg.custom_imports)
+    init_default_scope(cfg.default_scope)
+
+
+class _TrainingLog:
+    """What the report needs of every training iteration, as numbers: the cross-entropy (the runner's
+    ``loss_ce``) and the backbone's ``SolverInfo`` fields (the RBP ones are filled in by the backward
+    pass). No ``SolverInfo`` is kept past its iteration: it holds tensors of the step."""
+
+    def __init__(self, segmentor):
+        self.losses: List[float] = []
+        self.lcps: List[float] = []
+        self.residuals: List[float] = []
+        self.neumann: List[float] = []
+        self._pending = None
+        segmentor.backbone.register_forward_hook(self._record)
+
+    def _record(self, module, inputs, output):
+        if module.training:
+            self._pending = output[1]
+
+    def add(self, loss_ce: float, info) -> str:
+        """Record one iteration; returns its progress line."""
+        self.losses.append(loss_ce)
+        self.residuals.append(info.fixed_point_residual)
         if info.lcp is not None:
-            lcps.append(float(info.lcp.detach()))
+            self.lcps.append(float(info.lcp.detach()))
         if info.neumann_terms is not None:
-            neumann.append(info.neumann_terms)
-        if iteration % max(1, args.iters // 10) == 0 or iteration == args.iters - 1:
-            print(f"iter {iteration:4d} loss {loss.item():.4f} lcp {lcps[-1] if lcps else '-'} "
-                  f"fp-res {info.fixed_point_residual:.3g} neumann {info.neumann_terms} "
-                  f"({time.perf_counter() - start:.0f}s)", file=sys.stderr, flush=True)
-        if args.eval_every and (iteration + 1) % args.eval_every == 0:
-            probe, = evaluate(args, model, args.length, samples=max(1, args.eval_samples // 4))
-            print(f"iter {iteration:4d} probe IoU {probe['iou']:.3f} (trivial "
-                  f"{probe['all_bright_iou']:.3f})", file=sys.stderr, flush=True)
-            model.train()
-    return dict(train_time_s=round(time.perf_counter() - start, 1),
-                train_peak_rss_increase_mib=round(_peak_rss_mib() - rss_before, 1),
-                final_loss=round(sum(losses[-10:]) / len(losses[-10:]), 4),
-                final_lcp=round(sum(lcps[-10:]) / len(lcps[-10:]), 4) if lcps else None,
-                final_fixed_point_residual=round(sum(residuals[-10:]) / len(residuals[-10:]), 4),
-                mean_neumann_terms=round(sum(neumann) / len(neumann), 2) if neumann else None)
+            self.neumann.append(info.neumann_terms)
+        return (f"loss {loss_ce:.4f} lcp {self.lcps[-1] if info.lcp is not None else '-'} "
+                f"fp-res {info.fixed_point_residual:.3g} neumann {info.neumann_terms}")
+
+    def hook(self, args, probe):
+        """An mmengine hook object: records each iteration, prints progress, runs the probe."""
+        from mmengine.hooks import Hook
+
+        log, start = self, time.perf_counter()
+
+        class PathfinderReportHook(Hook):
+            priority = "LOWEST"
+
+            def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+                info, log._pending = log._pending, None
+                line = log.add(float(torch.as_tensor(outputs["loss_ce"]).detach()), info)
+                iteration = runner.iter  # mmengine increments it after this hook
+                if iteration % max(1, args.iters // 10) == 0 or iteration == args.iters - 1:
+                    print(f"iter {iteration:4d} {line} ({time.perf_counter() - start:.0f}s)",
+                          file=sys.stderr, flush=True)
+                if args.eval_every and (iteration + 1) % args.eval_every == 0:
+                    result, = probe()
+                    print(f"iter {iteration:4d} probe IoU {result['iou']:.3f} (trivial "
+                          f"{result['all_bright_iou']:.3f})", file=sys.stderr, flush=True)
+                    runner.model.train()
+
+        return PathfinderReportHook()
+
+    def summary(self) -> Dict:
+        """Means over the last 10 iterations (the Neumann terms: over all)."""
+        last = lambda values: round(sum(values[-10:]) / len(values[-10:]), 4) if values else None  # noqa: E731
+        return dict(final_loss=last(self.losses), final_lcp=last(self.lcps),
+                    final_fixed_point_residual=last(self.residuals),
+                    mean_neumann_terms=round(sum(self.neumann) / len(self.neumann), 2) if self.neumann else None)
+
+
+def train(args, cfg):
+    """Train with mmengine's runner on ``cfg``; returns ``(segmentor, log)``."""
+    work_dir = args.work_dir or tempfile.mkdtemp(prefix="train_pathfinder_")
+    cfg.work_dir = work_dir
+    # mmengine keeps loggers and visualizers by name for the whole process: names of this run's own, so
+    # that another runner in the same process neither reuses nor writes into this run's (deleted) work dir
+    cfg.experiment_name = cfg.visualizer.name = f"train_pathfinder_{time.time_ns()}"
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # the runner's log on stderr, the report on stdout
+            if args.work_dir:
+                mr.use_atomic_checkpoints(cfg)
+            runner = mr.build_runner(cfg)
+            segmentor = runner.model
+            log = _TrainingLog(segmentor)
+            probe = lambda: evaluate(args, cfg, segmentor, args.length,  # noqa: E731
+                                     samples=max(1, args.eval_samples // 4))
+            runner.register_hook(log.hook(args, probe))
+            start = time.perf_counter()
+            with PeakRSS() as peak:
+                runner.train()
+            train_time = time.perf_counter() - start
+    finally:
+        if not args.work_dir:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    return segmentor, dict(train_time_s=round(train_time, 1), train_peak_rss_increase_mib=round(peak.mib, 1),
+                           **log.summary())
 
 
 @torch.no_grad()
-def evaluate(args, model: PathfinderHGRU, length: int, samples: Optional[int] = None,
+def evaluate(args, cfg, segmentor, length: int, samples: Optional[int] = None,
              steps: Optional[List[int]] = None) -> List[Dict]:
-    """IoU of the target class over ``samples`` (default ``--eval-samples``) held-out images of
-    ``length`` dashes after each of ``steps`` (default ``[--steps]``) recurrent steps; one pass
-    over the images reads every step count off the same run (``PathfinderHGRU.step_logits``)."""
+    """IoU of the target class over ``samples`` (default ``--eval-samples``) images of the config's
+    test set at ``length`` dashes after each of ``steps`` (default ``[--steps]``) recurrent steps; one
+    pass over the images reads every step count off the same run (``PathfinderHGRU.step_logits``)."""
+    from mmengine.dataset import pseudo_collate
+    from mmseg.registry import DATASETS
+
     steps = steps or [args.steps]
-    config = PathfinderConfig(image_size=args.image_size, length=length,
-                              num_distractors=args.num_distractors)
-    data = PathfinderDataset(samples or args.eval_samples, config, seed=args.seed + 10_000)
-    model.eval()
+    dataset = DATASETS.build(dict(cfg.test_dataloader.dataset, length=length,
+                                  num_samples=samples or args.eval_samples))
+    segmentor.eval()
     inter, union = dict.fromkeys(steps, 0), dict.fromkeys(steps, 0)
     bright_inter = bright_union = 0
-    for start in range(0, len(data), args.batch_size):
-        batch = _batch(data, start, min(args.batch_size, len(data) - start))
-        per_step = model.step_logits(batch["img"], max(steps))
-        target = batch["mask"] == 1
+    for start in range(0, len(dataset), args.batch_size):
+        items = [dataset[i] for i in range(start, min(start + args.batch_size, len(dataset)))]
+        batch = segmentor.data_preprocessor(pseudo_collate(items), False)
+        img = batch["inputs"]                                                   # (B, 1, H, W) in [0, 1]
+        target = torch.cat([s.gt_sem_seg.data for s in batch["data_samples"]]) == 1   # (B, H, W)
+        per_step = segmentor.backbone.step_logits(img, max(steps))
         for count in steps:
             pred = per_step[count - 1].argmax(1) == 1
             inter[count] += int((pred & target).sum())
             union[count] += int((pred | target).sum())
-        bright = batch["img"][:, 0] > 0
+        bright = img[:, 0] > 0
         bright_inter += int((bright & target).sum())
         bright_union += int((bright | target).sum())
     all_bright = round(bright_inter / max(bright_union, 1), 4)
@@ -189,22 +284,22 @@ def main(argv: List[str] = None) -> Dict:
     checkpoint = torch.load(args.load, map_location="cpu", weights_only=False) if args.load else None
     if checkpoint is not None:
         _apply_saved_settings(args, checkpoint["args"], argv)
-    torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
-    model = PathfinderHGRU(channels=args.channels, kernel_size=args.kernel_size, mode=args.mode,
-                           steps=args.steps, lcp_lambda=args.lcp_lambda, lcp_weight=args.lcp_weight,
-                           lcp_reduction=args.lcp_reduction, input_scale=args.input_scale, target_prior=args.target_prior)
+    cfg = build_config(args)
     wall = time.perf_counter()
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["state_dict"])
+        _import_config_modules(cfg)
+        from mmseg.registry import MODELS
+        segmentor = MODELS.build(cfg.model)
+        segmentor.backbone.load_state_dict(checkpoint["state_dict"])
         log = dict(loaded_from=args.load)
     else:
-        log = train(args, model)
-    per_length = [evaluate(args, model, length, steps=args.eval_steps)
+        segmentor, log = train(args, cfg)
+    per_length = [evaluate(args, cfg, segmentor, length, steps=args.eval_steps)
                   for length in args.eval_lengths]
     results = [row for by_steps in zip(*per_length) for row in by_steps]  # steps-major order
     if args.save:
-        torch.save(dict(state_dict=model.state_dict(), args=vars(args)), args.save)
+        torch.save(dict(state_dict=segmentor.backbone.state_dict(), args=vars(args)), args.save)
     report = dict(mode=args.mode, steps=args.steps, eval_steps=args.eval_steps,
                   image_size=args.image_size, train_length=args.length, iters=args.iters,
                   batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, seed=args.seed,

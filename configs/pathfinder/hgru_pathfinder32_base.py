@@ -6,10 +6,13 @@
 #   python tools/test.py CONFIG CKPT --cfg-options test_dataloader.dataset.length=6
 #   python tools/test.py CONFIG CKPT --cfg-options test_dataloader.dataset.length=8
 # IoUMetric logs mIoU and, in its per-class table, the IoU of 'contour' (the target contour).
-# The same recipe as the measured plain-PyTorch runs (docs/pathfinder.md):
+# tools/train_pathfinder.py runs this config (flags -> cfg keys: its cfg_options) and writes the report
+# behind the table of docs/pathfinder.md; the table's command
 #   PYTHONPATH=. python tools/train_pathfinder.py --mode crbp --image-size 32 --length-scale 0.3 \
 #       --kernel-size 5 --steps 8 --batch-size 16 --iters 2500 --lr 3e-3 --lr-schedule cosine \
 #       --input-scale 3 --target-prior 0.02     (its defaults: --lcp-reduction mean --lcp-weight 10)
+# is this recipe with the training images in order (train_dataloader.sampler.shuffle=False; here they
+# are shuffled) and no validation loop (tests/test_pathfinder.py pins the difference).
 custom_imports = dict(imports=['rv_plugins.mmseg', 'rv_plugins.engine.hooks'], allow_failed_imports=False)
 default_scope = 'mmseg'
 
