@@ -140,7 +140,8 @@ def test_the_start_up_hook_is_lazy_and_resolves_rv_plugins_scopes(tmp_path, whic
         path.write_text(LEGACY_PTH)
     assert os.path.basename(str(path)) == "rv_plugins_mmengine_scope.pth"  # the name tools/setup_env.sh tests for
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    proc = subprocess.run([sys.executable, "-S", "-E", "-c", HOOK_CHILD, json.dumps([REPO, _site_dirs(), str(tmp_path)])],
+    args = json.dumps([REPO, _site_dirs(), str(tmp_path)])
+    proc = subprocess.run([sys.executable, "-S", "-E", "-c", HOOK_CHILD, args],
                           capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     got = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("HOOK ")][-1][len("HOOK "):])

@@ -120,8 +120,8 @@ def test_a_new_procedural_dataset_is_a_small_subclass_of_the_base():
     with pytest.raises(TypeError, match="must set SPEC_KEY"):
         NoKey(num_samples=1)
     # the registered ones are built on it, under their old registry names
-    for name, base in (("SyntheticScenesDataset", ProceduralSegDataset), ("PathfinderSegDataset", ProceduralSegDataset)):
-        assert issubclass(DATASETS.get(name), base)
+    for name in ("SyntheticScenesDataset", "PathfinderSegDataset"):
+        assert issubclass(DATASETS.get(name), ProceduralSegDataset)
     for name in ("LoadSyntheticScene", "LoadPathfinderSample"):
         assert issubclass(TRANSFORMS.get(name), LoadProceduralSample)
 
