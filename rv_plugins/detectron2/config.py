@@ -125,7 +125,9 @@ def backbone_kwargs(entry: BackboneEntry, node, in_channels: int, out_indices: S
         arch = dict(base, **lists)
     kwargs = dict(arch=arch, in_channels=in_channels, out_indices=tuple(out_indices))
     for name in _config_args(entry):
-        value = node.get(name.upper())
+        if name.upper() not in node:  # a node made before the key existed: the constructor's default
+            continue
+        value = node[name.upper()]
         if _accepts_none(entry, name) and (value == "" or (LEGACY_NONE.get((entry.name, name)) == value
                                                            and type(value) is int)):
             value = None
