@@ -358,6 +358,22 @@ def test_checkpoint_made_at_224_loads_into_a_model_made_for_512(entry):
     assert torch.isfinite(out).all()
 
 
+@parametrize_entries
+def test_mmengine_load_state_dict_resizes_too(entry):
+    """mmengine's loader (``load_checkpoint`` in the toolkits' tools) goes through the same hook."""
+    mm_checkpoint = pytest.importorskip("mmengine.runner.checkpoint")
+    sized = "img_size" in entry.constructor_defaults()
+    src, dst = build(entry, **({"img_size": 224} if sized else {})), build(entry, **({"img_size": 96} if sized else {}))
+    state = src.state_dict()
+    mm_checkpoint.load_state_dict(dst, state, strict=True)
+    for key, value in dst.state_dict().items():
+        expected = state[key]
+        if key in dst.pos_embed_names and expected.shape != value.shape:
+            expected = resize_pos_embed(expected, value.shape[2:])
+        torch.testing.assert_close(value, expected, rtol=0, atol=0)
+    assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in src.state_dict().items()}  # untouched
+
+
 # ------------------------------------------------------------------------------------------ toolkits
 @pytest.fixture(scope="module")
 def mm_registries():
