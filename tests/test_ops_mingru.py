@@ -229,3 +229,54 @@ def test_cpu_kernel_channel_blocks(block, monkeypatch):
     monkeypatch.setenv("RV_MINGRU_CPU_BLOCK", block)
     compare("torch", 3, 21, 40, False, True, "g", True)
     compare("torch", 2, 17, 40, True, False, "identity", True)
+
+
+@pytest.mark.parametrize("stream", ["0", "1"])
+@pytest.mark.parametrize("H", [20, 48])
+def test_cpu_kernel_lane_blocks_fp32(H, stream, monkeypatch):
+    """float32 rows of full 16-lane blocks plus a partial one (H=20), visited upwards or from the top
+    (reverse scans, backward of forward scans), with ordinary or streaming stores (H=48 is 64-byte aligned)."""
+    monkeypatch.setenv("RV_MINGRU_CPU_STREAM", stream)
+    tol = dict(dtype=torch.float32, atol=1e-5, rtol=1e-5)
+    compare("torch", 2, 23, H, False, False, "identity", True, **tol)
+    compare("torch", 2, 23, H, True, False, "g", False, **tol)
+    compare("torch", 1, 29, H, False, True, "g", True, **tol)
+    compare("torch", 2, 19, H, False, True, "identity", False, non_contiguous=True, **tol)
+
+
+def test_cpu_kernel_streaming_stores_change_nothing(monkeypatch):
+    """Streaming stores (chosen for outputs of 8 MiB and more) give bit-identical outputs and gradients."""
+    from rv_plugins.ops import cpu_kernel
+    if not cpu_kernel.available():
+        pytest.skip("no compiled CPU kernel")
+    proj = _proj(3, 41, 32, 4, torch.float32)
+    h0, grad_out = torch.randn(3, 64), torch.randn(3, 41, 64)
+    results = {}
+    for stream in ("0", "1"):
+        monkeypatch.setenv("RV_MINGRU_CPU_STREAM", stream)
+        assert cpu_kernel._stream(proj.numel(), proj.dtype) == (stream == "1")
+        results[stream] = _run("torch", proj, h0, False, True, "g", grad_out)
+    for x, y in zip(results["0"], results["1"]):
+        assert torch.equal(x, y)
+    monkeypatch.setenv("RV_MINGRU_CPU_STREAM", "yes")
+    with pytest.raises(ValueError, match="RV_MINGRU_CPU_STREAM"):
+        cpu_kernel._stream(proj.numel(), proj.dtype)
+    monkeypatch.delenv("RV_MINGRU_CPU_STREAM")
+    assert cpu_kernel._stream(2 << 20, torch.float32) and not cpu_kernel._stream(2 << 20, torch.bfloat16)
+    assert not cpu_kernel._stream((2 << 20) - 1, torch.float32)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_nan_and_inf_propagate_like_the_reference(cpu_path, reverse):
+    """A NaN gate or candidate makes h NaN from that step on in its channel, as in the reference; +-inf
+    gates saturate the gates (the kernel's exp works without libm and must not turn them into NaN)."""
+    proj = _proj(1, 37, 20, 2, torch.float32)
+    proj[0, 9, 3] = float("nan")        # gate of channel 3
+    proj[0, 20, 20 + 7] = float("nan")  # candidate of channel 7
+    proj[0, 5, 11] = float("inf")
+    proj[0, 6, 12] = -float("inf")
+    h = mingru_scan(proj, reverse=reverse, backend="torch")
+    h_ref = mingru_scan_reference(proj, reverse=reverse)
+    assert torch.equal(h.isnan(), h_ref.isnan()) and h.isnan().any()
+    finite = ~h_ref.isnan()
+    torch.testing.assert_close(h[finite], h_ref[finite], atol=1e-5, rtol=1e-5)

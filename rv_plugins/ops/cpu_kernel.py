@@ -90,6 +90,23 @@ def _mingru_block(proj: torch.Tensor, bidirectional: bool) -> int:
     return max(1, min(H, 512)) if jobs >= 2 * torch.get_num_threads() else 64
 
 
+STREAM_MIN_BYTES = 8 << 20
+
+
+def _stream(numel: int, dtype: torch.dtype) -> bool:
+    """Whether the fused minGRU kernels write an output of ``numel`` elements with streaming stores (they
+    bypass the cache: an output this large leaves it before anyone reads it, and streaming saves reading
+    each line in first). ``RV_MINGRU_CPU_STREAM=0``/``1`` forces it off/on (on: wherever the output is float
+    and its rows are 64-byte aligned; otherwise the kernel uses ordinary stores either way)."""
+    override = os.environ.get("RV_MINGRU_CPU_STREAM", "")
+    if override in ("0", "1"):
+        return override == "1"
+    if override:
+        raise ValueError(f"RV_MINGRU_CPU_STREAM={override!r}: use 0 (ordinary stores), 1 (streaming stores) or "
+                         "leave it unset (streaming for outputs of 8 MiB and more)")
+    return dtype == torch.float32 and numel * 4 >= STREAM_MIN_BYTES
+
+
 def mingru_forward(proj: torch.Tensor, h0: Optional[torch.Tensor], reverse: bool, bidirectional: bool,
                    candidate_act: str) -> torch.Tensor:
     """Fused minGRU scan: ``proj`` (B, L, 2H or 4H), any batch/time strides -> ``h`` (B, L, H or 2H)."""
@@ -97,7 +114,7 @@ def mingru_forward(proj: torch.Tensor, h0: Optional[torch.Tensor], reverse: bool
         proj = proj.contiguous()
     h0_ = torch.empty(0) if h0 is None else h0.to(proj.dtype).contiguous()
     return load().mingru_forward(proj, h0_, bool(reverse), bool(bidirectional), candidate_act == "g",
-                                 _mingru_block(proj, bidirectional))
+                                 _mingru_block(proj, bidirectional), _stream(proj.numel() // 2, proj.dtype))
 
 
 def mingru_backward(proj, h, h0, grad_h, reverse, bidirectional, candidate_act):
@@ -108,5 +125,5 @@ def mingru_backward(proj, h, h0, grad_h, reverse, bidirectional, candidate_act):
     h0_ = h0.to(proj.dtype).contiguous() if has_h0 else torch.empty(0)
     grad_proj, grad_h0 = load().mingru_backward(proj, h.contiguous(), h0_, grad_h.to(proj.dtype).contiguous(),
                                                 bool(reverse), bool(bidirectional), candidate_act == "g",
-                                                _mingru_block(proj, bidirectional))
+                                                _mingru_block(proj, bidirectional), _stream(proj.numel(), proj.dtype))
     return grad_proj, (grad_h0 if has_h0 else None)

@@ -179,8 +179,9 @@ static inline void act_of(acc_t c, acc_t& y, acc_t& dy) {
 template <typename acc_t> struct Lanes { static constexpr int64_t value = 64 / int64_t(sizeof(acc_t)); };
 
 // Streaming ("non-temporal") stores: a large output that will not be read before it leaves the cache is
-// written without first reading each line in (saves one read of the output; 7.3 -> 6.3 ms above). Used
-// for float outputs of at least kStreamBytes whose lane blocks are 64-byte aligned.
+// written without first reading each line in (saves one read of the output; backward 7.3 -> 6.3 ms
+// above). The caller asks for them (cpu_kernel.py: outputs of 8 MiB and more); they are used for float
+// outputs whose lane blocks are 64-byte aligned, ordinary stores elsewhere.
 #if defined(__AVX512F__) || defined(__AVX__)
 #include <immintrin.h>
 constexpr bool kCanStream = true;
@@ -198,10 +199,6 @@ constexpr bool kCanStream = false;
 static inline void stream_line(float* dst, const float* v) { for (int i = 0; i < 16; ++i) dst[i] = v[i]; }
 static inline void stream_fence() {}
 #endif
-#ifndef RV_STREAM_MIB
-#define RV_STREAM_MIB 8
-#endif
-constexpr int64_t kStreamBytes = int64_t(RV_STREAM_MIB) << 20;
 
 // One lane block (N = Lanes, or N = 0: a partial block of n lanes) of one step (one token).
 // kStream: float outputs, N = 16, destination 64-byte aligned. restrict-qualified so the loops
@@ -287,14 +284,25 @@ static inline void for_lane_blocks(int64_t n, bool down, F&& f) {
   }
 }
 
-#ifndef RV_MINGRU_PREFETCH
-#define RV_MINGRU_PREFETCH 0
-#endif
-constexpr int64_t kAhead = 8;
+// Software prefetch of proj's gate and candidate rows kAhead steps ahead of the walk, in the walk's
+// direction. proj is the largest stream and its rows are strided (any batch/time strides); measured at
+// 8x3136x144 on this project's EPYC: forward 4.5 -> 2.6 ms, backward 5.4 -> 4.8 ms (walking down) and
+// 5.0 -> 3.4 ms (walking up). Prefetching h and grad_h as well made the backward slower.
+constexpr int64_t kAhead = 4;
 template <typename scalar_t>
-static inline void prefetch_rows(const scalar_t* p, int64_t n) {
+static inline void prefetch_row(const scalar_t* p, int64_t n, bool down) {
   const char* c = reinterpret_cast<const char*>(p);
-  for (int64_t off = 0; off < n * int64_t(sizeof(scalar_t)); off += 64) __builtin_prefetch(c + off);
+  const int64_t bytes = n * int64_t(sizeof(scalar_t));
+  if (!down) {
+    for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off);
+  } else {
+    for (int64_t off = (bytes - 1) & ~int64_t(63); off >= 0; off -= 64) __builtin_prefetch(c + off);
+  }
+}
+template <typename scalar_t>
+static inline void prefetch_proj_row(const scalar_t* gp, int64_t H, int64_t n, bool down) {
+  if (down) { prefetch_row(gp + H, n, true); prefetch_row(gp, n, true); }
+  else { prefetch_row(gp, n, false); prefetch_row(gp + H, n, false); }
 }
 
 constexpr int64_t kRowBlock = 512;
@@ -306,13 +314,13 @@ struct MinGRUShape {
   int64_t block;           // channels per job (<= kRowBlock)
 };
 
-// Whether an output (contiguous, rows of `row` elements, each job writing [dir * width + d0, +n) of a
-// row) gets streaming stores: float, large, every full lane block 64-byte aligned.
+// Whether streaming stores can serve an output the caller wants streamed (contiguous, rows of `row`
+// elements, each job writing [dir * H + d0, +n) or [2 dir H + d0, +n) and + H of a row): float, and
+// every full lane block 64-byte aligned.
 template <typename scalar_t>
-static bool use_stream(const scalar_t* out, int64_t numel, int64_t row, const MinGRUShape& s) {
-  if (!kCanStream || !std::is_same<scalar_t, float>::value) return false;
-  return numel * int64_t(sizeof(scalar_t)) >= kStreamBytes && reinterpret_cast<uintptr_t>(out) % 64 == 0 &&
-         row % 16 == 0 && s.H % 16 == 0 && s.block % 16 == 0;
+static bool can_stream(bool wanted, const scalar_t* out, int64_t row, const MinGRUShape& s) {
+  if (!wanted || !kCanStream || !std::is_same<scalar_t, float>::value) return false;
+  return reinterpret_cast<uintptr_t>(out) % 64 == 0 && row % 16 == 0 && s.H % 16 == 0 && s.block % 16 == 0;
 }
 
 template <typename scalar_t, bool kG, bool kStream>
@@ -333,10 +341,9 @@ void mingru_forward_kernel(const scalar_t* proj, const scalar_t* h0, scalar_t* h
         const scalar_t* gp = proj + bi * s.sb + t * s.st + dir * 2 * s.H + d0;
         const scalar_t* cp = gp + s.H;
         scalar_t* hk = h + (bi * s.L + t) * W + dir * s.H + d0;
-        if (RV_MINGRU_PREFETCH && rev && k + kAhead < s.L) {
-          const int64_t ta = t - kAhead;
-          prefetch_rows(proj + bi * s.sb + ta * s.st + dir * 2 * s.H + d0, n);
-          prefetch_rows(proj + bi * s.sb + ta * s.st + dir * 2 * s.H + d0 + s.H, n);
+        if (k + kAhead < s.L) {
+          const int64_t ta = rev ? t - kAhead : t + kAhead;
+          prefetch_proj_row(proj + bi * s.sb + ta * s.st + dir * 2 * s.H + d0, s.H, n, rev);
         }
         for_lane_blocks<acc_t>(n, rev, [&](int64_t d, auto lanes) {
           constexpr int64_t N = decltype(lanes)::value;
@@ -374,12 +381,9 @@ void mingru_backward_kernel(const scalar_t* proj, const scalar_t* h, const scala
         scalar_t* gcand = ggate + s.H;
         const scalar_t* hp = k > 0 ? h + (bi * s.L + t_prev) * W + dir * s.H + d0
                                    : (h0 ? h0 + bi * W + dir * s.H + d0 : zero);
-        if (RV_MINGRU_PREFETCH && !rev && k >= kAhead) {
-          const int64_t ta = t - kAhead;
-          prefetch_rows(proj + bi * s.sb + ta * s.st + dir * 2 * s.H + d0, n);
-          prefetch_rows(proj + bi * s.sb + ta * s.st + dir * 2 * s.H + d0 + s.H, n);
-          prefetch_rows(gh + (bi * s.L + ta) * W + dir * s.H + d0, n);
-          prefetch_rows(h + (bi * s.L + ta) * W + dir * s.H + d0, n);
+        if (k >= kAhead) {
+          const int64_t ta = rev ? t + kAhead : t - kAhead;
+          prefetch_proj_row(proj + bi * s.sb + ta * s.st + dir * 2 * s.H + d0, s.H, n, !rev);
         }
         for_lane_blocks<acc_t>(n, !rev, [&](int64_t d, auto lanes) {
           constexpr int64_t N = decltype(lanes)::value;
@@ -418,14 +422,14 @@ MinGRUShape mingru_shape(const torch::Tensor& proj, bool reverse, bool bidirecti
 }
 
 torch::Tensor mingru_forward(torch::Tensor proj, torch::Tensor h0, bool reverse, bool bidirectional, bool act_g,
-                             int64_t block) {
+                             int64_t block, bool stream_h) {
   const MinGRUShape s = mingru_shape(proj, reverse, bidirectional, block);
   const bool has_h0 = h0.numel() > 0;
   auto h = torch::empty({s.B, s.L, s.ndir * s.H}, proj.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, proj.scalar_type(), "mingru_cpu_forward", [&] {
     const scalar_t* h0p = has_h0 ? h0.data_ptr<scalar_t>() : nullptr;
     scalar_t* hp = h.data_ptr<scalar_t>();
-    const bool stream = use_stream(hp, h.numel(), s.ndir * s.H, s);
+    const bool stream = can_stream(stream_h, hp, s.ndir * s.H, s);
     with_flags(act_g, stream, [&](auto kG, auto kStream) {
       mingru_forward_kernel<scalar_t, decltype(kG)::value, decltype(kStream)::value>(proj.data_ptr<scalar_t>(),
                                                                                      h0p, hp, s);
@@ -436,7 +440,7 @@ torch::Tensor mingru_forward(torch::Tensor proj, torch::Tensor h0, bool reverse,
 
 std::vector<torch::Tensor> mingru_backward(torch::Tensor proj, torch::Tensor h, torch::Tensor h0,
                                            torch::Tensor grad_h, bool reverse, bool bidirectional, bool act_g,
-                                           int64_t block) {
+                                           int64_t block, bool stream_grad) {
   const MinGRUShape s = mingru_shape(proj, reverse, bidirectional, block);
   TORCH_CHECK(h.is_contiguous() && grad_h.is_contiguous(), "mingru_cpu: h and grad_h must be contiguous");
   const bool has_h0 = h0.numel() > 0;
@@ -446,7 +450,7 @@ std::vector<torch::Tensor> mingru_backward(torch::Tensor proj, torch::Tensor h, 
     const scalar_t* h0p = has_h0 ? h0.data_ptr<scalar_t>() : nullptr;
     scalar_t* gh0p = has_h0 ? gh0.data_ptr<scalar_t>() : nullptr;
     scalar_t* gp = gproj.data_ptr<scalar_t>();
-    const bool stream = use_stream(gp, gproj.numel(), 2 * s.ndir * s.H, s);
+    const bool stream = can_stream(stream_grad, gp, 2 * s.ndir * s.H, s);
     with_flags(act_g, stream, [&](auto kG, auto kStream) {
       mingru_backward_kernel<scalar_t, decltype(kG)::value, decltype(kStream)::value>(
           proj.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), h0p, grad_h.data_ptr<scalar_t>(), gp, gh0p, s);
