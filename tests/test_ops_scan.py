@@ -164,6 +164,15 @@ def test_benchmark_tool_prints_a_table(tmp_path, capsys):
     assert all(t["fwd"] > 0 and t["fwd_bwd"] > 0 for t in times.values())
     fused = report["fused"][0]["times"]
     assert set(fused) == {"floor", "fused", "unfused"} and all(t["fwd_bwd"] > 0 for t in fused.values())
+    assert "Targets at 2×16×3, fwd+bwd: " in out and "the copy floor (≤ 2×: " in out
+
+
+def test_benchmark_tool_fused_table_alone(capsys):
+    tool = load_tool("benchmark_scan")
+    tool.main(["--shapes", "none", "--fused-shapes", "1x8x16", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert "| 1×8×16 | fwd+bwd |" in out and "Command: `python tools/benchmark_scan.py --shapes none" in out
+    assert "| B×L×D |" not in out
 
 
 @pytest.mark.triton

@@ -3,6 +3,7 @@
     python tools/benchmark_scan.py --threads 1     # this CPU, one thread (the figures in the README)
     python tools/benchmark_scan.py --device cuda   # same code on a GPU (adds the Triton backend)
     python tools/benchmark_scan.py --json out.json --repeats 7 --kernels
+    python tools/benchmark_scan.py --threads 1 --clock cpu --shapes none --repeats 11   # fused table alone
 
 For each shape it times the forward and the forward+backward of every method and prints medians (ms)
 and ratios to the memory floor (cloning ``a`` and ``b`` once). Methods:
@@ -167,6 +168,14 @@ def markdown_fused(results, device_desc):
             lines.append(f"| {r['shape']} | {pass_.replace('_', '+')} | {floor * 1e3:.2f} | "
                          f"{fused * 1e3:.2f} ({fused / floor:.2f}×) | {unfused * 1e3:.2f} ({unfused / floor:.2f}×) | "
                          f"{unfused / fused:.2f}× |")
+    lines.append("")
+    for r in results:  # issue 12's targets for the fused op's forward+backward
+        t = r["times"]
+        speedup = t["unfused"]["fwd_bwd"] / t["fused"]["fwd_bwd"]
+        floor = t["fused"]["fwd_bwd"] / t["floor"]["fwd_bwd"]
+        lines.append(f"Targets at {r['shape']}, fwd+bwd: {speedup:.2f}× faster than unfused (≥ 3×: "
+                     f"{'met' if speedup >= 3 else 'missed'}), {floor:.2f}× the copy floor (≤ 2×: "
+                     f"{'met' if floor <= 2 else 'missed'}).")
     return "\n".join(lines)
 
 
@@ -207,7 +216,8 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--budget", type=float, default=3.0, help="stop repeating a timing after this many seconds")
     p.add_argument("--skip", default="", help="comma-separated methods to skip, e.g. loop")
-    p.add_argument("--shapes", default="", help="e.g. 8x3136x96,2x16384x96 (default: the VisionGRU set)")
+    p.add_argument("--shapes", default="", help="e.g. 8x3136x96,2x16384x96 (default: the VisionGRU set; 'none' "
+                   "for the fused table alone)")
     p.add_argument("--fused-shapes", default="", help="B×L×H shapes of the fused minGRU table, e.g. 8x3136x144 "
                    "(default: 8x3136x144; 'none' to skip)")
     p.add_argument("--kernels", action="store_true", help="also compile every Triton kernel and report its resources")
@@ -227,7 +237,7 @@ def main(argv=None):
     else:
         CLOCK = time.perf_counter
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    shapes = _parse_shapes(args.shapes, SHAPES)
+    shapes = [] if args.shapes == "none" else _parse_shapes(args.shapes, SHAPES)
     skip = set(filter(None, args.skip.split(",")))
     desc = (torch.cuda.get_device_name(device) if device.type == "cuda"
             else f"CPU, {torch.get_num_threads()} threads") + f", {args.dtype}, torch backend = {backend_name(device)}" \
@@ -248,7 +258,10 @@ def main(argv=None):
         from rv_plugins.ops.triton_compile import compile_all_in_subprocess
         kernels = compile_all_in_subprocess()
     command = "python tools/benchmark_scan.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    print(markdown(results, desc, command.strip()))
+    if results:
+        print(markdown(results, desc, command.strip()))
+    else:
+        print(f"Command: `{command.strip()}`")
     if fused:
         print(markdown_fused(fused, desc))
     if kernels:
