@@ -7,6 +7,12 @@ use (about a minute; ``tools/setup_env.sh`` builds it ahead) and cached in
 ``D`` with ``at::parallel_for``: memory traffic is one read of the inputs and one write of the
 outputs, which is the floor for this op. If no C++ compiler is present, ``available()`` returns
 ``False`` (with one warning) and the chunked pure-PyTorch path is used instead.
+
+The fused minGRU kernels (``mingru_forward``/``mingru_backward``) compute the gates in float32 inside
+the scan and visit each row in 16-lane blocks in the direction the walk goes through memory (from the
+top on walks down: a reverse scan, the backward of a forward scan), prefetch ``proj`` a few steps
+ahead, and write outputs of 8 MiB and more with streaming stores (``RV_MINGRU_CPU_STREAM=0``/``1``
+overrides). Knobs for tests and measurements: ``RV_MINGRU_CPU_BLOCK`` (channels per parallel job).
 """
 import os
 import warnings
