@@ -286,8 +286,8 @@ static inline void for_lane_blocks(int64_t n, bool down, F&& f) {
 
 // Software prefetch of proj's gate and candidate rows kAhead steps ahead of the walk, in the walk's
 // direction. proj is the largest stream and its rows are strided (any batch/time strides); measured at
-// 8x3136x144 on this project's EPYC: forward 4.5 -> 2.6 ms, backward 5.4 -> 4.8 ms (walking down) and
-// 5.0 -> 3.4 ms (walking up). Prefetching h and grad_h as well made the backward slower.
+// 8x3136x144 on this project's EPYC, float32, one thread: forward 4.0 -> 2.2 ms, backward 5.1 -> 4.4 ms
+// (walking down) and 4.7 -> 3.3 ms (walking up). Prefetching h and grad_h as well made the backward slower.
 // (GCC 12 dropped __builtin_prefetch from these loops in the full kernels -- no prefetch instruction was
 // left in the object -- so on x86-64 the prefetch is an asm statement the compiler must keep.)
 constexpr int64_t kAhead = 4;
