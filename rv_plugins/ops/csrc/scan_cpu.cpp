@@ -12,6 +12,9 @@
 #include <cstdint>
 #include <type_traits>
 #include <vector>
+#if defined(__AVX512F__) || defined(__AVX__)
+#include <immintrin.h>  // streaming stores (see stream_line)
+#endif
 
 namespace {
 
@@ -183,7 +186,6 @@ template <typename acc_t> struct Lanes { static constexpr int64_t value = 64 / i
 // above). The caller asks for them (cpu_kernel.py: outputs of 8 MiB and more); they are used for float
 // outputs whose lane blocks are 64-byte aligned, ordinary stores elsewhere.
 #if defined(__AVX512F__) || defined(__AVX__)
-#include <immintrin.h>
 constexpr bool kCanStream = true;
 static inline void stream_line(float* dst, const float* v) {  // dst 64-byte aligned, 16 floats
 #if defined(__AVX512F__)
