@@ -39,7 +39,8 @@ from rv_plugins.backbones.base import HierarchicalBackbone
 from rv_plugins.backbones.registry import register_backbone
 from rv_plugins.layers.blocks import run_blocks
 from rv_plugins.layers.drop_path import DropPath
-from rv_plugins.layers.mingru import CANDIDATE_ACTIVATIONS, MinGRU, token_chunks
+from rv_plugins.layers.mingru import (CANDIDATE_ACTIVATIONS, MinGRU, bidirectional_in_proj, bidirectional_scan,
+                                      can_scan_together, token_chunks)
 from rv_plugins.layers.mlp import Mlp
 from rv_plugins.ops import mingru_scan, mingru_scan_backward, resolve_backend
 from rv_plugins.ops.layout import from_sequence, to_sequence
@@ -375,8 +376,7 @@ class GRU2DMixer(nn.Module):
         ``w_in`` rows are ``[gate_fwd, cand_fwd, gate_bwd, cand_bwd]`` (``mingru_scan``'s bidirectional
         layout), ``w_out`` columns ``[h_fwd, h_bwd]``, ``b_out`` the sum of both output biases."""
         f, b = self.gru_fwd, self.gru_bwd
-        w_in = torch.cat([f.in_proj.weight, b.in_proj.weight])
-        b_in = None if f.in_proj.bias is None else torch.cat([f.in_proj.bias, b.in_proj.bias])
+        w_in, b_in = bidirectional_in_proj(f, b)
         w_out = torch.cat([f.out_proj.weight, b.out_proj.weight], dim=1)
         b_out = None if f.out_proj.bias is None else f.out_proj.bias + b.out_proj.bias
         return w_in, b_in, w_out, b_out
@@ -388,7 +388,7 @@ class GRU2DMixer(nn.Module):
         bidirectional scan into ``(B, L, 2h)``, one GEMM back to ``(B, L, dim)``.
         """
         f, b = self.gru_fwd, self.gru_bwd
-        if f.candidate_act != b.candidate_act or f.backend != b.backend:
+        if not can_scan_together(f, b):
             return self.scan_forward(y) + self.scan_reverse(y)  # the directions differ: one call each
         w_in, b_in, w_out, b_out = self.fused_weights()
         seq = to_sequence(y, channels_last=True)
@@ -397,8 +397,7 @@ class GRU2DMixer(nn.Module):
             chunk = max(1, int(self.train_chunk_elems // max(w_in.shape[0] // 2, 1)))
             h = _ProjectedBiScan.apply(seq, w_in, b_in, f.candidate_act, backend, chunk)
         else:
-            h = mingru_scan(F.linear(seq, w_in, b_in), bidirectional=True, candidate_act=f.candidate_act,
-                            backend=f.backend)
+            h = bidirectional_scan(f, b, F.linear(seq, w_in, b_in))
         return from_sequence(F.linear(h, w_out, b_out), y.shape[1:3], channels_last=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
