@@ -14,7 +14,6 @@ import torch.nn.functional as F
 
 from rv_plugins.backbones.sequencer2d import Sequencer2D, convert_timm_state_dict
 from rv_plugins.layers.bilstm2d import RNN_TYPES, BiLSTM2D
-from rv_plugins.ops.scan import SCAN_OBSERVERS
 from rv_plugins.utils.flops import SCAN_KEY, count_flops
 
 # (arch, rnn_type) -> (parameters with the 1000-class classifier, FLOPs at 224^2), from the paper.
@@ -105,9 +104,8 @@ def test_cpu_attention_is_counted():
 
 def test_count_flops_restores_state():
     model = Sequencer2D(TINY, rnn_type="mingru").train()
-    before = list(SCAN_OBSERVERS)
     count_flops(model, (1, 3, 28, 28))
-    assert SCAN_OBSERVERS == before and model.training
+    assert model.training
     with pytest.raises(TypeError, match="input shape"):
         count_flops(model, "1x3x28x28")
 
