@@ -202,6 +202,31 @@ static inline void stream_line(float* dst, const float* v) { for (int i = 0; i <
 static inline void stream_fence() {}
 #endif
 
+// One channel of one step, the maths every lane loop below shares (inlined into the loops).
+// Forward: the new state a * s + z * act(c).
+template <typename acc_t, bool kG, typename scalar_t>
+static inline acc_t mingru_step(scalar_t gate, scalar_t cand, acc_t state) {
+  acc_t z, a, c, dc;
+  gates_of<acc_t>(acc_t(gate), z, a);
+  act_of<acc_t, kG>(acc_t(cand), c, dc);
+  return a * state + z * c;
+}
+
+// Backward: g (dL/dh_t, carried) <- grad_h_t + a_{t+1} g; a_next <- a_t; the gradients of the gate and
+// candidate inputs of this step.
+template <typename acc_t, bool kG, typename scalar_t>
+static inline void mingru_grad_step(scalar_t gate, scalar_t cand, scalar_t grad_h, scalar_t h_prev, acc_t& g,
+                                    acc_t& a_next, acc_t& grad_gate, acc_t& grad_cand) {
+  acc_t z, a, c, dc;
+  gates_of<acc_t>(acc_t(gate), z, a);
+  act_of<acc_t, kG>(acc_t(cand), c, dc);
+  g = acc_t(grad_h) + a_next * g;
+  const acc_t gz = g * z;
+  grad_gate = gz * a * (c - acc_t(h_prev));
+  grad_cand = gz * dc;
+  a_next = a;
+}
+
 // One lane block (N = Lanes, or N = 0: a partial block of n lanes) of one step (one token).
 // kStream: float outputs, N = 16, destination 64-byte aligned. restrict-qualified so the loops
 // vectorise without run-time alias checks.
@@ -212,23 +237,11 @@ static inline void mingru_fwd_lanes(const scalar_t* __restrict gp, const scalar_
   using acc_t = typename Acc<scalar_t>::type;
   if constexpr (kStream) {
     alignas(64) float out[16];
-    for (int64_t d = 0; d < 16; ++d) {
-      acc_t z, a, c, dc;
-      gates_of<acc_t>(acc_t(gp[d]), z, a);
-      act_of<acc_t, kG>(acc_t(cp[d]), c, dc);
-      state[d] = a * state[d] + z * c;
-      out[d] = state[d];
-    }
+    for (int64_t d = 0; d < 16; ++d) out[d] = state[d] = mingru_step<acc_t, kG>(gp[d], cp[d], state[d]);
     stream_line(hk, out);
   } else {
     const int64_t cnt = N > 0 ? N : n;
-    for (int64_t d = 0; d < cnt; ++d) {
-      acc_t z, a, c, dc;
-      gates_of<acc_t>(acc_t(gp[d]), z, a);
-      act_of<acc_t, kG>(acc_t(cp[d]), c, dc);
-      state[d] = a * state[d] + z * c;
-      hk[d] = scalar_t(state[d]);
-    }
+    for (int64_t d = 0; d < cnt; ++d) hk[d] = scalar_t(state[d] = mingru_step<acc_t, kG>(gp[d], cp[d], state[d]));
   }
 }
 
@@ -241,31 +254,17 @@ static inline void mingru_bwd_lanes(const scalar_t* __restrict gp, const scalar_
   using acc_t = typename Acc<scalar_t>::type;
   if constexpr (kStream) {
     alignas(64) float out_gate[16], out_cand[16];
-    for (int64_t d = 0; d < 16; ++d) {
-      acc_t z, a, c, dc;
-      gates_of<acc_t>(acc_t(gp[d]), z, a);
-      act_of<acc_t, kG>(acc_t(cp[d]), c, dc);
-      const acc_t gd = acc_t(ghk[d]) + a_next[d] * g[d];
-      g[d] = gd;
-      const acc_t gz = gd * z;
-      out_gate[d] = gz * a * (c - acc_t(hp[d]));
-      out_cand[d] = gz * dc;
-      a_next[d] = a;
-    }
+    for (int64_t d = 0; d < 16; ++d)
+      mingru_grad_step<acc_t, kG>(gp[d], cp[d], ghk[d], hp[d], g[d], a_next[d], out_gate[d], out_cand[d]);
     stream_line(ggate, out_gate);
     stream_line(gcand, out_cand);
   } else {
     const int64_t cnt = N > 0 ? N : n;
     for (int64_t d = 0; d < cnt; ++d) {
-      acc_t z, a, c, dc;
-      gates_of<acc_t>(acc_t(gp[d]), z, a);
-      act_of<acc_t, kG>(acc_t(cp[d]), c, dc);
-      const acc_t gd = acc_t(ghk[d]) + a_next[d] * g[d];
-      g[d] = gd;
-      const acc_t gz = gd * z;
-      ggate[d] = scalar_t(gz * a * (c - acc_t(hp[d])));
-      gcand[d] = scalar_t(gz * dc);
-      a_next[d] = a;
+      acc_t grad_gate, grad_cand;
+      mingru_grad_step<acc_t, kG>(gp[d], cp[d], ghk[d], hp[d], g[d], a_next[d], grad_gate, grad_cand);
+      ggate[d] = scalar_t(grad_gate);
+      gcand[d] = scalar_t(grad_cand);
     }
   }
 }
