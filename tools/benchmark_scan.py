@@ -22,9 +22,7 @@ sm_90 (``rv_plugins.ops.triton_compile``; no GPU needed).
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -32,6 +30,7 @@ import torch  # noqa: E402
 
 from rv_plugins.ops import backend_name, linear_scan, mingru_scan  # noqa: E402
 from rv_plugins.ops import chunked, scan as scan_mod  # noqa: E402
+from rv_plugins.utils import measure  # noqa: E402
 
 SHAPES = [(8, 3136, 96), (8, 784, 192), (8, 196, 384), (8, 49, 768), (2, 16384, 96)]
 FUSED_SHAPES = [(8, 3136, 144)]
@@ -78,27 +77,14 @@ def methods(device):
     return out
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-CLOCK = time.perf_counter  # --clock cpu: time.thread_time (CPU time of this thread; see --help)
+CPU_CLOCK = False  # --clock cpu: report this thread's CPU time instead of the wall time (see --help)
 
 
 def time_call(fn, device, repeats, budget_s):
-    """Median seconds of ``fn()`` over ``repeats`` runs (fewer if one run exceeds ``budget_s``)."""
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t = CLOCK()
-        fn()
-        _sync(device)
-        times.append(CLOCK() - t)
-        if sum(times) > budget_s and len(times) >= 1:
-            break
-    return statistics.median(times)
+    """Median seconds of ``fn()`` over ``repeats`` runs after one warm-up (fewer once the runs exceed
+    ``budget_s``): :func:`rv_plugins.utils.measure.time_calls`, wall or CPU-time median per ``--clock``."""
+    timing = measure.time_calls(fn, warmup=1, repeats=repeats, budget_s=budget_s, device=device)
+    return timing.cpu_median_s if CPU_CLOCK else timing.median_s
 
 
 def bench_shape(shape, device, dtype, repeats, budget_s, skip):
@@ -229,13 +215,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    global CLOCK
-    if args.clock == "cpu":
-        if args.device != "cpu" or torch.get_num_threads() != 1:
-            p.error("--clock cpu measures one thread: use it with --device cpu --threads 1")
-        CLOCK = time.thread_time
-    else:
-        CLOCK = time.perf_counter
+    global CPU_CLOCK
+    if args.clock == "cpu" and (args.device != "cpu" or torch.get_num_threads() != 1):
+        p.error("--clock cpu measures one thread: use it with --device cpu --threads 1")
+    CPU_CLOCK = args.clock == "cpu"
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     shapes = [] if args.shapes == "none" else _parse_shapes(args.shapes, SHAPES)
     skip = set(filter(None, args.skip.split(",")))
