@@ -74,8 +74,7 @@ class RecurrentBackbone(Backbone):
         self._out_features = list(out_features)
         self._out_feature_channels = dict(zip(self._out_features, channels))
         self._out_feature_strides = {name: fpn_stride(int(name[3:]) - 2) for name in self._out_features}
-        self._native_strides = dict(zip(self._out_features, native_strides))
-        self.resized = [n for n in self._out_features if self._native_strides[n] != self._out_feature_strides[n]]
+        self.resized = [n for n, s in zip(self._out_features, native_strides) if s != self._out_feature_strides[n]]
         if self.resized:
             logger.info("%s: stage strides %s differ from %s; resizing %s bilinearly for the FPN",
                         type(body).__name__, list(native_strides),
