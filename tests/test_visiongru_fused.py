@@ -288,21 +288,59 @@ def test_recomputing_training_path_under_bf16_autocast(chunk_tokens):
 
 
 def test_chunked_inference_default_depends_on_the_device_and_explicit_applies_everywhere():
-    """'auto' (the default) chunks at 2**16 map elements on the CPU and at 2**20 elsewhere (fewer, larger
-    launches on a GPU); an explicit chunk applies on any device."""
-    from rv_plugins.backbones.visiongru import INFER_CHUNK_ELEMS, INFER_CHUNK_ELEMS_ACCELERATOR, _lean
-    assert (INFER_CHUNK_ELEMS, INFER_CHUNK_ELEMS_ACCELERATOR) == (2 ** 16, 2 ** 20)
+    """'auto' (the default) chunks at 2**16 map elements on the CPU for large maps (whole batch more than
+    2**21 elements), at 2**18 for smaller ones, and at 2**20 elsewhere (fewer, larger launches on a GPU); an
+    explicit chunk applies on any device to every map larger than it."""
+    from rv_plugins.backbones.visiongru import (INFER_CHUNK_ELEMS, INFER_CHUNK_ELEMS_ACCELERATOR,
+                                                INFER_CHUNK_ELEMS_SMALL_IMAGE, INFER_LARGE_IMAGE_ELEMS, _lean)
+    assert (INFER_CHUNK_ELEMS, INFER_CHUNK_ELEMS_SMALL_IMAGE, INFER_LARGE_IMAGE_ELEMS,
+            INFER_CHUNK_ELEMS_ACCELERATOR) == (2 ** 16, 2 ** 18, 2 ** 21, 2 ** 20)
     block = GRU2DBlock(8).eval()
-    mid, large = 2 ** 14, 2 ** 18  # tokens; x 8 channels: 2**17 and 2**21 elements
+    mid, mid2, large = 2 ** 14, 2 ** 16, 2 ** 18  # tokens; x 8 channels: 2**17, 2**19 and 2**21 elements
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
     with torch.no_grad():
-        assert _lean(block, mid, 8, torch.device("cpu"))
-        assert not _lean(block, mid, 8, torch.device("cuda"))
-        assert _lean(block, large, 8, torch.device("cuda"))
+        assert not _lean(block, mid, 8, cpu)             # a small image's map below 2**18: one call
+        assert _lean(block, mid2, 8, cpu)                # ... above: chunks of 2**18
+        assert not _lean(block, mid, 8, cpu, batch=16)   # a batch of 16: 2**21 elements, chunks of 2**18
+        assert _lean(block, mid, 8, cpu, batch=17)       # a batch of 17: more, chunks of 2**16
+        assert _lean(block, large, 8, cpu)
+        assert not _lean(block, mid2, 8, cuda)
+        assert _lean(block, large, 8, cuda)
         set_infer_chunk(block, 1024)
-        assert _lean(block, mid, 8, torch.device("cuda"))
+        assert _lean(block, mid, 8, cuda) and _lean(block, mid, 8, cpu)
         set_infer_chunk(block, "auto")
-        assert not _lean(block, mid, 8, torch.device("cuda"))
+        assert not _lean(block, mid2, 8, cuda)
         set_infer_chunk(block, None)
-        assert not _lean(block, large, 8, torch.device("cpu"))
+        assert not _lean(block, large, 8, cpu)
     with pytest.raises(ValueError, match="'auto'"):
         set_infer_chunk(block, "sometimes")
+
+
+def test_auto_chunking_is_decided_per_image_by_the_first_stage_map(monkeypatch):
+    """Under 'auto' on the CPU VisionGRU chunks every map of a large image at the small chunk (the last
+    stage's too, however small its map) and a small image's maps at the larger chunk; all give the
+    one-call result."""
+    from rv_plugins.backbones import visiongru
+    torch.manual_seed(0)
+    model = VisionGRU(SMALL, drop_path_rate=0.0, num_classes=3).eval()
+    one_call = sum(SMALL["depths"])  # one bidirectional scan per block
+    x = torch.randn(2, 3, 32, 32)    # first-stage map: 2 x 8 x 8 tokens x 8 channels = 1024 elements
+    with torch.no_grad():
+        expected = set_infer_chunk(model, None)(x)[-1]
+        set_infer_chunk(model, "auto")
+        with _OpLog() as log:
+            model(x)
+        assert log.count(SCAN) == one_call
+        monkeypatch.setattr(visiongru, "INFER_CHUNK_ELEMS", 8)              # chunks of one row or less
+        monkeypatch.setattr(visiongru, "INFER_CHUNK_ELEMS_SMALL_IMAGE", 256)
+        monkeypatch.setattr(visiongru, "INFER_LARGE_IMAGE_ELEMS", 1023)     # this image is large
+        with _OpLog() as log:
+            out = model(x)[-1]
+        assert log.count(SCAN) >= 4 * one_call  # every stage chunked (the last map is 1 x 1 x 64: 2 directions)
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+        monkeypatch.setattr(visiongru, "INFER_LARGE_IMAGE_ELEMS", 1024)     # small: only stage 0's map
+        with _OpLog() as log:                                               # (512 per image > 256) chunked,
+            out = model(x)[-1]                                              # in 2 chunks of 4 rows
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+        stage0 = SMALL["depths"][0]
+        assert log.count(SCAN) == stage0 * 2 * 2 + (one_call - stage0)     # x 2 directions x 2 chunks

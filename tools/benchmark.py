@@ -14,7 +14,8 @@ Models (image -> 1000 logits, random init, drop path 0):
 * peers (:data:`PEERS`), built from mmpretrain's own implementations (``ImageClassifier`` from
   ``mmpretrain.registry.MODELS``): ``deit-s`` (``VisionTransformer(arch='deit-small')`` +
   ``VisionTransformerClsHead``), ``deit-s-eager`` (the same with the ``(N, N)`` attention matrix
-  materialised; on request), ``swin-t``, ``convnext-t``.
+  materialised; on request), ``deit-s-onednn`` (the same on our oneDNN CPU inference GEMMs, GELU fused,
+  as our models run theirs; on request), ``swin-t``, ``convnext-t``.
 
 Modes, every (model, resolution, mode) in its own subprocess so that memory peaks do not mix:
 
@@ -179,6 +180,37 @@ def _deit_s_eager(res):
     return model
 
 
+class _OneDNNLinear(nn.Module):
+    """An ``nn.Linear`` (same parameters) run through :func:`rv_plugins.ops.linear.linear`, optionally with the
+    GELU that followed it fused (the GEMM path our models take in CPU inference)."""
+
+    def __init__(self, lin: nn.Linear):
+        super().__init__()
+        self.weight, self.bias, self.activation = lin.weight, lin.bias, None
+
+    def forward(self, x):
+        from rv_plugins.ops.linear import linear
+        return linear(x, self.weight, self.bias, activation=self.activation)
+
+
+def _deit_s_onednn(res):
+    """DeiT-S with every linear layer through our oneDNN CPU inference GEMM (``rv_plugins.ops.linear``) and
+    the FFN's GELU fused into its first GEMM, as VisionGRU and Sequencer2D run theirs: the peer on the same
+    GEMM backend (on request)."""
+    model = _deit_s(res)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear:
+                setattr(parent, name, _OneDNNLinear(child))
+    for seq in model.modules():
+        if isinstance(seq, nn.Sequential):
+            for i in range(len(seq) - 1):
+                if (isinstance(seq[i], _OneDNNLinear) and type(seq[i + 1]) is nn.GELU
+                        and seq[i + 1].approximate == "none"):
+                    seq[i].activation, seq[i + 1] = "gelu", nn.Identity()
+    return model
+
+
 def _swin_t(res):
     return _MMPretrainClassifier(
         dict(type="SwinTransformer", arch="tiny", img_size=res, window_size=7, drop_path_rate=0.0),
@@ -194,14 +226,15 @@ def _convnext_t(res):
 PEERS: Dict[str, Callable[[int], nn.Module]] = {
     "deit-s": _deit_s,
     "deit-s-eager": _deit_s_eager,
+    "deit-s-onednn": _deit_s_onednn,
     "swin-t": _swin_t,
     "convnext-t": _convnext_t,
 }
-_ON_REQUEST = ("deit-s-eager",)  # measured only when named
+_ON_REQUEST = ("deit-s-eager", "deit-s-onednn")  # measured only when named
 
 
 def default_models() -> List[str]:
-    """The sweep's models: ours (:func:`our_model_names`), then the peers (without ``deit-s-eager``)."""
+    """The sweep's models: ours (:func:`our_model_names`), then the peers (without the on-request ones)."""
     return our_model_names() + [p for p in PEERS if p not in _ON_REQUEST]
 
 

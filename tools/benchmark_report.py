@@ -64,8 +64,11 @@ METHOD_NOTES = [
     "imports `torch._dynamo` before the baseline (our scans are `torch.library` custom ops, whose first "
     "call imports it: a one-time ~100 MiB of modules and Triton's shared library, not activation memory).",
     "VisionGRU: `preset='paper'` (positional embedding, linear candidate). Without autograd in eval mode "
-    "it runs its memory-lean chunked path (row chunks of 2^18 map elements); its FLOPs are counted with "
-    "chunking off (`set_infer_chunk(model, None)`), i.e. the model's MACs without the recomputed conv rows.",
+    "it runs its memory-lean chunked path (the default `'auto'` chunk on the CPU: row chunks of 2^18 map "
+    "elements up to a 2^21-element first-stage map, 2^16 above it; until 2026-11-26 2^16 at every size) "
+    "and, since 2026-11-26, its linear layers through oneDNN (`rv_plugins.ops.linear`; the peers keep "
+    "ATen's MKL GEMMs as mmpretrain runs them); its FLOPs are counted with chunking off "
+    "(`set_infer_chunk(model, None)`), i.e. the model's MACs without the recomputed conv rows.",
 ]
 
 
@@ -258,6 +261,10 @@ def targets(records: List[dict]) -> List[str]:
             out.append(f"Inference at {res}: VisionGRU-Ti {vi[field]:.3f} vs DeiT-S {di[field]:.3f} "
                        f"img/s (CPU time) -> {'faster' if faster else 'slower'}{goal}"
                        + (": " + ("met" if faster else "MISSED") if res >= 448 else ""))
+            do = find(records, "deit-s-onednn", res, "infer")
+            if do and field in do:  # the peer on the same GEMM backend: information, not the target
+                out.append(f"Inference at {res} against DeiT-S on our oneDNN GEMMs too: {do[field]:.3f} img/s, "
+                           f"VisionGRU-Ti {vi[field] / do[field]:.2f}x")
     worst = [r for r in fidelity_rows(records) if r["gflops_diff_pct"] is not None]
     if worst:
         bad = [r for r in worst if abs(r["gflops_diff_pct"]) > 10]

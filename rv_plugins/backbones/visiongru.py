@@ -21,13 +21,17 @@ is made. Widths and depths follow the authors' code (see ``ARCH_SETTINGS``).
 Execution: the mixer runs both directions as one input GEMM (the two ``in_proj`` weights
 concatenated), one bidirectional :func:`rv_plugins.ops.mingru_scan` (gates computed inside the scan)
 and one output GEMM (the two ``out_proj`` weights concatenated along their input: the sum of the two
-directions); the parameters stay ``gru_fwd.*`` / ``gru_bwd.*``. Memory-lean inference: without autograd
-and outside training, every map of more than ``infer_chunk_elems`` elements (tokens x channels; stem,
-downsampling, blocks) runs in row chunks of about that size: 3x3 convolutions from row slabs with a one-row halo, each scan direction
-chunk by chunk with its state carried through ``h0``, the MLP in place per chunk. A block then holds its
-input, its output and one chunk's temporaries; outputs equal the one-call path to float rounding.
+directions); the parameters stay ``gru_fwd.*`` / ``gru_bwd.*``. Without autograd on the CPU these GEMMs and
+the MLP's run through oneDNN (:mod:`rv_plugins.ops.linear`, GELU fused). Memory-lean inference: without
+autograd and outside training, every map of more than ``infer_chunk_elems`` elements (tokens x channels;
+stem, downsampling, blocks; the default ``"auto"`` picks the chunk by device and image size, see
+``set_infer_chunk``) runs in row chunks of about that size: 3x3 convolutions from row slabs with a one-row
+halo, each scan direction chunk by chunk with its state carried through ``h0``, the MLP in place per
+chunk. A block then holds its input, its output and one chunk's temporaries; outputs equal the one-call
+path to float rounding.
 """
 import math
+from contextvars import ContextVar
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -44,6 +48,7 @@ from rv_plugins.layers.mingru import (CANDIDATE_ACTIVATIONS, MinGRU, bidirection
 from rv_plugins.layers.mlp import Mlp
 from rv_plugins.ops import mingru_scan, mingru_scan_backward, resolve_backend
 from rv_plugins.ops.layout import from_sequence, to_sequence
+from rv_plugins.ops.linear import linear, linear_module
 
 __all__ = ["VisionGRU", "GRU2DBlock", "GRU2DMixer", "ARCH_SETTINGS", "ARCH_ALIASES", "set_infer_chunk", "PRESETS"]
 
@@ -81,12 +86,29 @@ _STEM_NORM_EPS = 1e-6  # stem and downsampling LayerNorms (the authors' value; b
 INFER_CHUNK_ELEMS = 2 ** 16
 INFER_CHUNK_ELEMS_ACCELERATOR = 2 ** 20
 INFER_CHUNK_AUTO = "auto"
+# ... but under "auto" on the CPU 2**16 is for large images only: when the first-stage map of the whole
+# batch (B x tokens x C0) holds at most INFER_LARGE_IMAGE_ELEMS elements (8 MiB of float32; VisionGRU-Ti,
+# batch 1: up to 680^2), the image's maps run in chunks of INFER_CHUNK_ELEMS_SMALL_IMAGE. Measured (1 thread,
+# oneDNN GEMMs, VisionGRU-Ti, in one process): at 448^2 563 / 531 / 470 / 479 / 485 ms per image (medians
+# of 5) with chunks of 2**16 / 2**17 / 2**18 / 2**19 / none, peak RSS increase 78 / 104 / 122 / 159 / 200
+# MiB; at 512^2 719 / 685 ms (2**16 / 2**18; DeiT-S 769), 88 / 120 MiB; at 672^2 1303 / 1135 ms (DeiT-S
+# 1644), 93 / 140 MiB. Larger images (896^2 and up) chunk every map above INFER_CHUNK_ELEMS, the last
+# stage's too, so the first stage's two maps set the peak (1024^2: 116 MiB, DeiT-S 147). A module used on
+# its own (outside VisionGRU.forward) applies the rule to its own map.
+INFER_CHUNK_ELEMS_SMALL_IMAGE = 2 ** 18
+INFER_LARGE_IMAGE_ELEMS = 2 ** 21
+
+# Set by VisionGRU.forward for the modules it runs: whether this image counts as large under "auto" on
+# the CPU (None outside a VisionGRU forward).
+_large_image: ContextVar[Optional[bool]] = ContextVar("rv_plugins_visiongru_large_image", default=None)
 
 
 def set_infer_chunk(model: nn.Module, elems: Union[float, str, None]) -> nn.Module:
     """Set the inference chunk (map elements, tokens x channels) of every module of ``model`` that has
-    one; ``None`` disables chunking (every map runs in one call), ``"auto"`` (the default) chunks at
-    ``INFER_CHUNK_ELEMS`` on the CPU and ``INFER_CHUNK_ELEMS_ACCELERATOR`` elsewhere. Returns ``model``."""
+    one; ``None`` disables chunking (every map runs in one call), a number chunks every map larger than
+    that into chunks of about that size, ``"auto"`` (the default) chunks at ``INFER_CHUNK_ELEMS`` on the CPU
+    (at ``INFER_CHUNK_ELEMS_SMALL_IMAGE`` for images whose first-stage map holds at most
+    ``INFER_LARGE_IMAGE_ELEMS`` elements) and at ``INFER_CHUNK_ELEMS_ACCELERATOR`` elsewhere. Returns ``model``."""
     elems = math.inf if elems is None else elems
     if elems != INFER_CHUNK_AUTO and not (isinstance(elems, (int, float)) and elems >= 1):
         raise ValueError(f"set_infer_chunk: elems must be >= 1, 'auto' or None (no chunking), got {elems!r}")
@@ -96,24 +118,30 @@ def set_infer_chunk(model: nn.Module, elems: Union[float, str, None]) -> nn.Modu
     return model
 
 
-def _chunk_elems(module: nn.Module, device: torch.device) -> float:
-    """``module``'s inference chunk on ``device`` (``"auto"``: ``INFER_CHUNK_ELEMS`` on the CPU,
-    ``INFER_CHUNK_ELEMS_ACCELERATOR`` elsewhere)."""
+def _chunk_elems(module: nn.Module, device: torch.device, map_elems: int) -> float:
+    """``module``'s inference chunk on ``device`` for a map of ``map_elems`` elements (whole batch); see
+    ``set_infer_chunk``."""
     elems = module.infer_chunk_elems
-    if elems == INFER_CHUNK_AUTO:
-        return INFER_CHUNK_ELEMS if device.type == "cpu" else INFER_CHUNK_ELEMS_ACCELERATOR
-    return elems
+    if elems != INFER_CHUNK_AUTO:
+        return elems
+    if device.type != "cpu":
+        return INFER_CHUNK_ELEMS_ACCELERATOR
+    large = _large_image.get()
+    if large is None:  # on its own: the image rule on this module's map
+        large = map_elems > INFER_LARGE_IMAGE_ELEMS
+    return INFER_CHUNK_ELEMS if large else INFER_CHUNK_ELEMS_SMALL_IMAGE
 
 
-def _lean(module: nn.Module, tokens: int, dim: int, device: torch.device) -> bool:
-    """Whether ``module`` takes its chunked inference path for a map of ``tokens`` x ``dim`` on ``device``."""
+def _lean(module: nn.Module, tokens: int, dim: int, device: torch.device, batch: int = 1) -> bool:
+    """Whether ``module`` takes its chunked inference path for a map of ``batch`` x ``tokens`` x ``dim`` on
+    ``device``."""
     return (not module.training and not torch.is_grad_enabled()
-            and tokens * dim > _chunk_elems(module, device))
+            and tokens * dim > _chunk_elems(module, device, batch * tokens * dim))
 
 
-def _chunk_rows(module: nn.Module, width: int, dim: int, device: torch.device) -> int:
-    """Rows per chunk for maps ``width`` tokens wide with ``dim`` channels (at least one row)."""
-    return max(1, int(_chunk_elems(module, device) // max(width * dim, 1)))
+def _chunk_rows(module: nn.Module, device: torch.device, batch: int, height: int, width: int, dim: int) -> int:
+    """Rows per chunk (at least one) for a ``(batch, height, width, dim)`` map on ``device``."""
+    return max(1, int(_chunk_elems(module, device, batch * height * width * dim) // max(width * dim, 1)))
 
 
 def _assemble_rows(n_out: int, rows: int, compute) -> torch.Tensor:
@@ -290,9 +318,9 @@ class ConvLN(nn.Module):
         n_in, w_in = x.shape[2], x.shape[3]
         n_out, w_out = (n_in + 1) // 2, (w_in + 1) // 2
         c_out = self.conv.out_channels
-        if not _lean(self, n_out * w_out, c_out, x.device):
+        if not _lean(self, n_out * w_out, c_out, x.device, x.shape[0]):
             return self.norm(self.conv(x).permute(0, 2, 3, 1))
-        return _assemble_rows(n_out, _chunk_rows(self, w_out, c_out, x.device),
+        return _assemble_rows(n_out, _chunk_rows(self, x.device, x.shape[0], n_out, w_out, c_out),
                               lambda o0, o1: self.rows(lambda a, b: x[:, :, a:b], n_in, o0, o1))
 
     def rows(self, get_rows, n_in: int, o0: int, o1: int) -> torch.Tensor:
@@ -326,14 +354,14 @@ class Stem(nn.Module):
         c_out = self.conv2.conv.out_channels
         if self.recompute and torch.is_grad_enabled():  # keep the image only; ~4 full-resolution maps less
             return checkpoint(self._full, x, use_reentrant=False)
-        if not _lean(self, n_out * w_out, c_out, x.device):
+        if not _lean(self, n_out * w_out, c_out, x.device, x.shape[0]):
             return self._full(x)
         # Row chunks of the output; the first conv's rows (one-row halo) are recomputed per chunk, so
         # neither full-resolution intermediate map is ever held.
         def first(a: int, b: int) -> torch.Tensor:
             return self.act(self.conv1.rows(lambda i, j: x[:, :, i:j], n_in, a, b)).permute(0, 3, 1, 2)
 
-        return _assemble_rows(n_out, _chunk_rows(self, w_out, c_out, x.device),
+        return _assemble_rows(n_out, _chunk_rows(self, x.device, x.shape[0], n_out, w_out, c_out),
                               lambda o0, o1: self.conv2.rows(first, n1, o0, o1))
 
 
@@ -397,12 +425,12 @@ class GRU2DMixer(nn.Module):
             chunk = max(1, int(self.train_chunk_elems // max(w_in.shape[0] // 2, 1)))
             h = _ProjectedBiScan.apply(seq, w_in, b_in, f.candidate_act, backend, chunk)
         else:
-            h = bidirectional_scan(f, b, F.linear(seq, w_in, b_in))
-        return from_sequence(F.linear(h, w_out, b_out), y.shape[1:3], channels_last=True)
+            h = bidirectional_scan(f, b, linear(seq, w_in, b_in))
+        return from_sequence(linear(h, w_out, b_out), y.shape[1:3], channels_last=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
-        if _lean(self, H * W, C, x.device):
+        if _lean(self, H * W, C, x.device, B):
             return self.accumulate_(x, x.new_zeros(B, H, W, self.gru_fwd.out_proj.weight.shape[0]))
         y = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return self.mix(y)
@@ -417,7 +445,7 @@ class GRU2DMixer(nn.Module):
         bottom to top. Nothing of full size is allocated.
         """
         B, H, W, C = x.shape
-        rows = _chunk_rows(self, W, C, x.device)
+        rows = _chunk_rows(self, x.device, B, H, W, C)
 
         def slab(a: int, b: int) -> torch.Tensor:
             t = x[:, a:b] if pre is None else pre(x[:, a:b])
@@ -429,10 +457,10 @@ class GRU2DMixer(nn.Module):
             for r0 in (reversed(starts) if gru.reverse else starts):
                 r1 = min(r0 + rows, H)
                 y = _conv3x3_rows(self.dwconv, slab, H, r0, r1).permute(0, 2, 3, 1).reshape(B, -1, C)
-                h = mingru_scan(gru.in_proj(y), state, reverse=gru.reverse, candidate_act=gru.candidate_act,
-                                backend=gru.backend)
+                h = mingru_scan(linear_module(gru.in_proj, y), state, reverse=gru.reverse,
+                                candidate_act=gru.candidate_act, backend=gru.backend)
                 state = (h[:, 0] if gru.reverse else h[:, -1]).contiguous()
-                out[:, r0:r1].add_(gru.out_proj(h).view(B, r1 - r0, W, -1))
+                out[:, r0:r1].add_(linear_module(gru.out_proj, h).view(B, r1 - r0, W, -1))
         return out
 
 
@@ -453,7 +481,7 @@ class GRU2DBlock(nn.Module):
     def forward(self, x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``x`` ``(B, H, W, dim)`` -> ``(B, H, W, dim)``. ``out``: optional buffer of ``x``'s shape that the
         memory-lean inference path writes its result into (its content is overwritten; otherwise ignored)."""
-        if _lean(self, x.shape[1] * x.shape[2], x.shape[3], x.device):
+        if _lean(self, x.shape[1] * x.shape[2], x.shape[3], x.device, x.shape[0]):
             return self._forward_lean(x, out)
         x = x + self.drop_path(self.mixer(self.norm1(x)))
         return x + self.drop_path(self._mlp(self.norm2(x)))
@@ -472,7 +500,7 @@ class GRU2DBlock(nn.Module):
         and one chunk's temporaries (mixer projections, MLP hidden)."""
         out = x.clone() if out is None or out.shape != x.shape or out.dtype != x.dtype else out.copy_(x)
         out = self.mixer.accumulate_(x, out, pre=self.norm1)
-        rows = _chunk_rows(self, x.shape[2], x.shape[3], x.device)
+        rows = _chunk_rows(self, x.device, *x.shape)
         for r0 in range(0, out.shape[1], rows):
             chunk = out[:, r0:r0 + rows]
             chunk += self.mlp(self.norm2(chunk))
@@ -629,6 +657,18 @@ class VisionGRU(HierarchicalBackbone):
         if self.pos_embed is not None:
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self._apply_init_cfg()
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """See the class docstring. Without autograd on the CPU (chunk ``"auto"``) this also decides for the
+        whole image which chunk its maps run in (``INFER_LARGE_IMAGE_ELEMS``)."""
+        if self.training or torch.is_grad_enabled() or x.dim() != 4:
+            return super().forward(x)
+        grid = math.ceil(x.shape[2] / 4) * math.ceil(x.shape[3] / 4)
+        token = _large_image.set(x.shape[0] * grid * self.embed_dims[0] > INFER_LARGE_IMAGE_ELEMS)
+        try:
+            return super().forward(x)
+        finally:
+            _large_image.reset(token)
 
     def _pos_embed(self, hw: Tuple[int, int]) -> torch.Tensor:
         """Positional embedding for a stem grid ``hw`` -> ``(1, h, w, C0)``."""

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from rv_plugins.ops import mingru_scan
+from rv_plugins.ops.linear import linear_module
 from rv_plugins.ops.mingru import CANDIDATE_ACTIVATIONS, g_activation  # noqa: F401 - re-exported
 
 __all__ = ["MinGRU", "BiMinGRU", "token_chunks", "can_scan_together", "bidirectional_in_proj",
@@ -78,9 +79,9 @@ class MinGRU(nn.Module):
         chunk = self.infer_chunk_tokens
         if not self.training and not torch.is_grad_enabled() and x.shape[1] > chunk:
             return self._forward_chunked(x, h0, chunk)
-        h = mingru_scan(self.in_proj(x), h0, reverse=self.reverse, candidate_act=self.candidate_act,
+        h = mingru_scan(linear_module(self.in_proj, x), h0, reverse=self.reverse, candidate_act=self.candidate_act,
                         backend=self.backend)
-        return self.out_proj(h)
+        return linear_module(self.out_proj, h)
 
     def _forward_chunked(self, x: torch.Tensor, h0: Optional[torch.Tensor], chunk: int) -> torch.Tensor:
         """No-autograd forward in token chunks of ``chunk``, the state carried between them through ``h0``.
@@ -91,10 +92,10 @@ class MinGRU(nn.Module):
         B, L, _ = x.shape
         out, state = None, h0
         for t0, t1 in token_chunks(L, chunk, self.reverse):
-            h = mingru_scan(self.in_proj(x[:, t0:t1]), state, reverse=self.reverse,
+            h = mingru_scan(linear_module(self.in_proj, x[:, t0:t1]), state, reverse=self.reverse,
                             candidate_act=self.candidate_act, backend=self.backend)
             state = h[:, 0] if self.reverse else h[:, -1]
-            y = self.out_proj(h)
+            y = linear_module(self.out_proj, h)
             if out is None:
                 out = y.new_empty(B, L, y.shape[-1])
             out[:, t0:t1] = y
