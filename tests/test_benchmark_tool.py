@@ -55,6 +55,24 @@ def test_model_names_come_from_the_registry_and_the_peer_table(tool):
     assert tool.build_ours("deit-s", 224) is None
 
 
+def test_deit_s_on_onednn_gemms_is_deit_s(tool):
+    """The on-request peer ``deit-s-onednn``: the same DeiT-S (same parameters, same outputs), its linear layers
+    through rv_plugins.ops.linear with the FFN's GELU fused."""
+    import torch
+    from torch import nn
+    torch.manual_seed(0)
+    plain = tool.build_model("deit-s", 64).eval()
+    torch.manual_seed(0)
+    routed = tool.build_model("deit-s-onednn", 64).eval()
+    assert "deit-s-onednn" in tool.known_models() and "deit-s-onednn" not in tool.default_models()
+    assert not any(isinstance(m, nn.Linear) for m in routed.modules())
+    assert any(getattr(m, "activation", None) == "gelu" for m in routed.modules())
+    assert sum(p.numel() for p in routed.parameters()) == sum(p.numel() for p in plain.parameters())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(routed(x), plain(x), atol=1e-4, rtol=1e-4)
+
+
 def test_one_subprocess_point_into_the_store(tool, tmp_path, capsys):
     store = tmp_path / "results.json"
     records = tool.main(["--models", "test-visiongru", "--resolutions", "32", "--modes", "infer", "--runs", "2",

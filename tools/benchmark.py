@@ -200,7 +200,7 @@ def _deit_s_onednn(res):
     model = _deit_s(res)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear:
+            if isinstance(child, nn.Linear):  # mmcv's Linear wrapper included
                 setattr(parent, name, _OneDNNLinear(child))
     for seq in model.modules():
         if isinstance(seq, nn.Sequential):

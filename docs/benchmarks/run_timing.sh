@@ -46,5 +46,10 @@ $B --models visiongru-b sequencer2d-s sequencer2d-m sequencer2d-l sequencer2d-s-
 B="$PY tools/benchmark.py --merge $STORE --point-budget-s 30 --timeout 400 --max-step-s 60"
 $B --models visiongru-ti deit-s --resolutions 448 512 672 896 1024 --modes infer --runs 5
 $B --models visiongru-ti deit-s --resolutions 1024 --modes train
+# 10. issue 12, 2026-11-26: oneDNN CPU inference GEMMs and the per-image default chunk; DeiT-S also on the
+#     same GEMMs (deit-s-onednn), one run, machine load ~1
+B="$PY tools/benchmark.py --merge $STORE --point-budget-s 30 --timeout 400 --max-step-s 60"
+$B --models visiongru-ti deit-s deit-s-onednn --resolutions 448 512 --modes infer --runs 5
+$B --models visiongru-ti deit-s deit-s-onednn --resolutions 672 896 1024 --modes infer --runs 5
 # 9. the report (README.md and the PNGs, from the store; notes.md is appended by hand-written analysis)
 $PY tools/benchmark_report.py $STORE --fidelity --out docs/benchmarks
