@@ -201,12 +201,14 @@ def _graph_breaks(model, x, grad):
     return explanation
 
 
-@pytest.mark.parametrize("train", [True, False])
-def test_compile_has_no_graph_breaks(train):
+@pytest.mark.parametrize("train,chunk", [(True, None), (False, 100), (False, "auto")])
+def test_compile_has_no_graph_breaks(train, chunk, monkeypatch):
+    from rv_plugins.backbones import visiongru
     torch.manual_seed(0)
     model = VisionGRU(SMALL, out_indices=(0, 1, 2, 3), num_classes=5).train(train)
-    if not train:
-        set_infer_chunk(model, 100)  # the chunked inference path (Python loops over chunks) too
+    if not train:  # the chunked inference path (Python loops over chunks) too, with an explicit or the auto chunk
+        set_infer_chunk(model, chunk)
+        monkeypatch.setattr(visiongru, "INFER_CHUNK_ELEMS_SMALL_IMAGE", 64)  # auto: chunk this small image
     e = _graph_breaks(model, torch.randn(1, 3, 40, 24), grad=train)
     assert e.graph_break_count == 0, [b.reason for b in e.break_reasons]
     assert e.graph_count == 1
@@ -323,6 +325,10 @@ def test_auto_chunking_is_decided_per_image_by_the_first_stage_map(monkeypatch):
     from rv_plugins.backbones import visiongru
     torch.manual_seed(0)
     model = VisionGRU(SMALL, drop_path_rate=0.0, num_classes=3).eval()
+    # each stage judges the image by its first-stage map: 4**i * C0 / Ci of its own map's elements
+    assert [[m.first_stage_ratio for m in s.modules() if hasattr(m, "first_stage_ratio")] for s in model.stages] \
+        == [[1.0] * 4, [2.0] * 3, [4.0] * 3, [8.0] * 3]  # (downsampling ConvLN,) block, mixer per block
+    assert model.stem.first_stage_ratio == 1.0
     one_call = sum(SMALL["depths"])  # one bidirectional scan per block
     x = torch.randn(2, 3, 32, 32)    # first-stage map: 2 x 8 x 8 tokens x 8 channels = 1024 elements
     with torch.no_grad():

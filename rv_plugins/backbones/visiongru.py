@@ -31,7 +31,6 @@ chunk. A block then holds its input, its output and one chunk's temporaries; out
 path to float rounding.
 """
 import math
-from contextvars import ContextVar
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -93,14 +92,12 @@ INFER_CHUNK_AUTO = "auto"
 # of 5) with chunks of 2**16 / 2**17 / 2**18 / 2**19 / none, peak RSS increase 78 / 104 / 122 / 159 / 200
 # MiB; at 512^2 719 / 685 ms (2**16 / 2**18; DeiT-S 769), 88 / 120 MiB; at 672^2 1303 / 1135 ms (DeiT-S
 # 1644), 93 / 140 MiB. Larger images (896^2 and up) chunk every map above INFER_CHUNK_ELEMS, the last
-# stage's too, so the first stage's two maps set the peak (1024^2: 116 MiB, DeiT-S 147). A module used on
-# its own (outside VisionGRU.forward) applies the rule to its own map.
+# stage's too, so the first stage's two maps set the peak (1024^2: 116 MiB, DeiT-S 147). Each module
+# estimates the image's first-stage map from its own map with its ``first_stage_ratio`` (set by VisionGRU
+# per stage: 4**i * C0 / Ci; 1 for a module used on its own), so the rule needs no state passed at run
+# time (torch.compile traces it without a graph break).
 INFER_CHUNK_ELEMS_SMALL_IMAGE = 2 ** 18
 INFER_LARGE_IMAGE_ELEMS = 2 ** 21
-
-# Set by VisionGRU.forward for the modules it runs: whether this image counts as large under "auto" on
-# the CPU (None outside a VisionGRU forward).
-_large_image: ContextVar[Optional[bool]] = ContextVar("rv_plugins_visiongru_large_image", default=None)
 
 
 def set_infer_chunk(model: nn.Module, elems: Union[float, str, None]) -> nn.Module:
@@ -120,15 +117,13 @@ def set_infer_chunk(model: nn.Module, elems: Union[float, str, None]) -> nn.Modu
 
 def _chunk_elems(module: nn.Module, device: torch.device, map_elems: int) -> float:
     """``module``'s inference chunk on ``device`` for a map of ``map_elems`` elements (whole batch); see
-    ``set_infer_chunk``."""
+    ``set_infer_chunk`` and ``INFER_LARGE_IMAGE_ELEMS``."""
     elems = module.infer_chunk_elems
     if elems != INFER_CHUNK_AUTO:
         return elems
     if device.type != "cpu":
         return INFER_CHUNK_ELEMS_ACCELERATOR
-    large = _large_image.get()
-    if large is None:  # on its own: the image rule on this module's map
-        large = map_elems > INFER_LARGE_IMAGE_ELEMS
+    large = map_elems * module.first_stage_ratio > INFER_LARGE_IMAGE_ELEMS  # the image's first-stage map
     return INFER_CHUNK_ELEMS if large else INFER_CHUNK_ELEMS_SMALL_IMAGE
 
 
@@ -311,6 +306,7 @@ class ConvLN(nn.Module):
         self.norm = nn.LayerNorm(out_dim, eps=_STEM_NORM_EPS)
 
     infer_chunk_elems = INFER_CHUNK_AUTO
+    first_stage_ratio = 1.0  # the image's first-stage map elements per element of this module's map
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last_in:
@@ -339,6 +335,7 @@ class Stem(nn.Module):
         self.conv2 = ConvLN(max(dim // 2, 1), dim, channels_last_in=True)
 
     infer_chunk_elems = INFER_CHUNK_AUTO
+    first_stage_ratio = 1.0  # the image's first-stage map elements per element of this module's map
 
     # With autograd: store only the stem's input and recompute its stride-2 maps in the backward
     # (1.7% of VisionGRU-Ti's MACs; at 1024^2 the stem otherwise keeps ~150 MB for the backward).
@@ -374,6 +371,7 @@ class GRU2DMixer(nn.Module):
     """
 
     infer_chunk_elems = INFER_CHUNK_AUTO
+    first_stage_ratio = 1.0  # the image's first-stage map elements per element of this module's map
     # With autograd: keep only the mixer's input and state for the backward and recompute the (B, L, 4h)
     # projection there (one extra GEMM; at 1024^2 that is 151 MB per first-stage block not stored).
     recompute_proj = True
@@ -477,6 +475,7 @@ class GRU2DBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     infer_chunk_elems = INFER_CHUNK_AUTO
+    first_stage_ratio = 1.0  # the image's first-stage map elements per element of this module's map
 
     def forward(self, x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``x`` ``(B, H, W, dim)`` -> ``(B, H, W, dim)``. ``out``: optional buffer of ``x``'s shape that the
@@ -637,6 +636,10 @@ class VisionGRU(HierarchicalBackbone):
         for m in self.modules():  # the preset's candidate activation in every minGRU
             if isinstance(m, MinGRU):
                 m.candidate_act = self.candidate_act
+        for i, stage in enumerate(self.stages):  # chunking judges the image by its first-stage map
+            for m in stage.modules():
+                if hasattr(m, "first_stage_ratio"):
+                    m.first_stage_ratio = 4 ** i * self.embed_dims[0] / self.embed_dims[i]
         self.init_weights()
         self._freeze_stages()
 
@@ -657,18 +660,6 @@ class VisionGRU(HierarchicalBackbone):
         if self.pos_embed is not None:
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self._apply_init_cfg()
-
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        """See the class docstring. Without autograd on the CPU (chunk ``"auto"``) this also decides for the
-        whole image which chunk its maps run in (``INFER_LARGE_IMAGE_ELEMS``)."""
-        if self.training or torch.is_grad_enabled() or x.dim() != 4:
-            return super().forward(x)
-        grid = math.ceil(x.shape[2] / 4) * math.ceil(x.shape[3] / 4)
-        token = _large_image.set(x.shape[0] * grid * self.embed_dims[0] > INFER_LARGE_IMAGE_ELEMS)
-        try:
-            return super().forward(x)
-        finally:
-            _large_image.reset(token)
 
     def _pos_embed(self, hw: Tuple[int, int]) -> torch.Tensor:
         """Positional embedding for a stem grid ``hw`` -> ``(1, h, w, C0)``."""
