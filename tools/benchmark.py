@@ -59,6 +59,7 @@ if ROOT not in sys.path:
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from rv_plugins.ops.linear import linear  # noqa: E402
 from rv_plugins.utils import measure  # noqa: E402
 
 RESOLUTIONS = [224, 448, 672, 896, 1024, 1248]
@@ -189,7 +190,6 @@ class _OneDNNLinear(nn.Module):
         self.weight, self.bias, self.activation = lin.weight, lin.bias, None
 
     def forward(self, x):
-        from rv_plugins.ops.linear import linear
         return linear(x, self.weight, self.bias, activation=self.activation)
 
 

@@ -67,7 +67,7 @@ METHOD_NOTES = [
     "it runs its memory-lean chunked path (the default `'auto'` chunk on the CPU: row chunks of 2^18 map "
     "elements up to a 2^21-element first-stage map, 2^16 above it; until 2026-11-26 2^16 at every size) "
     "and, since 2026-11-26, its linear layers through oneDNN (`rv_plugins.ops.linear`; the peers keep "
-    "ATen's MKL GEMMs as mmpretrain runs them); its FLOPs are counted with chunking off "
+    "ATen's MKL GEMMs as mmpretrain runs them, except `deit-s-onednn`, DeiT-S on the same oneDNN GEMMs); its FLOPs are counted with chunking off "
     "(`set_infer_chunk(model, None)`), i.e. the model's MACs without the recomputed conv rows.",
 ]
 

@@ -169,6 +169,13 @@ def _conv3x3_rows(conv: nn.Conv2d, get_rows, n_in: int, o0: int, o1: int) -> tor
                     groups=conv.groups)
 
 
+class _RowChunked:
+    """Mixin of the modules with a memory-lean (row-chunked) inference path."""
+
+    infer_chunk_elems = INFER_CHUNK_AUTO  # see set_infer_chunk
+    first_stage_ratio = 1.0  # the image's first-stage map elements per element of this module's map
+
+
 _NO_DOUBLE_BACKWARD = ("{}: double backward (create_graph=True) through this memory-saving path is not supported; "
                        "set {} = False to run the plain ops (twice differentiable)")
 
@@ -293,7 +300,7 @@ class _GeluLinear(torch.autograd.Function):
         return grad_u, grad_w, grad_b, None
 
 
-class ConvLN(nn.Module):
+class ConvLN(_RowChunked, nn.Module):
     """3x3 stride-2 conv then LayerNorm: ``(B, Cin, H, W)`` -> ``(B, ceil(H/2), ceil(W/2), Cout)``.
 
     ``channels_last_in=True`` takes ``(B, H, W, Cin)`` instead (the maps between stages).
@@ -304,9 +311,6 @@ class ConvLN(nn.Module):
         self.channels_last_in = channels_last_in
         self.conv = nn.Conv2d(in_dim, out_dim, 3, stride=2, padding=1)
         self.norm = nn.LayerNorm(out_dim, eps=_STEM_NORM_EPS)
-
-    infer_chunk_elems = INFER_CHUNK_AUTO
-    first_stage_ratio = 1.0  # the image's first-stage map elements per element of this module's map
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last_in:
@@ -325,7 +329,7 @@ class ConvLN(nn.Module):
         return self.norm(_conv3x3_rows(self.conv, get_rows, n_in, o0, o1).permute(0, 2, 3, 1))
 
 
-class Stem(nn.Module):
+class Stem(_RowChunked, nn.Module):
     """``(B, in_channels, H, W)`` -> ``(B, ceil(H/4), ceil(W/4), dim)``: two ConvLN with a GELU between."""
 
     def __init__(self, in_channels: int, dim: int):
@@ -333,9 +337,6 @@ class Stem(nn.Module):
         self.conv1 = ConvLN(in_channels, max(dim // 2, 1))
         self.act = nn.GELU()
         self.conv2 = ConvLN(max(dim // 2, 1), dim, channels_last_in=True)
-
-    infer_chunk_elems = INFER_CHUNK_AUTO
-    first_stage_ratio = 1.0  # the image's first-stage map elements per element of this module's map
 
     # With autograd: store only the stem's input and recompute its stride-2 maps in the backward
     # (1.7% of VisionGRU-Ti's MACs; at 1024^2 the stem otherwise keeps ~150 MB for the backward).
@@ -362,7 +363,7 @@ class Stem(nn.Module):
                               lambda o0, o1: self.conv2.rows(first, n1, o0, o1))
 
 
-class GRU2DMixer(nn.Module):
+class GRU2DMixer(_RowChunked, nn.Module):
     """The 2DGRU token mixer: 3x3 depthwise conv, then a raster-order and a reverse-raster minGRU, summed.
 
     Input and output ``(B, H, W, dim)``. ``scan_forward`` / ``scan_reverse`` expose the two
@@ -370,8 +371,6 @@ class GRU2DMixer(nn.Module):
     runs both at once (one input GEMM, one bidirectional ``mingru_scan``, one output GEMM).
     """
 
-    infer_chunk_elems = INFER_CHUNK_AUTO
-    first_stage_ratio = 1.0  # the image's first-stage map elements per element of this module's map
     # With autograd: keep only the mixer's input and state for the backward and recompute the (B, L, 4h)
     # projection there (one extra GEMM; at 1024^2 that is 151 MB per first-stage block not stored).
     recompute_proj = True
@@ -462,7 +461,7 @@ class GRU2DMixer(nn.Module):
         return out
 
 
-class GRU2DBlock(nn.Module):
+class GRU2DBlock(_RowChunked, nn.Module):
     """Pre-norm 2DGRU block, ``(B, H, W, dim)`` -> ``(B, H, W, dim)``."""
 
     def __init__(self, dim: int, mlp_ratio: float = 4.0, drop_path: float = 0.0,
@@ -473,9 +472,6 @@ class GRU2DBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, mlp_ratio)
         self.drop_path = DropPath(drop_path)
-
-    infer_chunk_elems = INFER_CHUNK_AUTO
-    first_stage_ratio = 1.0  # the image's first-stage map elements per element of this module's map
 
     def forward(self, x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``x`` ``(B, H, W, dim)`` -> ``(B, H, W, dim)``. ``out``: optional buffer of ``x``'s shape that the
@@ -638,7 +634,7 @@ class VisionGRU(HierarchicalBackbone):
                 m.candidate_act = self.candidate_act
         for i, stage in enumerate(self.stages):  # chunking judges the image by its first-stage map
             for m in stage.modules():
-                if hasattr(m, "first_stage_ratio"):
+                if isinstance(m, _RowChunked):
                     m.first_stage_ratio = 4 ** i * self.embed_dims[0] / self.embed_dims[i]
         self.init_weights()
         self._freeze_stages()

@@ -13,6 +13,7 @@ picks its own kernels), TorchScript tracing, and any active Python dispatch mode
 fake tensors: they see the ATen ops they know). ``RV_CPU_LINEAR=aten`` (read at import) or
 ``set_cpu_linear('aten')`` turns the oneDNN path off; ``cpu_linear()`` says which path is chosen.
 """
+import functools
 import os
 from typing import Optional
 
@@ -33,8 +34,9 @@ ACTIVATIONS = {
 _CPU_LINEAR_CHOICES = ("onednn", "aten")
 
 
+@functools.lru_cache(maxsize=None)
 def onednn_available() -> bool:
-    """Whether this torch build has oneDNN and its fused linear op."""
+    """Whether this torch build has oneDNN and its fused linear op (asked once per process)."""
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
