@@ -2,7 +2,7 @@
 
 A small C++ extension (``csrc/scan_cpu.cpp``), compiled with ``torch.utils.cpp_extension`` on first
 use (about a minute; ``tools/setup_env.sh`` builds it ahead) and cached in
-``$TORCH_EXTENSIONS_DIR``. Forward and backward are each one sequential pass over ``L`` with the
+``$TORCH_EXTENSIONS_DIR`` under a key of its source, flags, torch version and path (:func:`build_key`). Forward and backward are each one sequential pass over ``L`` with the
 ``D`` channels of a step in a contiguous, vectorisable inner loop, parallel over ``B`` and blocks of
 ``D`` with ``at::parallel_for``: memory traffic is one read of the inputs and one write of the
 outputs, which is the floor for this op. If no C++ compiler is present, ``available()`` returns
@@ -14,6 +14,7 @@ top on walks down: a reverse scan, the backward of a forward scan), prefetch ``p
 ahead, and write outputs of 8 MiB and more with streaming stores (``RV_MINGRU_CPU_STREAM=0``/``1``
 overrides). Knobs for tests and measurements: ``RV_MINGRU_CPU_BLOCK`` (channels per parallel job).
 """
+import hashlib
 import os
 import warnings
 from typing import Optional
@@ -41,13 +42,39 @@ def _simd_flags():
     return ["-mavx2", "-mfma"] if {"avx2", "fma"} <= flags else []
 
 
+_CFLAGS = ["-O3", "-fopenmp", "-fno-trapping-math"]
+_LDFLAGS = ["-fopenmp"]
+
+
+def build_key(cflags=None) -> str:
+    """12 hex digits naming one build: the source's bytes, the compiler flags, torch's version and the
+    source's path. Each key has its own extension name and build folder in torch's extension cache, so
+    two checkouts (or a wheel and a checkout) on one machine keep one build each instead of rebuilding
+    each other's, and an edited source or another torch gets a fresh build instead of a stale one."""
+    cflags = _CFLAGS + _simd_flags() if cflags is None else cflags
+    digest = hashlib.sha256()
+    with open(_SOURCE, "rb") as f:
+        digest.update(f.read())
+    for part in (" ".join(cflags), " ".join(_LDFLAGS), torch.__version__, os.path.realpath(_SOURCE)):
+        digest.update(b"\0" + part.encode())
+    return digest.hexdigest()[:12]
+
+
+def build_directory(key: Optional[str] = None) -> str:
+    """The folder of the build ``key`` (default: this checkout's) in torch's extension cache."""
+    from torch.utils.cpp_extension import _get_build_directory
+    return _get_build_directory(f"rv_plugins_scan_cpu_{key or build_key()}", verbose=False)
+
+
 def load(verbose: bool = False):
-    """Build (first time) and import the extension; raises if the build fails."""
+    """Build (the first time for this source, flags, torch and path) and import the extension; raises if
+    the build fails."""
     global _MODULE
     if _MODULE is None:
         from torch.utils.cpp_extension import load as _load
-        _MODULE = _load(name="rv_plugins_scan_cpu", sources=[_SOURCE], verbose=verbose,
-                        extra_cflags=["-O3", "-fopenmp", "-fno-trapping-math"] + _simd_flags(), extra_ldflags=["-fopenmp"])
+        cflags = _CFLAGS + _simd_flags()
+        name = f"rv_plugins_scan_cpu_{build_key(cflags)}"
+        _MODULE = _load(name=name, sources=[_SOURCE], verbose=verbose, extra_cflags=cflags, extra_ldflags=_LDFLAGS)
     return _MODULE
 
 
