@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from . import chunked, scan
+from .modes import is_tracing_or_exporting
 from .reference import linear_scan_reference
 
 CANDIDATE_ACTIVATIONS = ("identity", "g")
@@ -304,4 +305,7 @@ def mingru_scan(proj: torch.Tensor, h0: Optional[torch.Tensor] = None, reverse: 
     backend = scan._public_backend(backend, proj.device)
     if backend == "reference":
         return mingru_scan_reference(proj, h0, reverse, bidirectional, candidate_act)
+    if is_tracing_or_exporting():  # a tracer records plain ops: the export-friendly composite
+        from .parallel import mingru_scan_parallel
+        return mingru_scan_parallel(proj, h0, reverse, bidirectional, candidate_act)
     return torch.ops.rv_plugins.mingru_scan(proj, h0, reverse, bidirectional, candidate_act, backend)

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from . import chunked
+from .modes import is_tracing_or_exporting
 from .reference import linear_scan_reference
 
 BACKENDS = ("reference", "torch", "triton")
@@ -225,6 +226,9 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: Optional[torch.Tensor] = N
     backend = _public_backend(backend, a.device)
     if backend == "reference":
         return linear_scan_reference(a, b, h0, reverse)
+    if is_tracing_or_exporting():  # a tracer records plain ops: the export-friendly composite
+        from .parallel import linear_scan_parallel
+        return linear_scan_parallel(a, b, h0, reverse)
     return torch.ops.rv_plugins.linear_scan(a, b, h0, reverse, backend)
 
 
