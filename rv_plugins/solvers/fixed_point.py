@@ -53,6 +53,8 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 from torch import nn
 
+from rv_plugins.ops.modes import is_tracing_or_exporting
+
 MODES = ("bptt", "cbptt", "rbp", "crbp")
 NEUMANN_STOPS = ("max_terms", "tolerance", "growth", "norm_cap", "zero_gradient")
 
@@ -402,7 +404,7 @@ class FixedPointSolver:
                 f"{_describe(out)} at step {step}; it must return the next state as one tensor "
                 f"shaped like h {tuple(h.shape)} (for a cell returning (h, c) or (out, h), return "
                 "only the state, or keep a tuple state stacked in one tensor)")
-        if self.check_finite:
+        if self.check_finite and not is_tracing_or_exporting():  # a traced graph cannot branch on data
             _check_finite(out, step, total_steps, self.mode)
         return out
 
@@ -416,6 +418,8 @@ class FixedPointSolver:
 
     @staticmethod
     def _residual(h: torch.Tensor, h_prev: torch.Tensor) -> float:
+        if is_tracing_or_exporting():  # a float of the data is no part of a traced graph: not measured
+            return math.nan
         h, h_prev = h.detach(), h_prev.detach()
         return float((h - h_prev).norm() / h.norm().clamp_min(torch.finfo(h.dtype).tiny))
 
