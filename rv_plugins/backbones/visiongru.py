@@ -48,6 +48,7 @@ from rv_plugins.layers.mlp import Mlp
 from rv_plugins.ops import mingru_scan, mingru_scan_backward, resolve_backend
 from rv_plugins.ops.layout import from_sequence, to_sequence
 from rv_plugins.ops.linear import linear, linear_module
+from rv_plugins.ops.modes import is_tracing_or_exporting
 
 __all__ = ["VisionGRU", "GRU2DBlock", "GRU2DMixer", "ARCH_SETTINGS", "ARCH_ALIASES", "set_infer_chunk", "PRESETS"]
 
@@ -660,7 +661,9 @@ class VisionGRU(HierarchicalBackbone):
     def _pos_embed(self, hw: Tuple[int, int]) -> torch.Tensor:
         """Positional embedding for a stem grid ``hw`` -> ``(1, h, w, C0)``."""
         pe = self.pos_embed
-        if tuple(pe.shape[2:]) != tuple(hw):
+        # a tracer records the resize even to the embedding's own size (an identity): skipped, the traced
+        # graph would add the unresized embedding at every other size
+        if tuple(pe.shape[2:]) != tuple(hw) or is_tracing_or_exporting():
             pe = F.interpolate(pe, size=hw, mode="bicubic", align_corners=False)
         return pe.permute(0, 2, 3, 1)
 

@@ -48,12 +48,15 @@ def max_length(levels: int, chunk: int = CHUNK) -> int:
     return chunk ** levels
 
 
-def _steps(a: torch.Tensor, b: torch.Tensor, h0: Optional[torch.Tensor], reverse: bool, with_prod: bool):
+def _steps(a: torch.Tensor, b: torch.Tensor, h0: Optional[torch.Tensor], reverse: bool, with_prod: bool,
+           bounded: bool = True):
     """All ``T`` steps of step-major sequences, one vectorised multiply-add each.
 
     ``a``, ``b``: ``(T, M, D)`` (``M`` sequences, e.g. batch x chunks); ``h0``: ``(M, D)`` or ``None``, the
     state entering every sequence. Returns ``(h, prod)``, both ``(T, M, D)`` (``prod`` the running product
-    of ``a``, ``None`` unless ``with_prod``). The steps run on ``(T, M * D)`` views: a step's slice is one
+    of ``a``, ``None`` unless ``with_prod``). ``bounded=False``: ``a`` may be a product of decays that
+    overflowed to ``+-inf`` (levels above the first); a zero state then stays zero (``inf * 0`` is NaN). The
+    steps run on ``(T, M * D)`` views: a step's slice is one
     contiguous block, and onnxruntime's transpose optimizer cannot move the step-major transpose past the
     reshape into the split (past a split alone it does, and the split then copies strided rows).
     """
@@ -66,14 +69,19 @@ def _steps(a: torch.Tensor, b: torch.Tensor, h0: Optional[torch.Tensor], reverse
     h = p = None
     for t in order:
         if h is None:
-            h = b_steps[t] if h0 is None else a_steps[t] * h0 + b_steps[t]
+            h = b_steps[t] if h0 is None else _step(a_steps[t], h0, b_steps[t], bounded)
             p = a_steps[t]
         else:
-            h = a_steps[t] * h + b_steps[t]
+            h = _step(a_steps[t], h, b_steps[t], bounded)
             p = a_steps[t] * p if with_prod else None
         hs[t], ps[t] = h, p
     h = torch.cat(hs, dim=0).reshape(T, M, D)
     return h, (torch.cat(ps, dim=0).reshape(T, M, D) if with_prod else None)
+
+
+def _step(a: torch.Tensor, h: torch.Tensor, b: torch.Tensor, bounded: bool) -> torch.Tensor:
+    """``a h + b``; unless ``bounded``, exactly ``b`` where ``h == 0`` (``a`` may be infinite)."""
+    return a * h + b if bounded else torch.where(h == 0, b, a * h + b)
 
 
 def _pad(a: torch.Tensor, b: torch.Tensor, length, reverse: bool, always: bool):
@@ -100,13 +108,13 @@ def _scan(a: torch.Tensor, b: torch.Tensor, h0: Optional[torch.Tensor], reverse:
     B, L, D = a.shape
     if levels == 1:  # the top level: one chunk (generic: of exactly ``chunk`` steps, whatever L is)
         a, b = _pad(a, b, chunk if generic else L, reverse, generic)
-        h = _steps(a.transpose(0, 1), b.transpose(0, 1), h0, reverse, False)[0].transpose(0, 1)
+        h = _steps(a.transpose(0, 1), b.transpose(0, 1), h0, reverse, False, bounded)[0].transpose(0, 1)
         return _unpad(h, L, reverse) if generic else h
     N = (L + chunk - 1) // chunk  # not -(-L // chunk): ONNX's integer Div truncates negatives
     a, b = _pad(a, b, N * chunk, reverse, generic)
     a4 = a.reshape(B * N, chunk, D).transpose(0, 1)  # step-major chunks (T, B * N, D)
     b4 = b.reshape(B * N, chunk, D).transpose(0, 1)
-    local, prod = _steps(a4, b4, None, reverse, True)
+    local, prod = _steps(a4, b4, None, reverse, True, bounded)
     end = 0 if reverse else chunk - 1
     carry_out = _scan(prod[end].reshape(B, N, D), local[end].reshape(B, N, D), h0, reverse, chunk, levels - 1,
                       bounded, generic)  # the state after each chunk
