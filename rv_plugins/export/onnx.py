@@ -25,6 +25,8 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from rv_plugins.ops.parallel import fixed_size_traces
+
 __all__ = ["export_onnx", "export_mode", "ExportResult", "onnxruntime_session", "run_onnx", "compare_with_eager",
            "relative_error", "AdaptiveAvgPool2dAsMatmul", "flatten_outputs"]
 
@@ -143,7 +145,8 @@ def export_onnx(model: nn.Module, inputs: Union[torch.Tensor, Sequence[torch.Ten
     if output_names is not None:
         kwargs["output_names"] = list(output_names)
     start = time.perf_counter()
-    with export_mode(model, legacy=legacy), torch.no_grad():
+    sizes = contextlib.nullcontext() if dynamic else fixed_size_traces()  # no dynamic axes: the fewest levels
+    with export_mode(model, legacy=legacy), sizes, torch.no_grad():
         if legacy:
             if dynamic:
                 kwargs["dynamic_axes"] = {name: ({0: "batch", 2: "height", 3: "width"} if x.dim() == 4 else {0: "batch"})

@@ -23,16 +23,33 @@ to the traced size, so its graph takes the fewest levels.
 Shapes: ``a``, ``b``: ``(B, L, D)``; ``h0``: ``(B, D)`` or ``None``. The accumulation dtype is float32
 (float64 for float64 input); the result has ``a``'s dtype.
 """
-from typing import List, Optional
+import contextlib
+from typing import Iterator, List, Optional
 
 import torch
 
 from .mingru import _acc_dtype, _directions, _split, check_mingru_inputs, gates
 
-__all__ = ["linear_scan_parallel", "mingru_scan_parallel", "levels_for", "max_length", "CHUNK", "TRACE_LEVELS"]
+__all__ = ["linear_scan_parallel", "mingru_scan_parallel", "levels_for", "max_length", "fixed_size_traces", "CHUNK",
+           "TRACE_LEVELS"]
 
 CHUNK = 16        # steps per level: ~3 x 16 element-wise graph nodes per level
 TRACE_LEVELS = 4  # levels a traced/exported graph has at least: sequences up to 16 ** 4 = 65,536 steps
+
+
+_trace_levels = TRACE_LEVELS
+
+
+@contextlib.contextmanager
+def fixed_size_traces() -> Iterator[None]:
+    """Within the block TorchScript traces take the fewest levels for the traced size, as ``torch.export``
+    does: for a trace only ever run at that size (an ONNX file without dynamic axes); a smaller graph."""
+    global _trace_levels
+    saved, _trace_levels = _trace_levels, 1
+    try:
+        yield
+    finally:
+        _trace_levels = saved
 
 
 def levels_for(length: int, chunk: int = CHUNK) -> int:
@@ -60,9 +77,9 @@ def _steps(a: torch.Tensor, b: torch.Tensor, h0: Optional[torch.Tensor], reverse
     contiguous block, and onnxruntime's transpose optimizer cannot move the step-major transpose past the
     reshape into the split (past a split alone it does, and the split then copies strided rows).
     """
-    T, M, D = a.shape
-    a_steps, b_steps = a.reshape(T, M * D).split(1, dim=0), b.reshape(T, M * D).split(1, dim=0)
-    h0 = None if h0 is None else h0.reshape(1, M * D)
+    T = a.shape[0]
+    a_steps, b_steps = a.flatten(1).split(1, dim=0), b.flatten(1).split(1, dim=0)
+    h0 = None if h0 is None else h0.reshape(1, -1)
     order = range(T - 1, -1, -1) if reverse else range(T)
     hs: List[Optional[torch.Tensor]] = [None] * T
     ps: List[Optional[torch.Tensor]] = [None] * T
@@ -75,8 +92,8 @@ def _steps(a: torch.Tensor, b: torch.Tensor, h0: Optional[torch.Tensor], reverse
             h = _step(a_steps[t], h, b_steps[t], bounded)
             p = a_steps[t] * p if with_prod else None
         hs[t], ps[t] = h, p
-    h = torch.cat(hs, dim=0).reshape(T, M, D)
-    return h, (torch.cat(ps, dim=0).reshape(T, M, D) if with_prod else None)
+    h = torch.cat(hs, dim=0).view_as(a)
+    return h, (torch.cat(ps, dim=0).view_as(a) if with_prod else None)
 
 
 def _step(a: torch.Tensor, h: torch.Tensor, b: torch.Tensor, bounded: bool) -> torch.Tensor:
@@ -112,19 +129,20 @@ def _scan(a: torch.Tensor, b: torch.Tensor, h0: Optional[torch.Tensor], reverse:
         return _unpad(h, L, reverse) if generic else h
     N = (L + chunk - 1) // chunk  # not -(-L // chunk): ONNX's integer Div truncates negatives
     a, b = _pad(a, b, N * chunk, reverse, generic)
-    a4 = a.reshape(B * N, chunk, D).transpose(0, 1)  # step-major chunks (T, B * N, D)
-    b4 = b.reshape(B * N, chunk, D).transpose(0, 1)
+    # step-major chunks (T, B * N, D); -1 where a size follows: fewer shape ops in a TorchScript trace
+    a4 = a.reshape(-1, chunk, D).transpose(0, 1)
+    b4 = b.reshape(-1, chunk, D).transpose(0, 1)
     local, prod = _steps(a4, b4, None, reverse, True, bounded)
     end = 0 if reverse else chunk - 1
-    carry_out = _scan(prod[end].reshape(B, N, D), local[end].reshape(B, N, D), h0, reverse, chunk, levels - 1,
+    carry_out = _scan(prod[end].reshape(B, -1, D), local[end].reshape(B, -1, D), h0, reverse, chunk, levels - 1,
                       bounded, generic)  # the state after each chunk
     fill = carry_out.new_zeros(B, 1, D) if h0 is None else h0.unsqueeze(1)
     carry_in = torch.cat([carry_out[:, 1:], fill] if reverse else [fill, carry_out[:, :-1]], dim=1)
-    carry_in = carry_in.reshape(1, B * N, D)
+    carry_in = carry_in.reshape(1, -1, D)
     h = local + prod * carry_in
     if not bounded:  # a product of decays that overflowed to +-inf must not turn a zero state into NaN
         h = torch.where(carry_in == 0, local, h)
-    return _unpad(h.transpose(0, 1).reshape(B, N * chunk, D), L, reverse)
+    return _unpad(h.transpose(0, 1).reshape(B, -1, D), L, reverse)
 
 
 def _plan(length: int, chunk: int, levels: Optional[int]):
@@ -136,7 +154,7 @@ def _plan(length: int, chunk: int, levels: Optional[int]):
         raise ValueError(f"parallel scan: chunk must be >= 2, got {chunk}")
     generic = torch.jit.is_tracing()
     if levels is None:
-        levels = max(levels_for(length, chunk), TRACE_LEVELS) if generic else levels_for(length, chunk)
+        levels = max(levels_for(length, chunk), _trace_levels) if generic else levels_for(length, chunk)
     elif not generic and length > max_length(levels, chunk):
         raise ValueError(f"parallel scan: {levels} level(s) of {chunk} steps scan at most "
                          f"{max_length(levels, chunk)} steps, got a sequence of {length}; pass levels=None "
