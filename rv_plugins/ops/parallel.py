@@ -28,10 +28,12 @@ from typing import Iterator, List, Optional
 
 import torch
 
-from .mingru import _acc_dtype, _directions, _split, check_mingru_inputs, gates
+from .adjoint import accumulation_dtype
+from .checks import check_mingru_inputs
+from .gates import directions, gates
 
-__all__ = ["linear_scan_parallel", "mingru_scan_parallel", "levels_for", "max_length", "fixed_size_traces", "CHUNK",
-           "TRACE_LEVELS"]
+__all__ = ["linear_scan_parallel", "mingru_scan_parallel", "linear_scan", "mingru_scan", "levels_for", "max_length",
+           "fixed_size_traces", "CHUNK", "TRACE_LEVELS"]
 
 CHUNK = 16        # steps per level: ~3 x 16 element-wise graph nodes per level
 TRACE_LEVELS = 4  # levels a traced/exported graph has at least: sequences up to 16 ** 4 = 65,536 steps
@@ -172,7 +174,7 @@ def linear_scan_parallel(a: torch.Tensor, b: torch.Tensor, h0: Optional[torch.Te
     docstring), a number fixes them (a graph for sequences up to ``chunk ** levels``).
     """
     levels, generic = _plan(a.shape[1], chunk, levels)
-    acc = torch.promote_types(a.dtype, torch.float32)
+    acc = accumulation_dtype(a.dtype)
     h = _scan(a.to(acc), b.to(acc), None if h0 is None else h0.to(acc), reverse, chunk, levels, False, generic)
     return h.to(a.dtype)
 
@@ -190,12 +192,17 @@ def mingru_scan_parallel(proj: torch.Tensor, h0: Optional[torch.Tensor] = None, 
     """
     H = check_mingru_inputs(proj, h0, reverse, bidirectional, candidate_act)
     levels, generic = _plan(proj.shape[1], chunk, levels)
-    dirs = _directions(reverse, bidirectional)
-    acc = _acc_dtype(proj.dtype)
-    h0s = [None] * len(dirs) if h0 is None else _split(h0.to(acc), len(dirs), H)
+    dirs = directions(reverse, bidirectional)
+    h0 = None if h0 is None else h0.to(accumulation_dtype(proj.dtype))
     outs = []
-    for rev, p, h0_d in zip(dirs, _split(proj, len(dirs), 2 * H), h0s):
-        a, b = gates(p, candidate_act)  # 0 < a < 1: the decay products stay finite (bounded)
+    for d, rev in enumerate(dirs):
+        a, b = gates(proj[..., 2 * d * H:2 * (d + 1) * H], candidate_act)  # 0 < a < 1: the products stay finite
+        h0_d = None if h0 is None else h0[:, d * H:(d + 1) * H]
         outs.append(_scan(a, b, h0_d, rev, chunk, levels, True, generic))
     out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
     return out.to(proj.dtype)
+
+
+# the composite backend "parallel" (rv_plugins.ops.registry): the ops' export backend
+linear_scan = linear_scan_parallel
+mingru_scan = mingru_scan_parallel
