@@ -205,3 +205,68 @@ def test_hgru_mask_head_traces_exports_and_matches(cell, tmp_path):
         torch.testing.assert_close(exported.module()(x), head(x))
     _check(head, x, tmp_path, legacy=True, dynamic=True, sizes=[(5, 32, 14, 14)])
     _check(head, x, tmp_path, legacy=False)
+
+
+# ----------------------------------------------------------------------------- tools/export_onnx.py
+def _tool():
+    from tool_loader import load_tool
+    return load_tool("export_onnx")
+
+
+def test_tool_exports_a_registry_model(tmp_path):
+    out = tmp_path / "v.onnx"
+    summary = _tool().main(["visiongru", "--shape", "32", "24", "--legacy", "--out", str(out), "--model-kwargs",
+                            "arch={'embed_dims': [8, 16, 32, 64], 'depths': [1, 1, 0, 1]}", "preset=paper",
+                            "img_size=32", "out_indices=[0, 3]"])
+    assert summary["exporter"] == "legacy" and summary["max_rel_error"] < TOL and out.is_file()
+    assert len(onnxruntime_session(str(out)).get_outputs()) == 2
+
+
+def test_tool_refuses_unknown_names():
+    with pytest.raises(SystemExit, match="neither a config file nor a model name"):
+        _tool().main(["resnet50", "--shape", "32", "32"])
+
+
+def test_tool_exports_the_detectron2_mask_head(tmp_path):
+    pytest.importorskip("rv_plugins.detectron2")
+    import os
+    config = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "detectron2",
+                          "panoptic_fpn_R_50_synthetic_hgru_crbp.yaml")
+    summary = _tool().main([config, "--legacy", "--batch", "3", "--out", str(tmp_path / "head.onnx")])
+    assert summary["input_shape"] == [3, 256, 14, 14] and summary["max_rel_error"] < TOL
+
+
+TINY_MM = {  # small backbones in the shipped segmentor configs (the recipe's heads narrowed to match)
+    "upernet_visiongru_ti_synthetic.py": [
+        "model.backbone.arch={'_delete_': True, 'embed_dims': [8, 16, 32, 64], 'depths': [1, 1, 1, 1]}",
+        "model.decode_head.in_channels=[8, 16, 32, 64]", "model.auxiliary_head.in_channels=32"],
+    "fpn_sequencer2d_s_synthetic.py": [
+        "model.backbone.arch={'_delete_': True, 'depths': [1, 1, 1, 1], 'embed_dims': [16, 32, 32, 32],"
+        "'patch_sizes': [7, 2, 1, 1]}",
+        "model.neck.in_channels=[16, 32, 32, 32]"],
+}
+
+
+@pytest.mark.parametrize("config, legacy", [
+    ("upernet_visiongru_ti_synthetic.py", True), ("fpn_sequencer2d_s_synthetic.py", True),
+    pytest.param("upernet_visiongru_ti_synthetic.py", False, marks=pytest.mark.slow),  # ~1 min of torch.export
+    pytest.param("fpn_sequencer2d_s_synthetic.py", False, marks=pytest.mark.slow)])
+def test_tool_exports_the_mmseg_segmentors(config, legacy, tmp_path):
+    pytest.importorskip("mmseg")
+    import os
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", config)
+    args = [path, "--shape", "64", "48", "--out", str(tmp_path / "seg.onnx"), "--cfg-options", *TINY_MM[config]]
+    summary = _tool().main(args + (["--legacy"] if legacy else []))
+    assert summary["max_rel_error"] < TOL and summary["exporter"] == ("legacy" if legacy else "dynamo")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, kwargs", [("visiongru-ti", dict(preset="paper")), ("sequencer2d-s", dict(rnn_type="gru")),
+                                          ("sequencer2d-s", dict(rnn_type="rnn")), ("sequencer2d-s", dict(rnn_type="mingru"))])
+def test_full_models_at_224(name, kwargs, tmp_path):
+    """Full-size models at 224^2 (the legacy exporter; both exporters for VisionGRU-Ti 'released' and
+    Sequencer2D-S LSTM at 224^2 and 512^2: tools/benchmark_onnx.py, docs/benchmarks/onnx.md)."""
+    from rv_plugins.backbones.registry import create_backbone
+    torch.manual_seed(0)
+    _check(create_backbone(name, out_indices=(0, 1, 2, 3), **kwargs), torch.randn(1, 3, 224, 224), tmp_path,
+           legacy=True)

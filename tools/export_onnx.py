@@ -2,12 +2,12 @@
 
     python tools/export_onnx.py CONFIG_OR_MODEL_NAME [CHECKPOINT] --shape H W [--batch N] [--dynamic]
                                 [--legacy] [--out FILE] [--num-classes K] [--model-kwargs k=v ...]
-                                [--opset N] [--no-check] [--tolerance 1e-4]
+                                [--cfg-options k=v ...] [--opset N] [--no-check] [--tolerance 1e-4]
     rv-export-onnx ...            (the same, as the package's console script)
 
 What is exported, by the first argument:
 
-* an mmsegmentation config (``.py``; ``rv_plugins::NAME.py`` works too): the segmentor's
+* an mmsegmentation config (``.py``; ``rv_plugins::NAME.py`` works too; ``--cfg-options`` changes it): the segmentor's
   ``forward(inputs, mode='tensor')``: normalised images ``(N, 3, H, W)`` -> the decode head's logits;
 * an mmpretrain config: the classifier's ``mode='tensor'`` output (class scores before softmax);
 * a Detectron2 yaml whose ``MODEL.ROI_MASK_HEAD.NAME`` is ``HGRUMaskHead``: the mask head's predictor,
@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from rv_plugins.export import compare_with_eager, export_onnx, onnxruntime_session  # noqa: E402
+from rv_plugins.export import compare_with_eager, export_onnx, flatten_outputs, onnxruntime_session  # noqa: E402
 
 
 class TensorMode(nn.Module):
@@ -97,12 +97,12 @@ def _load_state(path: str) -> dict:
     return state
 
 
-def build_mm(config: str, checkpoint, num_classes, kwargs):
-    """(module, input shape prefix, name) for an mmseg / mmpretrain config."""
+def build_mm(config: str, checkpoint, num_classes, kwargs, cfg_options=None):
+    """(module, name) for an mmseg / mmpretrain config."""
     from mmengine.registry import init_default_scope
 
     from rv_plugins.openmmlab import runner as mr
-    cfg = mr.load_config(config)
+    cfg = mr.load_config(config, cfg_options or None)
     scope = cfg.get("default_scope", "mmseg")
     init_default_scope(scope)
     if scope == "mmseg":
@@ -168,7 +168,8 @@ def build(args):
     if args.shape is None:
         raise SystemExit("--shape H W is needed for this model (the image size to export at)")
     if target.endswith(".py") or "::" in target:
-        module, stem = build_mm(target, args.checkpoint, args.num_classes, parse_kwargs(args.model_kwargs))
+        module, stem = build_mm(target, args.checkpoint, args.num_classes, parse_kwargs(args.model_kwargs),
+                                parse_kwargs(args.cfg_options))
     else:
         module, stem = build_named(target, args.checkpoint, args.num_classes, parse_kwargs(args.model_kwargs))
     h, w = args.shape
@@ -186,6 +187,8 @@ def parse_args(argv=None):
     p.add_argument("--out", help="ONNX file (default: NAME_HxW.onnx in the current folder)")
     p.add_argument("--num-classes", type=int, default=0, help="model names: export the classifier's logits")
     p.add_argument("--model-kwargs", nargs="+", metavar="KEY=VALUE", help="model names: constructor arguments")
+    p.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE",
+                   help="mm configs: overrides, e.g. model.decode_head.num_classes=19 (values as Python literals)")
     p.add_argument("--opset", type=int)
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest relative error accepted")
@@ -203,6 +206,7 @@ def main(argv=None) -> dict:
               "to the example size)")
         legacy = True
     module, x, stem = build(args)
+    module.eval()
     out = args.out or f"{stem}_{x.shape[-2]}x{x.shape[-1]}.onnx"
     result = export_onnx(module, x, out, legacy=legacy, dynamic=args.dynamic, opset=args.opset)
     summary = dict(path=out, exporter=result.exporter, export_s=round(result.seconds, 2), nodes=result.nodes,
@@ -211,6 +215,10 @@ def main(argv=None) -> dict:
         start = time.perf_counter()
         errors = compare_with_eager(module, onnxruntime_session(out), x)
         summary.update(max_rel_error=max(errors), check_s=round(time.perf_counter() - start, 2))
+        with torch.no_grad():
+            if any(t.numel() and not t.abs().max() for t in flatten_outputs(module(x))):
+                print("note: an output is all zeros (an untrained zero-initialised head?): its comparison shows "
+                      "nothing; pass a checkpoint to check it")
     print(" ".join(f"{k}={v}" for k, v in summary.items()))
     if not args.no_check and summary["max_rel_error"] > args.tolerance:
         raise SystemExit(f"onnxruntime differs from PyTorch by {summary['max_rel_error']:.3g} relative "
