@@ -30,7 +30,8 @@ def _scan_inputs(L, D=5, B=2, seed=0):
     a = 0.5 + 0.6 * torch.rand(B, L, D, generator=g, dtype=torch.float64)
     a[..., ::3] *= -1   # negative decays
     a[:, ::7, 1] = 0    # and exact zeros: no log anywhere
-    return a, torch.randn(B, L, D, generator=g, dtype=torch.float64), torch.randn(B, D, generator=g, dtype=torch.float64)
+    b = torch.randn(B, L, D, generator=g, dtype=torch.float64)
+    return a, b, torch.randn(B, D, generator=g, dtype=torch.float64)
 
 
 # ----------------------------------------------------------------------------- the lowering
@@ -150,11 +151,18 @@ def test_visiongru_legacy_static_export(tmp_path):
     _check(_visiongru("released"), torch.randn(1, 3, 40, 24), tmp_path, legacy=True)
 
 
-def test_visiongru_default_exporter(tmp_path):
-    result, session = _check(_visiongru("released"), torch.randn(1, 3, 32, 32), tmp_path, legacy=False)
-    assert result.exporter == "dynamo"
-    with pytest.raises(Exception, match="dimension"):  # a static graph: other sizes are refused
-        run_onnx(session, torch.randn(1, 3, 48, 32))
+@pytest.mark.parametrize("dynamo", [True, False])
+def test_visiongru_plain_torch_onnx_export(dynamo, tmp_path):
+    """As a new user does it: ``torch.onnx.export(model, x)`` with autograd on (the default exporter failed
+    on the scan op, the legacy one on the memory-saving autograd Functions), then onnxruntime."""
+    model, x = _visiongru("released").eval(), torch.randn(1, 3, 32, 32)
+    path = str(tmp_path / "plain.onnx")
+    torch.onnx.export(model, (x,), path, dynamo=dynamo, **({"external_data": False} if dynamo else {}))
+    session = onnxruntime_session(path)
+    assert max(compare_with_eager(model, session, x)) < TOL
+    if dynamo:
+        with pytest.raises(Exception, match="dimension"):  # a static graph: other sizes are refused
+            run_onnx(session, torch.randn(1, 3, 48, 32))
 
 
 def test_dynamic_needs_the_legacy_exporter(tmp_path):
@@ -261,8 +269,9 @@ def test_tool_exports_the_mmseg_segmentors(config, legacy, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, kwargs", [("visiongru-ti", dict(preset="paper")), ("sequencer2d-s", dict(rnn_type="gru")),
-                                          ("sequencer2d-s", dict(rnn_type="rnn")), ("sequencer2d-s", dict(rnn_type="mingru"))])
+@pytest.mark.parametrize("name, kwargs", [
+    ("visiongru-ti", dict(preset="paper")), ("sequencer2d-s", dict(rnn_type="gru")),
+    ("sequencer2d-s", dict(rnn_type="rnn")), ("sequencer2d-s", dict(rnn_type="mingru"))])
 def test_full_models_at_224(name, kwargs, tmp_path):
     """Full-size models at 224^2 (the legacy exporter; both exporters for VisionGRU-Ti 'released' and
     Sequencer2D-S LSTM at 224^2 and 512^2: tools/benchmark_onnx.py, docs/benchmarks/onnx.md)."""

@@ -131,7 +131,7 @@ def _chunk_elems(module: nn.Module, device: torch.device, map_elems: int) -> flo
 def _lean(module: nn.Module, tokens: int, dim: int, device: torch.device, batch: int = 1) -> bool:
     """Whether ``module`` takes its chunked inference path for a map of ``batch`` x ``tokens`` x ``dim`` on
     ``device``."""
-    return (not module.training and not torch.is_grad_enabled()
+    return (not module.training and not torch.is_grad_enabled() and not is_tracing_or_exporting()
             and tokens * dim > _chunk_elems(module, device, batch * tokens * dim))
 
 
@@ -419,7 +419,7 @@ class GRU2DMixer(_RowChunked, nn.Module):
         w_in, b_in, w_out, b_out = self.fused_weights()
         seq = to_sequence(y, channels_last=True)
         backend = resolve_backend(f.backend, y.device)
-        if self.recompute_proj and torch.is_grad_enabled() and backend != "reference":
+        if self.recompute_proj and torch.is_grad_enabled() and backend != "reference" and not is_tracing_or_exporting():
             chunk = max(1, int(self.train_chunk_elems // max(w_in.shape[0] // 2, 1)))
             h = _ProjectedBiScan.apply(seq, w_in, b_in, f.candidate_act, backend, chunk)
         else:
@@ -487,7 +487,8 @@ class GRU2DBlock(_RowChunked, nn.Module):
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         mlp = self.mlp
-        if self.recompute_gelu and torch.is_grad_enabled() and type(mlp.act) is nn.GELU:
+        if (self.recompute_gelu and torch.is_grad_enabled() and type(mlp.act) is nn.GELU
+                and not is_tracing_or_exporting()):
             return _GeluLinear.apply(mlp.fc1(x), mlp.fc2.weight, mlp.fc2.bias, mlp.act.approximate)
         return mlp(x)
 

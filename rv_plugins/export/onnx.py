@@ -152,7 +152,8 @@ def export_onnx(model: nn.Module, inputs: Union[torch.Tensor, Sequence[torch.Ten
     with export_mode(model, legacy=legacy), sizes, torch.no_grad():
         if legacy:
             if dynamic:
-                kwargs["dynamic_axes"] = {name: ({0: "batch", 2: "height", 3: "width"} if x.dim() == 4 else {0: "batch"})
+                axes = {0: "batch", 2: "height", 3: "width"}
+                kwargs["dynamic_axes"] = {name: (axes if x.dim() == 4 else {0: "batch"})
                                           for name, x in zip(input_names, inputs)}
             torch.onnx.export(model, inputs, path, dynamo=False, opset_version=opset or LEGACY_OPSET, **kwargs)
         else:
