@@ -211,6 +211,11 @@ def test_hgru_mask_head_traces_exports_and_matches(cell, tmp_path):
         torch.testing.assert_close(traced(other), head(other))
         exported = torch.export.export(head, (x,))
         torch.testing.assert_close(exported.module()(x), head(x))
+    traced = torch.jit.trace(head, x, check_trace=False)  # as fvcore traces: autograd on (the solver's LCP off)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(other), head(other))
+    fvcore = pytest.importorskip("fvcore.nn")
+    assert fvcore.FlopCountAnalysis(head, x).total() > 0
     _check(head, x, tmp_path, legacy=True, dynamic=True, sizes=[(5, 32, 14, 14)])
     _check(head, x, tmp_path, legacy=False)
 

@@ -41,7 +41,8 @@ Usage::
 
 ``F`` is any ``nn.Module`` or callable taking ``(x, h)`` and returning one tensor shaped like
 ``h``; ``x`` and ``h`` may have any shapes. Under ``torch.no_grad()`` every mode just runs the N
-steps (no LCP, ``info.lcp is None``).
+steps (no LCP, ``info.lcp is None``), and so it does while a tracer or exporter records it (fvcore,
+``torch.jit.trace``, ``torch.export``, ONNX: the LCP's ``autograd.grad`` and the RBP hook are no graph ops).
 """
 import logging
 import math
@@ -359,7 +360,7 @@ class FixedPointSolver:
                 "and returns a (h, c) tuple or a sequence; the solver needs F(x, h) -> next state, "
                 "one tensor shaped like h. Wrap it, e.g. keep h and c stacked in one state tensor "
                 "and split it inside a small nn.Module")
-        if not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() or is_tracing_or_exporting():  # a traced graph: the N steps alone
             h_prev, h = self._iterate(transition, x, h0, steps, steps)
             return h, SolverInfo(self.mode, steps, self._residual(h, h_prev))
         if self.mode in ("bptt", "cbptt"):
