@@ -203,12 +203,12 @@ def _graph_breaks(model, x, grad):
 
 @pytest.mark.parametrize("train,chunk", [(True, None), (False, 100), (False, "auto")])
 def test_compile_has_no_graph_breaks(train, chunk, monkeypatch):
-    from rv_plugins.backbones import visiongru
+    from rv_plugins.layers import row_chunked
     torch.manual_seed(0)
     model = VisionGRU(SMALL, out_indices=(0, 1, 2, 3), num_classes=5).train(train)
     if not train:  # the chunked inference path (Python loops over chunks) too, with an explicit or the auto chunk
         set_infer_chunk(model, chunk)
-        monkeypatch.setattr(visiongru, "INFER_CHUNK_ELEMS_SMALL_IMAGE", 64)  # auto: chunk this small image
+        monkeypatch.setattr(row_chunked, "INFER_CHUNK_ELEMS_SMALL_IMAGE", 64)  # auto: chunk this small image
     e = _graph_breaks(model, torch.randn(1, 3, 40, 24), grad=train)
     assert e.graph_break_count == 0, [b.reason for b in e.break_reasons]
     assert e.graph_count == 1
@@ -322,7 +322,7 @@ def test_auto_chunking_is_decided_per_image_by_the_first_stage_map(monkeypatch):
     """Under 'auto' on the CPU VisionGRU chunks every map of a large image at the small chunk (the last
     stage's too, however small its map) and a small image's maps at the larger chunk; all give the
     one-call result."""
-    from rv_plugins.backbones import visiongru
+    from rv_plugins.layers import row_chunked
     torch.manual_seed(0)
     model = VisionGRU(SMALL, drop_path_rate=0.0, num_classes=3).eval()
     # each stage judges the image by its first-stage map: 4**i * C0 / Ci of its own map's elements
@@ -337,16 +337,54 @@ def test_auto_chunking_is_decided_per_image_by_the_first_stage_map(monkeypatch):
         with _OpLog() as log:
             model(x)
         assert log.count(SCAN) == one_call
-        monkeypatch.setattr(visiongru, "INFER_CHUNK_ELEMS", 8)              # chunks of one row or less
-        monkeypatch.setattr(visiongru, "INFER_CHUNK_ELEMS_SMALL_IMAGE", 256)
-        monkeypatch.setattr(visiongru, "INFER_LARGE_IMAGE_ELEMS", 1023)     # this image is large
+        monkeypatch.setattr(row_chunked, "INFER_CHUNK_ELEMS", 8)              # chunks of one row or less
+        monkeypatch.setattr(row_chunked, "INFER_CHUNK_ELEMS_SMALL_IMAGE", 256)
+        monkeypatch.setattr(row_chunked, "INFER_LARGE_IMAGE_ELEMS", 1023)     # this image is large
         with _OpLog() as log:
             out = model(x)[-1]
         assert log.count(SCAN) >= 4 * one_call  # every stage chunked (the last map is 1 x 1 x 64: 2 directions)
         torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
-        monkeypatch.setattr(visiongru, "INFER_LARGE_IMAGE_ELEMS", 1024)     # small: only stage 0's map
+        monkeypatch.setattr(row_chunked, "INFER_LARGE_IMAGE_ELEMS", 1024)     # small: only stage 0's map
         with _OpLog() as log:                                               # (512 per image > 256) chunked,
             out = model(x)[-1]                                              # in 2 chunks of 4 rows
         torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
         stage0 = SMALL["depths"][0]
         assert log.count(SCAN) == stage0 * 2 * 2 + (one_call - stage0)     # x 2 directions x 2 chunks
+
+
+# ----------------------------------------------------------------------------- tracing and exporting
+def _traced_scan_calls(graph_text: str) -> int:
+    return graph_text.count("rv_plugins::mingru_scan") + graph_text.count("rv_plugins.mingru_scan")
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_tracing_takes_the_plain_one_call_path(train):
+    """torch.jit.trace records one bidirectional scan per block and no Python autograd Function: no row
+    chunks (eval, no autograd, a chunk of 1 element), no projection-recomputing or GELU-recomputing
+    Function (train, autograd), the MinGRU token chunks neither; the traced model gives the eager result."""
+    torch.manual_seed(0)
+    model = set_infer_chunk(VisionGRU(SMALL, drop_path_rate=0.0, img_size=None).train(train), 1)
+    for m in model.modules():
+        if isinstance(m, MinGRU):
+            m.infer_chunk_tokens = 1
+    x = torch.randn(1, 3, 40, 24)
+    with torch.set_grad_enabled(train):
+        traced = torch.jit.trace(model, x, check_trace=False)
+        graph = str(traced.inlined_graph)
+        assert _traced_scan_calls(graph) == sum(SMALL["depths"]), graph.count("mingru")
+        assert "prim::PythonOp" not in graph
+        torch.testing.assert_close(traced(x)[-1], model(x)[-1], atol=1e-5, rtol=1e-5)
+    model.eval()
+    with torch.no_grad(), _OpLog() as log:  # the same model in eager mode does chunk
+        model(x)
+    assert log.count(SCAN) > sum(SMALL["depths"])
+
+
+def test_torch_export_takes_the_plain_one_call_path():
+    torch.manual_seed(0)
+    model = set_infer_chunk(VisionGRU(SMALL, drop_path_rate=0.0, img_size=None).eval(), 1)
+    x = torch.randn(1, 3, 40, 24)
+    with torch.no_grad():
+        exported = torch.export.export(model, (x,))
+    scans = [n for n in exported.graph.nodes if "mingru_scan" in str(n.target)]
+    assert len(scans) == sum(SMALL["depths"]), [str(n.target) for n in scans]

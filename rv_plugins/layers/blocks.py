@@ -1,4 +1,5 @@
-"""Running a stage's blocks, shared by every backbone."""
+"""Running a stage's blocks, shared by every backbone, and what the layers that recompute in the backward
+(instead of storing activations) say when asked for a second derivative."""
 from typing import Iterable
 
 import torch
@@ -12,3 +13,11 @@ def run_blocks(blocks: Iterable[nn.Module], x: torch.Tensor, with_cp: bool = Fal
     for blk in blocks:
         x = cp.checkpoint(blk, x, use_reentrant=False) if with_cp and torch.is_grad_enabled() else blk(x)
     return x
+
+
+def refuse_double_backward(what: str, switch: str) -> None:
+    """Raise if a memory-saving ``autograd.Function``'s backward runs with ``create_graph=True``: ``what``
+    names the layer, ``switch`` the attribute that selects its plain (twice differentiable) ops."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(f"{what}: double backward (create_graph=True) through this memory-saving path is not "
+                           f"supported; set {switch} = False to run the plain ops (twice differentiable)")
