@@ -24,7 +24,7 @@ import pytest
 import torch
 from torch import nn
 
-from rv_plugins.backbones import (BackboneRegistry, HierarchicalBackbone, create_backbone, get_backbone,
+from rv_plugins.backbones import (BACKBONES, BackboneRegistry, HierarchicalBackbone, create_backbone, get_backbone,
                                   list_backbones, model_names, register_backbone)
 from rv_plugins.layers.blocks import run_blocks
 from rv_plugins.layers.drop_path import DropPath
@@ -164,7 +164,14 @@ def test_registration_errors_name_the_fix():
         reg.register("toyconv", test_arch="tiny", strides=(4, 8))(other)
     with pytest.raises(ValueError, match="does not have"):
         reg.register("toy2", test_arch="tiny", strides=(4, 8), arch_names={"huge": "h"})(other)
-    assert callable(register_backbone)
+    newcomer = type("ToyConvNewcomer", (ToyConv,), {})
+    register_backbone("toynewcomer", test_arch="tiny", strides=(4, 8))(newcomer)  # the package's registry
+    try:
+        assert "toynewcomer" in list_backbones() and get_backbone("ToyNewcomer").cls is newcomer
+        assert "toynewcomer-tiny" in model_names()
+    finally:
+        BACKBONES.unregister("toynewcomer")
+    assert "toynewcomer" not in list_backbones()
 
 
 @parametrize_entries
