@@ -290,13 +290,15 @@ def test_recomputing_training_path_under_bf16_autocast(chunk_tokens):
 
 
 def test_chunked_inference_default_depends_on_the_device_and_explicit_applies_everywhere():
-    """'auto' (the default) chunks at 2**16 map elements on the CPU for large maps (whole batch more than
-    2**21 elements), at 2**18 for smaller ones, and at 2**20 elsewhere (fewer, larger launches on a GPU); an
-    explicit chunk applies on any device to every map larger than it."""
+    """'auto' (the default) chunks at 2**16 map elements per image on the CPU for large maps (whole batch more
+    than 2**21 elements), at 2**18 for smaller ones, and elsewhere every map of the batch larger than 2**21
+    elements in chunks of 2**21 elements of the batch; an explicit chunk applies on any device to every
+    image's map larger than it."""
     from rv_plugins.backbones.visiongru import (INFER_CHUNK_ELEMS, INFER_CHUNK_ELEMS_ACCELERATOR,
                                                 INFER_CHUNK_ELEMS_SMALL_IMAGE, INFER_LARGE_IMAGE_ELEMS, _lean)
+    from rv_plugins.layers.row_chunked import chunk_rows
     assert (INFER_CHUNK_ELEMS, INFER_CHUNK_ELEMS_SMALL_IMAGE, INFER_LARGE_IMAGE_ELEMS,
-            INFER_CHUNK_ELEMS_ACCELERATOR) == (2 ** 16, 2 ** 18, 2 ** 21, 2 ** 20)
+            INFER_CHUNK_ELEMS_ACCELERATOR) == (2 ** 16, 2 ** 18, 2 ** 21, 2 ** 21)
     block = GRU2DBlock(8).eval()
     mid, mid2, large = 2 ** 14, 2 ** 16, 2 ** 18  # tokens; x 8 channels: 2**17, 2**19 and 2**21 elements
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
@@ -306,8 +308,13 @@ def test_chunked_inference_default_depends_on_the_device_and_explicit_applies_ev
         assert not _lean(block, mid, 8, cpu, batch=16)   # a batch of 16: 2**21 elements, chunks of 2**18
         assert _lean(block, mid, 8, cpu, batch=17)       # a batch of 17: more, chunks of 2**16
         assert _lean(block, large, 8, cpu)
-        assert not _lean(block, mid2, 8, cuda)
-        assert _lean(block, large, 8, cuda)
+        assert not _lean(block, mid2, 8, cuda)           # the GPU counts the batch's map: 2**19
+        assert not _lean(block, large, 8, cuda)          # 2**21: not more than the chunk
+        assert _lean(block, large + 1, 8, cuda)
+        assert _lean(block, mid2, 8, cuda, batch=5)      # 5 x 2**19 > 2**21
+        assert not _lean(block, mid2, 8, cuda, batch=4)
+        assert chunk_rows(block, cuda, 4, 512, 512, 8) == 2 ** 21 // 4 // (512 * 8)  # 128 rows of 4 images
+        assert chunk_rows(block, cpu, 4, 512, 512, 8) == 2 ** 16 // (512 * 8)        # per image on the CPU
         set_infer_chunk(block, 1024)
         assert _lean(block, mid, 8, cuda) and _lean(block, mid, 8, cpu)
         set_infer_chunk(block, "auto")

@@ -18,17 +18,18 @@ width, no biases) have their own weights. The reverse raster is the map flipped 
 authors' code does); here it is the same sequence scanned with ``reverse=True``, so no flipped copy
 is made. Widths and depths follow the authors' code (see ``ARCH_SETTINGS``).
 
-Execution: the mixer runs both directions as one input GEMM (the two ``in_proj`` weights
-concatenated), one bidirectional :func:`rv_plugins.ops.mingru_scan` (gates computed inside the scan)
-and one output GEMM (the two ``out_proj`` weights concatenated along their input: the sum of the two
-directions); the parameters stay ``gru_fwd.*`` / ``gru_bwd.*``. Without autograd on the CPU these GEMMs and
-the MLP's run through oneDNN (:mod:`rv_plugins.ops.linear`, GELU fused). With autograd the mixer stores no
-projection (:func:`rv_plugins.layers.mingru.projected_bidirectional_scan`), the MLP no GELU output
-(:func:`rv_plugins.layers.mlp.gelu_linear`) and the stem only its input (checkpointed). Without autograd
-and outside training, every map of more than ``infer_chunk_elems`` elements (tokens x channels; stem,
-downsampling, blocks; the default ``"auto"`` picks the chunk by device and image size, see
-``set_infer_chunk``) runs in row chunks of about that size (:mod:`rv_plugins.layers.row_chunked`). Tracing
-and exporting take the plain one-call path.
+Execution: the mixer runs both directions as one input GEMM, one bidirectional
+:func:`rv_plugins.ops.mingru_scan` (gates computed inside the scan) and one output projection (the sum
+of the two directions); the parameters stay ``gru_fwd.*`` / ``gru_bwd.*``. Without autograd the input
+weights are used without a copy (they share one buffer) and, off the CPU, the output weights too
+(:mod:`rv_plugins.layers.bidirectional_mingru`); on the CPU these GEMMs and the MLP's run through oneDNN
+(:mod:`rv_plugins.ops.linear`, GELU fused). Under autocast the LayerNorms return the autocast dtype
+(statistics in float32), so the residual stream stays in it. With autograd the mixer stores no
+projection (``projected_bidirectional_scan``), the MLP no GELU output (``gelu_linear``) and the stem
+only its input (checkpointed). Without autograd and outside training, every map of more than
+``infer_chunk_elems`` elements (tokens x channels; stem, downsampling, blocks; the default ``"auto"``
+picks the chunk by device and image size, see ``set_infer_chunk``) runs in row chunks of about that
+size (:mod:`rv_plugins.layers.row_chunked`). Tracing and exporting take the plain one-call path.
 """
 import math
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -42,9 +43,10 @@ from rv_plugins.backbones.registry import register_backbone
 from rv_plugins.layers.blocks import run_blocks
 from rv_plugins.layers.conv_ln import ConvLN, Stem
 from rv_plugins.layers.drop_path import DropPath
-from rv_plugins.layers.mingru import (CANDIDATE_ACTIVATIONS, MinGRU, bidirectional_sum, bidirectional_weights,
-                                      can_scan_together)
+from rv_plugins.layers.bidirectional_mingru import bidirectional_sum, bidirectional_weights, pack_in_proj
+from rv_plugins.layers.mingru import CANDIDATE_ACTIVATIONS, MinGRU, can_scan_together
 from rv_plugins.layers.mlp import Mlp, gelu_linear
+from rv_plugins.layers.norm import LayerNorm
 from rv_plugins.layers.row_chunked import (INFER_CHUNK_AUTO, INFER_CHUNK_ELEMS,  # noqa: F401 - re-exported
                                            INFER_CHUNK_ELEMS_ACCELERATOR, INFER_CHUNK_ELEMS_SMALL_IMAGE,
                                            INFER_LARGE_IMAGE_ELEMS, RowChunked, accumulate_scans_in_rows_,
@@ -95,6 +97,20 @@ class GRU2DMixer(RowChunked, nn.Module):
         self.dwconv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
         self.gru_fwd = MinGRU(dim, expansion=expansion, bias=False, reverse=False, backend=backend)
         self.gru_bwd = MinGRU(dim, expansion=expansion, bias=False, reverse=True, backend=backend)
+        self._pack()
+
+    def _pack(self) -> None:
+        # a plain attribute, not a registered buffer: the parameters are the state, they are views of it
+        self._in_proj_buffer = pack_in_proj(self.gru_fwd, self.gru_bwd)
+
+    def _apply(self, fn, recurse=True):
+        module = super()._apply(fn, recurse)  # .to() / .half() / .cuda() give each parameter its own tensor
+        self._pack()
+        return module
+
+    def __setstate__(self, state):  # copy.deepcopy and unpickling copy the parameters one by one
+        super().__setstate__(state)
+        self._pack()
 
     @staticmethod
     def _scan(gru: MinGRU, x: torch.Tensor) -> torch.Tensor:
@@ -109,8 +125,9 @@ class GRU2DMixer(RowChunked, nn.Module):
         return self._scan(self.gru_bwd, x)
 
     def fused_weights(self):
-        """Both directions' weights as one input and one output projection
-        (:func:`rv_plugins.layers.mingru.bidirectional_weights`): ``(w_in (4h, dim), b_in, w_out (dim, 2h), b_out)``."""
+        """Both directions' weights as one input and one output projection, concatenated
+        (:func:`rv_plugins.layers.bidirectional_mingru.bidirectional_weights`):
+        ``(w_in (4h, dim), b_in, w_out (dim, 2h), b_out)``."""
         return bidirectional_weights(self.gru_fwd, self.gru_bwd)
 
     def mix(self, y: torch.Tensor) -> torch.Tensor:
@@ -123,8 +140,9 @@ class GRU2DMixer(RowChunked, nn.Module):
         f, b = self.gru_fwd, self.gru_bwd
         if not can_scan_together(f, b):
             return self.scan_forward(y) + self.scan_reverse(y)  # the directions differ: one call each
-        out = bidirectional_sum(f, b, to_sequence(y, channels_last=True), self.recompute_proj, self.train_chunk_elems,
-                                "GRU2DMixer", "GRU2DMixer.recompute_proj")
+        seq = to_sequence(y, channels_last=True)
+        out = bidirectional_sum(f, b, seq, self.recompute_proj, self.train_chunk_elems, "GRU2DMixer",
+                                "GRU2DMixer.recompute_proj", packed=self._in_proj_buffer)
         return from_sequence(out, y.shape[1:3], channels_last=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -151,9 +169,9 @@ class GRU2DBlock(RowChunked, nn.Module):
     def __init__(self, dim: int, mlp_ratio: float = 4.0, drop_path: float = 0.0,
                  backend: Optional[str] = None):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = LayerNorm(dim)
         self.mixer = GRU2DMixer(dim, backend=backend)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = LayerNorm(dim)
         self.mlp = Mlp(dim, mlp_ratio)
         self.drop_path = DropPath(drop_path)
 
@@ -350,7 +368,7 @@ class VisionGRU(HierarchicalBackbone):
         """Stem, plus the positional embedding: ``(B, in_channels, H, W)`` -> ``(B, ceil(H/4), ceil(W/4), C0)``."""
         x = self.stem(x)
         if self.pos_embed is not None:  # in place without autograd: no second full-size map
-            pe = self._pos_embed(x.shape[1:3])
+            pe = self._pos_embed(x.shape[1:3]).to(x.dtype)  # the stem's dtype (autocast's): the residual stream's
             x = x.add_(pe) if not torch.is_grad_enabled() else x + pe
         return x
 

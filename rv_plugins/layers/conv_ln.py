@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from rv_plugins.layers.norm import LayerNorm
 from rv_plugins.layers.row_chunked import RowChunked, assemble_rows, chunk_rows, conv3x3_rows, takes_lean_path
 from rv_plugins.ops.modes import is_tracing_or_exporting
 
@@ -21,14 +22,14 @@ class ConvLN(RowChunked, nn.Module):
     """3x3 stride-2 conv then LayerNorm: ``(B, Cin, H, W)`` -> ``(B, ceil(H/2), ceil(W/2), Cout)``.
 
     ``channels_last_in=True`` takes ``(B, H, W, Cin)`` instead (the maps between stages); ``eps``: the
-    LayerNorm's.
+    LayerNorm's (:class:`rv_plugins.layers.norm.LayerNorm`: the compute dtype under autocast).
     """
 
     def __init__(self, in_dim: int, out_dim: int, channels_last_in: bool = False, eps: float = STEM_NORM_EPS):
         super().__init__()
         self.channels_last_in = channels_last_in
         self.conv = nn.Conv2d(in_dim, out_dim, 3, stride=2, padding=1)
-        self.norm = nn.LayerNorm(out_dim, eps=eps)
+        self.norm = LayerNorm(out_dim, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last_in:

@@ -20,27 +20,22 @@ that carry the state through ``h0``; the result equals the one-call path to floa
 Bidirectional use: :class:`BiMinGRU` (a forward and a ``reverse=True`` MinGRU, outputs concatenated) and,
 for layers that run both directions as one op, :func:`bidirectional_in_proj` (the two ``in_proj`` in
 ``mingru_scan``'s bidirectional layout) with :func:`bidirectional_scan` (one ``bidirectional=True``
-call on that projection), or :func:`projected_bidirectional_scan` (projection and scan as one
-autograd node that stores no projection, for training); :func:`bidirectional_sum` runs both directions'
-sum on either. Those are the only places besides
-``MinGRU.forward`` that know the ``[gate, candidate]`` layout; the gates themselves exist only inside
-:func:`rv_plugins.ops.mingru_scan`.
+call on that projection); :mod:`rv_plugins.layers.bidirectional_mingru` builds the summed
+bidirectional layer on them. Those are the only places besides ``MinGRU.forward`` that know the
+``[gate, candidate]`` layout; the gates themselves exist only inside :func:`rv_plugins.ops.mingru_scan`.
 """
 from typing import List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from rv_plugins.layers.blocks import refuse_double_backward
-from rv_plugins.ops import mingru_scan, mingru_scan_backward, resolve_backend
-from rv_plugins.ops.linear import linear, linear_module
+from rv_plugins.ops import mingru_scan
+from rv_plugins.ops.linear import linear_module
 from rv_plugins.ops.mingru import CANDIDATE_ACTIVATIONS, g_activation  # noqa: F401 - re-exported
 from rv_plugins.ops.modes import is_tracing_or_exporting
 
 __all__ = ["MinGRU", "BiMinGRU", "token_chunks", "can_scan_together", "bidirectional_in_proj",
-           "bidirectional_scan", "bidirectional_weights", "bidirectional_sum", "projected_bidirectional_scan",
-           "CANDIDATE_ACTIVATIONS", "g_activation"]
+           "bidirectional_scan", "CANDIDATE_ACTIVATIONS", "g_activation"]
 
 
 def token_chunks(L: int, chunk: int, reverse: bool) -> List[Tuple[int, int]]:
@@ -143,39 +138,6 @@ def bidirectional_scan(fwd: MinGRU, bwd: MinGRU, proj: torch.Tensor) -> torch.Te
     return mingru_scan(proj, bidirectional=True, candidate_act=fwd.candidate_act, backend=fwd.backend)
 
 
-def bidirectional_weights(fwd: MinGRU, bwd: MinGRU):
-    """Both directions' weights as one input and one output projection:
-    ``(w_in (4H, dim), b_in (4H,) | None, w_out (out_dim, 2H), b_out (out_dim,) | None)``; ``w_in`` rows are
-    ``[gate_fwd, cand_fwd, gate_bwd, cand_bwd]`` (:func:`bidirectional_in_proj`), ``w_out`` columns
-    ``[h_fwd, h_bwd]``, ``b_out`` the sum of both output biases (so ``F.linear(h, w_out, b_out)`` is the
-    sum of both directions' outputs). Differentiable."""
-    w_in, b_in = bidirectional_in_proj(fwd, bwd)
-    w_out = torch.cat([fwd.out_proj.weight, bwd.out_proj.weight], dim=1)
-    b_out = None if fwd.out_proj.bias is None else fwd.out_proj.bias + bwd.out_proj.bias
-    return w_in, b_in, w_out, b_out
-
-
-def bidirectional_sum(fwd: MinGRU, bwd: MinGRU, seq: torch.Tensor, recompute_proj: bool = True,
-                      train_chunk_elems: float = 2 ** 21, owner: str = "bidirectional_sum",
-                      switch: str = "recompute_proj") -> torch.Tensor:
-    """``fwd(seq) + bwd(seq)`` as one input GEMM, one bidirectional scan and one output GEMM.
-
-    ``seq`` ``(B, L, dim)`` -> ``(B, L, out_dim)``; ``fwd``/``bwd`` must pass :func:`can_scan_together`.
-    With autograd and ``recompute_proj`` the projection is not stored (:func:`projected_bidirectional_scan`,
-    in token chunks when one direction's projection exceeds ``train_chunk_elems`` elements); tracing and
-    exporting, the ``'reference'`` backend and ``recompute_proj=False`` run the plain ops (twice
-    differentiable). ``owner``/``switch`` name the caller's switch in the double-backward error.
-    """
-    w_in, b_in, w_out, b_out = bidirectional_weights(fwd, bwd)
-    backend = resolve_backend(fwd.backend, seq.device)
-    if recompute_proj and torch.is_grad_enabled() and backend != "reference" and not is_tracing_or_exporting():
-        chunk = max(1, int(train_chunk_elems // max(w_in.shape[0] // 2, 1)))
-        h = projected_bidirectional_scan(seq, w_in, b_in, fwd.candidate_act, backend, chunk, owner, switch)
-    else:
-        h = bidirectional_scan(fwd, bwd, linear(seq, w_in, b_in))
-    return linear(h, w_out, b_out)
-
-
 class BiMinGRU(nn.Module):
     """Bidirectional minGRU: ``(N, L, dim)`` -> ``(N, L, 2 * hidden_dim)`` = [forward scan, reverse scan].
 
@@ -209,104 +171,3 @@ class BiMinGRU(nn.Module):
         """``(N, L, 4 * hidden_dim)`` projection (:meth:`in_proj`'s layout) -> ``(N, L, 2 * hidden_dim)``."""
         return bidirectional_scan(self.fwd, self.bwd, proj)
 
-
-def projected_bidirectional_scan(seq: torch.Tensor, w_in: torch.Tensor, b_in: Optional[torch.Tensor],
-                                 candidate_act: str, backend: str, chunk: int,
-                                 owner: str = "projected_bidirectional_scan",
-                                 switch: str = "the caller's recompute switch") -> torch.Tensor:
-    """``mingru_scan(F.linear(seq, w_in, b_in), bidirectional=True)`` that stores only ``seq`` and the state
-    for the backward: the ``(B, L, 4H)`` projection is recomputed there (one more GEMM) instead of kept.
-
-    ``seq`` ``(B, L, dim)``, ``w_in`` ``(4H, dim)`` in :func:`bidirectional_in_proj`'s layout -> ``(B, L, 2H)``;
-    ``backend``: a resolved op backend (``'torch'`` / ``'triton'``, not ``'reference'``). Sequences longer
-    than ``chunk`` tokens run per direction in token chunks, forward and backward, the state carried through
-    ``h0`` and its gradient through ``grad_h0``, so neither the full projection nor its gradient ever
-    exists (under autocast the carried state is rounded to the autocast dtype at chunk boundaries; the
-    recomputed projection has the forward's dtype). Not twice differentiable: the backward names
-    ``owner`` and the ``switch`` that selects the plain ops.
-    """
-    return _ProjectedBiScan.apply(seq, w_in, b_in, candidate_act, backend, chunk, (owner, switch))
-
-
-def _direction_slices(two_h: int, d: int) -> Tuple[slice, slice]:
-    """Direction ``d``'s rows of the bidirectional ``w_in`` (``[gate, cand]``, ``two_h`` rows) and columns of
-    the bidirectional state."""
-    return slice(d * two_h, (d + 1) * two_h), slice(d * two_h // 2, (d + 1) * two_h // 2)
-
-
-class _ProjectedBiScan(torch.autograd.Function):
-    """See :func:`projected_bidirectional_scan`."""
-
-    @staticmethod
-    def forward(ctx, seq, w_in, b_in, candidate_act, backend, chunk, names):
-        B, L, _ = seq.shape
-        ctx.args, ctx.chunk, ctx.names = (candidate_act, backend), chunk, names
-        if L <= chunk:
-            proj = F.linear(seq, w_in, b_in)
-            h = torch.ops.rv_plugins.mingru_scan(proj, None, False, True, candidate_act, backend)
-        else:
-            two_h = w_in.shape[0] // 2                     # one direction's [gate, cand] width
-            h = None
-            for d, reverse in ((0, False), (1, True)):
-                rows, cols = _direction_slices(two_h, d)
-                w_d, b_d = w_in[rows], None if b_in is None else b_in[rows]
-                state = None
-                for t0, t1 in token_chunks(L, chunk, reverse):
-                    p = F.linear(seq[:, t0:t1], w_d, b_d)
-                    hc = torch.ops.rv_plugins.mingru_scan(p, state, reverse, False, candidate_act, backend)
-                    if h is None:
-                        h = p.new_empty(B, L, two_h)
-                    h[:, t0:t1, cols] = hc
-                    state = (hc[:, 0] if reverse else hc[:, -1]).contiguous()
-        ctx.save_for_backward(seq, w_in, b_in, h)
-        ctx.proj_dtype = h.dtype
-        return h
-
-    @staticmethod
-    def backward(ctx, grad_h):
-        refuse_double_backward(*ctx.names)
-        seq, w_in, b_in, h = ctx.saved_tensors
-        dt, (act, backend), chunk = ctx.proj_dtype, ctx.args, ctx.chunk
-        B, L, C = seq.shape
-        w = w_in.to(dt)
-        b = None if b_in is None else b_in.to(dt)
-        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        need_b = b_in is not None and ctx.needs_input_grad[2]
-        if L <= chunk:
-            proj = F.linear(seq.to(dt), w, b)
-            grad_proj, _ = mingru_scan_backward(proj, h, None, grad_h.to(dt), False, True, act, backend)
-            del proj
-            g = grad_proj.reshape(-1, grad_proj.shape[-1])
-            grad_seq = (g @ w).view(seq.shape).to(seq.dtype) if need_x else None
-            grad_w = (g.t() @ seq.reshape(-1, C).to(dt)).to(w_in.dtype) if need_w else None
-            grad_b = g.sum(0).to(b_in.dtype) if need_b else None
-            return grad_seq, grad_w, grad_b, None, None, None, None
-        two_h = w.shape[0] // 2
-        grad_seq = torch.zeros_like(seq) if need_x else None
-        grad_w = torch.zeros_like(w_in) if need_w else None
-        grad_b = torch.zeros_like(b_in) if need_b else None
-        for d, reverse in ((0, False), (1, True)):
-            rows, cols = _direction_slices(two_h, d)
-            w_d, b_d = w[rows], None if b is None else b[rows]
-            carry = None                                    # dL/dh at the neighbouring chunk's boundary
-            for t0, t1 in reversed(token_chunks(L, chunk, reverse)):
-                seq_c = seq[:, t0:t1].to(dt)
-                p = F.linear(seq_c, w_d, b_d)
-                gh = grad_h[:, t0:t1, cols].to(dt).contiguous()
-                if carry is not None:
-                    (gh[:, -1] if not reverse else gh[:, 0]).add_(carry)
-                if reverse:
-                    h0 = h[:, t1, cols].contiguous() if t1 < L else None
-                else:
-                    h0 = h[:, t0 - 1, cols].contiguous() if t0 > 0 else None
-                gp, carry = mingru_scan_backward(p, h[:, t0:t1, cols].contiguous(), h0, gh, reverse, False, act,
-                                                 backend)  # carry: None at the sequence's first chunk
-                del p
-                g = gp.reshape(-1, two_h)
-                if need_x:
-                    grad_seq[:, t0:t1] += (g @ w_d).view(B, t1 - t0, C).to(seq.dtype)
-                if need_w:
-                    grad_w[rows] += (g.t() @ seq_c.reshape(-1, C)).to(w_in.dtype)
-                if need_b:
-                    grad_b[rows] += g.sum(0).to(b_in.dtype)
-        return grad_seq, grad_w, grad_b, None, None, None, None

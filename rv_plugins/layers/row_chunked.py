@@ -14,22 +14,31 @@ about that size, so that no full-size temporary exists:
 A block then holds its input, its output and one chunk's temporaries; outputs equal the one-call path
 to float rounding. Measurements behind the chunk sizes are in ``docs/benchmarks/notes.md``.
 
-Chunk rule (:func:`chunk_elems`): an explicit number applies on every device; ``None`` never chunks;
-``"auto"`` (the default) chunks on the CPU at ``INFER_CHUNK_ELEMS`` when the image is large and at the
-cheaper ``INFER_CHUNK_ELEMS_SMALL_IMAGE`` otherwise, and elsewhere at ``INFER_CHUNK_ELEMS_ACCELERATOR``
-(a GPU pays per launch, so its chunks are larger). "Large" is judged per image, not per map: the late
-stages' maps of a large image are as small as the early ones of a small image, and chunking only the
-large maps would leave the large image's peak to its late stages. Each module estimates the image's
-first-stage map from its own map with ``first_stage_ratio`` (set by the model per stage; 1 for a module
-used on its own), so the rule needs no state passed at run time and ``torch.compile`` traces it without
-a graph break.
+Chunk rule (:func:`chunk_elems`, per image): an explicit number applies on every device; ``None`` never
+chunks; ``"auto"`` (the default) depends on the device.
+
+* CPU: chunks of ``INFER_CHUNK_ELEMS`` when the image is large and of the cheaper
+  ``INFER_CHUNK_ELEMS_SMALL_IMAGE`` otherwise. "Large" is judged per image, not per map: the late stages'
+  maps of a large image are as small as the early ones of a small image, and chunking only the large
+  maps would leave the large image's peak to its late stages. Each module estimates the image's
+  first-stage map from its own map with ``first_stage_ratio`` (set by the model per stage; 1 for a module
+  used on its own), so the rule needs no state passed at run time and ``torch.compile`` traces it
+  without a graph break.
+* Other devices (GPUs): a map of the whole batch larger than ``INFER_CHUNK_ELEMS_ACCELERATOR`` elements
+  runs in chunks of about that many elements of the batch (``INFER_CHUNK_ELEMS_ACCELERATOR / B`` per
+  image). The peak is the maps a stage holds plus one chunk's temporaries, so a budget for the batch
+  keeps it proportional to the batch's maps, as an attention model's activations are; each chunk is a
+  few kernel launches per op, so the chunk is as large as that budget allows (under CUDA graphs,
+  ``torch.compile(mode="reduce-overhead")``, the launches cost next to nothing).
+
+:func:`describe_infer_chunking` reports, without computing anything, what a model decides for an input size.
 
 Tracing and exporting (``torch.jit``, ``torch.onnx.export``, ``torch.export``) always take the one-call
 path (:func:`takes_lean_path` is false): a Python loop over a data-dependent number of chunks would be
 frozen at the traced size.
 """
 import math
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +48,8 @@ from rv_plugins.ops import mingru_scan
 from rv_plugins.ops.linear import linear_module
 from rv_plugins.ops.modes import is_tracing_or_exporting
 
-__all__ = ["RowChunked", "set_infer_chunk", "chunk_elems", "takes_lean_path", "chunk_rows", "assemble_rows",
+__all__ = ["RowChunked", "set_infer_chunk", "describe_infer_chunking", "chunk_elems", "takes_lean_path", "chunk_rows",
+           "assemble_rows",
            "conv3x3_rows", "accumulate_scans_in_rows_", "update_rows_", "INFER_CHUNK_AUTO", "INFER_CHUNK_ELEMS",
            "INFER_CHUNK_ELEMS_ACCELERATOR", "INFER_CHUNK_ELEMS_SMALL_IMAGE", "INFER_LARGE_IMAGE_ELEMS"]
 
@@ -52,8 +62,10 @@ INFER_CHUNK_ELEMS = 2 ** 16
 # speed at a peak that such images can afford.
 INFER_CHUNK_ELEMS_SMALL_IMAGE = 2 ** 18
 INFER_LARGE_IMAGE_ELEMS = 2 ** 21
-# Other devices: a GPU runs every chunk as a series of kernel launches, so small chunks are launch-bound.
-INFER_CHUNK_ELEMS_ACCELERATOR = 2 ** 20
+# Other devices: map elements of the whole batch per chunk. VisionGRU-Ti at 1024^2, batch 3, bf16: the two
+# stage-0 maps are 54 MiB, a chunk's temporaries ~34 bytes per chunk element (LayerNorm and conv rows,
+# one direction's projection, float32 gates inside the scan, state, output): 2**21 elements add ~68 MiB.
+INFER_CHUNK_ELEMS_ACCELERATOR = 2 ** 21
 
 
 class RowChunked:
@@ -78,28 +90,72 @@ def set_infer_chunk(model: nn.Module, elems: Union[float, str, None]) -> nn.Modu
     return model
 
 
-def chunk_elems(module: nn.Module, device: torch.device, map_elems: int) -> float:
-    """``module``'s inference chunk (map elements) on ``device`` for a map of ``map_elems`` elements
-    (whole batch); see the module docstring."""
+def chunk_elems(module: nn.Module, device: torch.device, map_elems: int, batch: int = 1) -> float:
+    """``module``'s inference chunk in map elements per image on ``device``, for a map of ``map_elems``
+    elements of a batch of ``batch`` images; see the module docstring."""
     elems = module.infer_chunk_elems
     if elems != INFER_CHUNK_AUTO:
         return elems
     if device.type != "cpu":
-        return INFER_CHUNK_ELEMS_ACCELERATOR
+        return INFER_CHUNK_ELEMS_ACCELERATOR / max(batch, 1)
     large = map_elems * module.first_stage_ratio > INFER_LARGE_IMAGE_ELEMS  # the image's first-stage map
     return INFER_CHUNK_ELEMS if large else INFER_CHUNK_ELEMS_SMALL_IMAGE
+
+
+_decisions: Optional[list] = None  # collects the decisions while describe_infer_chunking runs a model
 
 
 def takes_lean_path(module: nn.Module, tokens: int, dim: int, device: torch.device, batch: int = 1) -> bool:
     """Whether ``module`` runs a map of ``batch`` x ``tokens`` x ``dim`` on ``device`` in row chunks: eval
     mode, no autograd, not traced or exported, and one image's map larger than the chunk."""
-    return (not module.training and not torch.is_grad_enabled() and not is_tracing_or_exporting()
-            and tokens * dim > chunk_elems(module, device, batch * tokens * dim))
+    lean = (not module.training and not torch.is_grad_enabled() and not is_tracing_or_exporting()
+            and tokens * dim > chunk_elems(module, device, batch * tokens * dim, batch))
+    if _decisions is not None:
+        _decisions.append(dict(module=module, batch=batch, tokens=tokens, dim=dim, lean=lean))
+    return lean
 
 
 def chunk_rows(module: nn.Module, device: torch.device, batch: int, height: int, width: int, dim: int) -> int:
     """Rows per chunk (at least one) for a ``(batch, height, width, dim)`` map on ``device``."""
-    return max(1, int(chunk_elems(module, device, batch * height * width * dim) // max(width * dim, 1)))
+    per_image = chunk_elems(module, device, batch * height * width * dim, batch)
+    rows = max(1, int(per_image // max(width * dim, 1)))
+    if _decisions is not None:
+        _decisions.append(dict(module=module, height=height, rows=rows, chunk_elems=per_image))
+    return rows
+
+
+def describe_infer_chunking(model: nn.Module, batch: int, height: int, width: int, in_channels: int = 3,
+                            dtype: Optional[torch.dtype] = None) -> List[dict]:
+    """What ``model`` (in eval mode, on its own device) decides for ``batch`` images of ``height x width``
+    without autograd: one forward on fake tensors (nothing computed, nothing allocated) records every
+    chunking decision. Returns one dict per decision, in call order: ``module`` (its name in ``model``),
+    ``map`` (``[batch, tokens, channels]``), ``lean`` (runs in row chunks), and for chunked maps ``rows``
+    per chunk, ``chunks`` and ``chunk_elems`` (map elements of the batch per chunk, at most)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    global _decisions
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = dtype or (param.dtype if param is not None else torch.float32)
+    names = {m: n for n, m in model.named_modules()}
+    log, _decisions = [], []
+    try:
+        with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
+            model(torch.empty(batch, in_channels, height, width, device=device, dtype=dtype))
+        log = _decisions
+    finally:
+        _decisions = None
+    out = []
+    for entry in log:
+        name = names.get(entry["module"], type(entry["module"]).__name__)
+        if "lean" in entry:
+            out.append(dict(module=name, map=[entry["batch"], entry["tokens"], entry["dim"]], lean=entry["lean"]))
+        elif out and out[-1]["module"] == name and out[-1]["lean"] and "rows" not in out[-1]:
+            rows = entry["rows"]
+            out[-1].update(rows=rows, chunks=-(-entry["height"] // rows),
+                           chunk_elems=int(min(rows * out[-1]["map"][1] // entry["height"], out[-1]["map"][1])
+                                           * out[-1]["map"][0] * out[-1]["map"][2]))
+    return out
 
 
 def assemble_rows(n_out: int, rows: int, compute: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
