@@ -242,3 +242,11 @@ def test_compile_traces_the_accelerator_chunked_path_without_graph_breaks(monkey
     torch._dynamo.reset()
     assert explanation.graph_break_count == 0, [b.reason for b in explanation.break_reasons]
     assert explanation.graph_count == 1
+
+
+def test_the_op_counting_tool_counts_one_scan_per_block_and_no_weight_concatenation():
+    from tool_loader import load_tool
+    rows = load_tool("count_visiongru_ops").main(["--res", "64", "--batch", "2", "--chunks", "none", "auto"])["rows"]
+    one_call, auto = rows
+    assert (one_call["scans"], one_call["cat"]) == (sum(VisionGRU.arch_zoo["tiny"]["depths"]), 0)
+    assert one_call["ops"] > 4 * one_call["scans"] and auto["ops"] == one_call["ops"]  # 64^2 needs no chunks
