@@ -6,9 +6,12 @@ one ``(4H, dim)`` buffer and makes the two parameters its row blocks (names, val
 unchanged; each parameter stays contiguous), so the bidirectional input projection is that buffer itself
 (:func:`packed_in_proj` checks that the parameters still alias it: loading with ``assign=True``, a
 ``functional_call`` or an FSDP-style flattening make them separate tensors again and the weights are
-concatenated as before). The output projection needs no concatenation off the CPU: the two directions'
-GEMMs accumulate into one output (``addmm``). With autograd on the weights, under ``torch.compile`` and
-while tracing the weights are concatenated (the graph then holds the parameters themselves).
+concatenated as before). A state dict then holds the two ``in_proj`` weights as views of that one
+storage, as the parameters are: ``torch.save`` writes it once; safetensors' ``save_file`` refuses tensors
+that share memory (its ``save_model`` handles them). The output projection needs no concatenation off
+the CPU: the two directions' GEMMs accumulate into one output (``addmm``). With autograd on the weights,
+under ``torch.compile`` and while tracing the weights are concatenated (the graph then holds the
+parameters themselves).
 
 Training without storing the projection: :func:`projected_bidirectional_scan` recomputes the ``(B, L, 4H)``
 projection in the backward (one more GEMM), in token chunks on long sequences.
