@@ -250,3 +250,14 @@ def test_the_op_counting_tool_counts_one_scan_per_block_and_no_weight_concatenat
     one_call, auto = rows
     assert (one_call["scans"], one_call["cat"]) == (sum(VisionGRU.arch_zoo["tiny"]["depths"]), 0)
     assert one_call["ops"] > 4 * one_call["scans"] and auto["ops"] == one_call["ops"]  # 64^2 needs no chunks
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_compile_traces_the_autocast_path_without_graph_breaks(train):
+    torch.manual_seed(0)
+    model = VisionGRU(SMALL, num_classes=5, preset="paper", img_size=64).train(train)
+    torch._dynamo.reset()
+    with torch.set_grad_enabled(train), torch.autocast("cpu", dtype=torch.bfloat16):
+        explanation = torch._dynamo.explain(model)(torch.randn(1, 3, 40, 24))
+    torch._dynamo.reset()
+    assert explanation.graph_break_count == 0, [b.reason for b in explanation.break_reasons]
