@@ -10,7 +10,8 @@ import torch
 
 pytestmark = [pytest.mark.detectron2, pytest.mark.usefixtures("one_thread")]
 
-rv_d2 = pytest.importorskip("rv_plugins.detectron2")
+pytest.importorskip("detectron2")  # skip without Detectron2 itself; our adapter's import errors fail
+import rv_plugins.detectron2 as rv_d2  # noqa: E402
 from detectron2.layers import ShapeSpec  # noqa: E402
 from detectron2.modeling import build_backbone, build_model  # noqa: E402
 from detectron2.modeling.roi_heads.mask_head import MaskRCNNConvUpsampleHead, build_mask_head  # noqa: E402

@@ -158,6 +158,7 @@ class HierarchicalBackbone(nn.Module):
         return self._forward_stages(self._embed(x))
 
     def _forward_stages(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        self._check_stem_layout(x)
         outs = {}
         box = [x]
         del x  # the map is handed from stage to stage in ``box``: no frame here holds it while a stage runs
@@ -168,6 +169,15 @@ class HierarchicalBackbone(nn.Module):
             box = [y]
             del y
         return tuple(outs[i] for i in self.out_indices)
+
+    def _check_stem_layout(self, x: torch.Tensor) -> None:
+        """A stem that returns ``(B, C0, h, w)`` in a model with ``maps_channels_last = True`` would fail
+        inside the first block (a LayerNorm or conv over the wrong axis); say what is wrong instead."""
+        c0 = self.embed_dims[0]
+        if self.maps_channels_last and x.dim() == 4 and x.shape[1] == c0 and x.shape[-1] != c0:
+            raise ValueError(f"{type(self).__name__}: the stem returned {tuple(x.shape)}, channels first, but the "
+                             f"model sets maps_channels_last = True; return (B, H, W, C) from the stem (e.g. "
+                             f".permute(0, 2, 3, 1)) or set maps_channels_last = False")
 
     def forward_head(self, feats: Union[torch.Tensor, Sequence[torch.Tensor]]) -> torch.Tensor:
         """Last-stage map ``(B, embed_dims[-1], h, w)`` (or ``forward``'s tuple, last entry used; already
