@@ -280,6 +280,25 @@ def test_hgru_gate_bias_init_follows_the_authors():
         torch.testing.assert_close(getattr(cell, name).detach(), torch.full((1, 64, 1, 1), value))
 
 
+def test_hgru_gate_bias_rule_their_code_runs_is_offered():
+    """'uniform': U(1, 7) without the log (the authors' code: `.log()` is not in place); the default stays
+    log U(1, 7). Both reach the Pathfinder model through its cell arguments."""
+    from rv_plugins.models.pathfinder_hgru import PathfinderHGRU
+    torch.manual_seed(0)
+    cell = HGRUCell(256, 3, gate_bias_rule="uniform")
+    bias = cell.gain_gate.bias.detach()
+    assert 1.0 <= float(bias.min()) < 1.5 and 6.5 < float(bias.max()) <= 7.0
+    torch.testing.assert_close(cell.mix_gate.bias.detach(), -bias)
+    assert float(HGRUCell(256, 3).gain_gate.bias.max()) <= math.log(7.0) + 1e-6
+    model = PathfinderHGRU(channels=4, kernel_size=3, steps=2, gate_bias_rule="uniform")
+    assert model.cell.gate_bias_rule == "uniform" and float(model.cell.gain_gate.bias.detach().min()) >= 1.0
+    with pytest.raises(ValueError, match="gate_bias_rule='log'.*'log_uniform', 'uniform'"):
+        HGRUCell(4, 3, gate_bias_rule="log")
+    with pytest.raises(ValueError, match="finite"):
+        HGRUCell(4, 3, gate_bias_rule="uniform", gate_bias_range=(-1.0, math.inf))
+    HGRUCell(4, 3, gate_bias_rule="uniform", gate_bias_range=(-1.0, 1.0))  # no log: any finite range
+
+
 def test_gabor_bank_and_layer():
     bank = gabor_bank()
     assert bank.shape == (25, 7, 7)
