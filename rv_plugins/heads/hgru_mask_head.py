@@ -36,6 +36,7 @@ from torch import nn
 
 from rv_plugins.heads.cells import MASK_HEAD_CELLS, CellSettings
 from rv_plugins.solvers.fixed_point import MODES, FixedPointSolver, SolverInfo
+from rv_plugins.utils.weights_record import RecordsWeights
 
 __all__ = ["HGRUMaskPredictor", "CELLS", "READOUT_NORMS"]
 
@@ -60,7 +61,7 @@ def _readout_norm(norm: Union[str, nn.Module, None], channels: int, groups: int)
                      "an nn.Module")
 
 
-class HGRUMaskPredictor(nn.Module):
+class HGRUMaskPredictor(RecordsWeights, nn.Module):
     """ROI features ``(N, in_channels, S, S)`` -> mask logits ``(N, num_classes, 2S, 2S)`` and a
     :class:`~rv_plugins.solvers.fixed_point.SolverInfo`.
 
@@ -132,6 +133,11 @@ class HGRUMaskPredictor(nn.Module):
         self.deconv = nn.ConvTranspose2d(channels, deconv_channels, kernel_size=2, stride=2)
         self.predictor = nn.Conv2d(deconv_channels, num_classes, 1)
         self.reset_parameters()
+
+    def weights_record(self) -> dict:
+        """Checked on load (see :mod:`rv_plugins.utils.weights_record`): the cell and its norm (BatchNorm
+        and GroupNorm have the same tensors)."""
+        return dict(cell=self.cell_kind, norm=getattr(self.cell, "norm_kind", None))
 
     def reset_parameters(self) -> None:
         """MSRA (He) fan-out init for the projection and deconvolution (as Detectron2's head),
