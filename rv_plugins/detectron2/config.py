@@ -153,7 +153,7 @@ def add_rv_config(cfg: _D2CfgNode) -> _D2CfgNode:
     hgru.SOLVER_MODE = "crbp"
     hgru.NEUMANN_TERMS = 15       # the authors' mask_head.py: neumann_iterations = 15; 0 = STEPS
     hgru.NEUMANN_NORM_CAP = 0.0   # 0 = off; the authors' RBPFun drops a term that takes ||sum|| over 1.0
-    hgru.NEUMANN_RULE = "stop"    # "skip": their RBPFun (our COCO configs); "stop" keeps configs that do not name it as they were
+    hgru.NEUMANN_RULE = "stop"    # "skip": their RBPFun (our COCO configs); "stop": unnamed = as before
     hgru.LCP_LAMBDA = 0.9         # the paper; the authors' code: tau = 0.95 (rnns.py CBP_penalty)
     hgru.LCP_WEIGHT = 1e-3        # the authors' XI: 0.001 (configs/BASE-RCNN-RFPN-CBP*.yaml)
     hgru.LCP_REDUCTION = "sum"    # CBP_penalty returns vj_penalty.sum()

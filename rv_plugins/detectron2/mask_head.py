@@ -62,7 +62,8 @@ class HGRUMaskHead(BaseMaskRCNNHead):
                  channels: int = 256, kernel_size: int = 3, input_kernel_size: int = 1,
                  solver_mode: str = "crbp", steps: int = 20, test_steps: Optional[int] = None,
                  neumann_terms: Optional[int] = 15, neumann_norm_cap: Optional[float] = None,
-                 neumann_rule: str = "stop", lcp_lambda: float = 0.9, lcp_weight: float = 1e-3, lcp_reduction: str = "sum",
+                 neumann_rule: str = "stop", lcp_lambda: float = 0.9, lcp_weight: float = 1e-3,
+                 lcp_reduction: str = "sum",
                  norm: str = "group", norm_groups: int = 32, share_kernels: bool = False,
                  readout_norm: str = "SyncBN", **kwargs):
         super().__init__(**kwargs)
@@ -74,8 +75,9 @@ class HGRUMaskHead(BaseMaskRCNNHead):
             in_channels=input_shape.channels, num_classes=num_classes, cell=cell, channels=channels,
             kernel_size=kernel_size, input_kernel_size=input_kernel_size, solver_mode=solver_mode,
             steps=steps, neumann_terms=neumann_terms, neumann_norm_cap=neumann_norm_cap,
-            neumann_rule=neumann_rule, lcp_lambda=lcp_lambda, lcp_weight=lcp_weight, lcp_reduction=lcp_reduction, norm=norm,
-            norm_groups=norm_groups, share_kernels=share_kernels, readout_norm=readout)
+            neumann_rule=neumann_rule, lcp_lambda=lcp_lambda, lcp_weight=lcp_weight,
+            lcp_reduction=lcp_reduction, norm=norm, norm_groups=norm_groups, share_kernels=share_kernels,
+            readout_norm=readout)
         self.predictor.solver.logger = logging.getLogger("detectron2.rv_plugins.mask_head")
         self.test_steps = test_steps
         self.last_info: Optional[SolverInfo] = None
