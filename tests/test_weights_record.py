@@ -289,3 +289,24 @@ def test_converter_killed_while_saving_leaves_the_earlier_output(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert dst.read_bytes() == b"an earlier conversion"
+
+
+def test_detectron2_checkpointer_keeps_and_checks_the_record(tmp_path):
+    """Detectron2's Checkpointer saves model.state_dict() (record included) and loads through
+    load_state_dict: the preset is checked there too (MODEL.WEIGHTS, --resume, --eval-only)."""
+    pytest.importorskip("detectron2")
+    import rv_plugins.detectron2  # noqa: F401  (our adapter: its import errors must fail, not skip)
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    body = nn.Module()
+    body.bottom_up = nn.Module()
+    body.bottom_up.body = _vgru(preset="paper")
+    d2_model = nn.Module()
+    d2_model.backbone = body
+    DetectionCheckpointer(d2_model, save_dir=str(tmp_path)).save("model_final")
+    path = str(tmp_path / "model_final.pth")
+    assert torch.load(path, weights_only=False)["model"]._metadata["backbone.bottom_up.body"][RECORD_KEY]["preset"] == "paper"
+    DetectionCheckpointer(copy.deepcopy(d2_model)).load(path)            # same preset: loads
+    d2_model.backbone.bottom_up.body = _vgru()
+    with pytest.raises(ValueError, match=f"backbone.bottom_up.body: {MISMATCH}"):
+        DetectionCheckpointer(d2_model).load(path)
