@@ -2,7 +2,7 @@
 checked when the solver is built and again whenever it is reassigned (``solver.steps = 0`` raises)."""
 import math
 import numbers
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from rv_plugins.solvers.neumann import NEUMANN_RULES
 
@@ -26,6 +26,28 @@ def real_setting(name: str, value, minimum: float = 0.0, allow_inf: bool = False
     return value
 
 
+def _validated(name: str, check: Callable[[Any, Any], Any]) -> property:
+    """A property whose setter stores ``check(solver, value)`` (which raises for a bad value)."""
+    attr = f"_{name}"
+    return property(lambda self: getattr(self, attr), lambda self, value: setattr(self, attr, check(self, value)),
+                    doc=f"``{name}``, checked whenever it is set")
+
+
+def _one_of(name: str, choices: tuple, hint: str = "") -> Callable[[Any, Any], Any]:
+    def check(_, value):
+        if value not in choices:
+            raise ValueError(f"FixedPointSolver: {name}={value!r}; choose one of {choices}{hint}")
+        return value
+    return check
+
+
+def _neumann_terms(_, value) -> Optional[int]:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0):
+        raise ValueError(f"FixedPointSolver: neumann_terms={value!r}; need an integer >= 0 "
+                         "(0: one-step gradient) or None (as many as steps)")
+    return None if value is None else int(value)
+
+
 class SolverSettings:
     """Validated properties shared by the solver (``mode`` is set first and not reassigned)."""
 
@@ -39,80 +61,17 @@ class SolverSettings:
                              f">= {minimum}")
         return int(steps)
 
-    @property
-    def steps(self) -> int:
-        return self._steps
-
-    @steps.setter
-    def steps(self, value) -> None:
-        self._steps = self._valid_steps(value, self.mode)
-
-    @property
-    def neumann_terms(self) -> Optional[int]:
-        return self._neumann_terms
-
-    @neumann_terms.setter
-    def neumann_terms(self, value) -> None:
-        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)
-                                  or value < 0):
-            raise ValueError(f"FixedPointSolver: neumann_terms={value!r}; need an integer >= 0 "
-                             "(0: one-step gradient) or None (as many as steps)")
-        self._neumann_terms = None if value is None else int(value)
-
-    @property
-    def neumann_tol(self) -> float:
-        return self._neumann_tol
-
-    @neumann_tol.setter
-    def neumann_tol(self, value) -> None:
-        self._neumann_tol = real_setting("neumann_tol", value)
-
-    @property
-    def neumann_norm_cap(self) -> Optional[float]:
-        return self._neumann_norm_cap
-
-    @neumann_norm_cap.setter
-    def neumann_norm_cap(self, value) -> None:
-        self._neumann_norm_cap = None if value is None else real_setting("neumann_norm_cap", value,
-                                                                  strict=True)
-
-    @property
-    def neumann_rule(self) -> str:
-        return self._neumann_rule
-
-    @neumann_rule.setter
-    def neumann_rule(self, value) -> None:
-        if value not in NEUMANN_RULES:
-            raise ValueError(f"FixedPointSolver: neumann_rule={value!r}; choose one of {NEUMANN_RULES} "
-                             "('stop': the authors' Pathfinder code, 'skip': their COCO code)")
-        self._neumann_rule = value
-
-    @property
-    def on_nonfinite_gradient(self) -> str:
-        return self._on_nonfinite_gradient
-
-    @on_nonfinite_gradient.setter
-    def on_nonfinite_gradient(self, value) -> None:
-        if value not in NONFINITE_GRADIENT_ACTIONS:
-            raise ValueError(f"FixedPointSolver: on_nonfinite_gradient={value!r}; choose one of "
-                             f"{NONFINITE_GRADIENT_ACTIONS}")
-        self._on_nonfinite_gradient = value
-
-    @property
-    def lcp_lambda(self) -> float:
-        return self._lcp_lambda
-
-    @lcp_lambda.setter
-    def lcp_lambda(self, value) -> None:
-        self._lcp_lambda = real_setting("lcp_lambda", value)
-
-    @property
-    def lcp_weight(self) -> float:
-        return self._lcp_weight
-
-    @lcp_weight.setter
-    def lcp_weight(self, value) -> None:
-        self._lcp_weight = real_setting("lcp_weight", value)
+    steps = _validated("steps", lambda self, value: self._valid_steps(value, self.mode))
+    neumann_terms = _validated("neumann_terms", _neumann_terms)
+    neumann_tol = _validated("neumann_tol", lambda _, value: real_setting("neumann_tol", value))
+    neumann_norm_cap = _validated("neumann_norm_cap", lambda _, value: None if value is None else real_setting(
+        "neumann_norm_cap", value, strict=True))
+    neumann_rule = _validated("neumann_rule", _one_of(
+        "neumann_rule", NEUMANN_RULES, " ('stop': the authors' Pathfinder code, 'skip': their COCO code)"))
+    on_nonfinite_gradient = _validated("on_nonfinite_gradient", _one_of(
+        "on_nonfinite_gradient", NONFINITE_GRADIENT_ACTIONS))
+    lcp_lambda = _validated("lcp_lambda", lambda _, value: real_setting("lcp_lambda", value))
+    lcp_weight = _validated("lcp_weight", lambda _, value: real_setting("lcp_weight", value))
 
     @property
     def uses_lcp(self) -> bool:
