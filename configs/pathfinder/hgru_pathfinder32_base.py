@@ -32,7 +32,10 @@ model = dict(
                   # (their COCO choice) would be ~40,000x stronger on a 16x25x32x32 state
                   lcp_lambda=0.9, lcp_weight=10.0, lcp_reduction='mean',
                   input_scale=3.0,        # 1-px lines: stronger drive (see PathfinderHGRU)
-                  target_prior=0.02),     # read-out starts at the ~2 % target frequency
+                  target_prior=0.02,      # read-out starts at the ~2 % target frequency
+                  # gate biases log U(1, 7), the authors' documented intent; 'uniform' = U(1, 7), what
+                  # their code runs (models/hgrucleanSEG.py: `.log()` not in place)
+                  gate_bias_rule='log_uniform'),
     class_weight=None,
     test_steps=None)
 

@@ -339,6 +339,13 @@ class VisionGRU(HierarchicalBackbone):
         self.init_weights()
         self._freeze_stages()
 
+    weights_record_informative = ("arch", "preset")
+
+    def weights_record(self) -> dict:
+        """The preset's two settings (checked on load: the same tensors compute otherwise), its name, the arch."""
+        return dict(super().weights_record(), preset=self.preset, candidate_act=self.candidate_act,
+                    pos_embed=self.pos_embed is not None)
+
     def init_weights(self) -> None:
         """Truncated-normal (std 0.02) linear weights and positional embedding, zero biases, unit LN,
         then ``init_cfg``'s checkpoint if one is given (see the class docstring).

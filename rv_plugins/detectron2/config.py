@@ -5,7 +5,8 @@
     MODEL.ROI_MASK_HEAD.HGRU     recurrent mask head (``ROI_MASK_HEAD.NAME: "HGRUMaskHead"``)
         CELL ["pathfinder"; "coco" = the C-RBP authors' COCO cell and read-out],
         STEPS [20], TEST_STEPS [0 = STEPS], SOLVER_MODE ["crbp"], NEUMANN_TERMS [15; 0 = STEPS],
-        NEUMANN_NORM_CAP [0.0 = off; the authors' code: 1.0], LCP_LAMBDA [0.9; their code: 0.95],
+        NEUMANN_NORM_CAP [0.0 = off; the authors' code: 1.0], NEUMANN_RULE ["stop"; "skip" = the
+        authors' COCO RBPFun: skip a violating term, keep iterating], LCP_LAMBDA [0.9; their code: 0.95],
         LCP_WEIGHT [1e-3], LCP_REDUCTION ["sum"], CHANNELS [256], KERNEL_SIZE [3],
         INPUT_KERNEL_SIZE [1], NORM ["group"], NORM_GROUPS [32], SHARE_KERNELS [False],
         READOUT_NORM ["SyncBN"; "coco" only; a Detectron2 norm name, "" = none]
@@ -151,7 +152,8 @@ def add_rv_config(cfg: _D2CfgNode) -> _D2CfgNode:
     hgru.TEST_STEPS = 0
     hgru.SOLVER_MODE = "crbp"
     hgru.NEUMANN_TERMS = 15       # the authors' mask_head.py: neumann_iterations = 15; 0 = STEPS
-    hgru.NEUMANN_NORM_CAP = 0.0   # 0 = off; the authors' RBPFun stops when ||sum|| > 1.0
+    hgru.NEUMANN_NORM_CAP = 0.0   # 0 = off; the authors' RBPFun drops a term that takes ||sum|| over 1.0
+    hgru.NEUMANN_RULE = "stop"    # "skip": their RBPFun (our COCO configs); "stop": unnamed = as before
     hgru.LCP_LAMBDA = 0.9         # the paper; the authors' code: tau = 0.95 (rnns.py CBP_penalty)
     hgru.LCP_WEIGHT = 1e-3        # the authors' XI: 0.001 (configs/BASE-RCNN-RFPN-CBP*.yaml)
     hgru.LCP_REDUCTION = "sum"    # CBP_penalty returns vj_penalty.sum()
