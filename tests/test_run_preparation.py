@@ -1,0 +1,206 @@
+"""The one run preparation (``rv_plugins.openmmlab.preparation`` / ``PreparedRunner``) on a toy mmengine model.
+
+Runs are built as the scripts build them: ``RUNNERS.build(cfg)`` for a config with a ``runner_type`` (what
+mmsegmentation's and mmpretrain's own ``tools/train.py`` do), ``Runner.from_cfg(cfg)`` without one, and a
+hand-built ``PreparedRunner(...)``. Each test gets its own work dir and experiment name (mmengine keys
+loggers by name).
+"""
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+pytest.importorskip("mmengine")
+from mmengine.config import Config  # noqa: E402
+from mmengine.hooks import Hook  # noqa: E402
+from mmengine.model import BaseModel  # noqa: E402
+from mmengine.registry import DATASETS, MODELS, RUNNERS  # noqa: E402
+from mmengine.runner import Runner  # noqa: E402
+
+from rv_plugins import engine as ck  # noqa: E402
+from rv_plugins.openmmlab.preparation import RunPreparationError, prepare_run  # noqa: E402
+from rv_plugins.openmmlab.prepared_runner import PreparedRunner  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@MODELS.register_module(name="RVTestToyRegressor", force=True)
+class Toy(BaseModel):
+    def __init__(self, outputs=1):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, outputs)
+
+    def forward(self, x, y=None, mode="tensor"):
+        out = self.lin(x).mean(-1)  # default_collate stacks the samples
+        return dict(loss=((out - y) ** 2).mean()) if mode == "loss" else out
+
+
+@DATASETS.register_module(name="RVTestToyData", force=True)
+class Data(torch.utils.data.Dataset):
+    def __len__(self):
+        return 16
+
+    def __getitem__(self, i):
+        return dict(x=torch.full((4,), float(i)), y=torch.tensor(1.0))
+
+
+_COUNT = [0]
+
+
+def _cfg(work_dir, max_iters, resume=False, load_from=None, max_keep=2, runner_type="PreparedRunner", **extra):
+    _COUNT[0] += 1
+    cfg = dict(
+        model=dict(type="RVTestToyRegressor"), work_dir=str(work_dir), resume=resume, load_from=load_from,
+        experiment_name=f"prep_{os.getpid()}_{_COUNT[0]}", default_scope="mmengine",
+        train_dataloader=dict(dataset=dict(type="RVTestToyData"), batch_size=4, collate_fn=dict(type="default_collate"),
+                              sampler=dict(type="InfiniteSampler", shuffle=False)),
+        optim_wrapper=dict(optimizer=dict(type="SGD", lr=1e-3)), train_cfg=dict(by_epoch=False, max_iters=max_iters),
+        default_hooks=dict(checkpoint=dict(type="AtomicCheckpointHook", by_epoch=False, interval=2,
+                                           max_keep_ckpts=max_keep)))
+    if runner_type:
+        cfg["runner_type"] = runner_type
+    cfg.update(extra)
+    return Config(cfg)
+
+
+def _toolkit_build(cfg):
+    """What mmseg's / mmpretrain's own tools/train.py do with a config."""
+    return Runner.from_cfg(cfg) if "runner_type" not in cfg else RUNNERS.build(cfg)
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def test_toolkit_script_resume_skips_truncated_and_weights_only_newest(tmp_path, capsys):
+    _toolkit_build(_cfg(tmp_path, 6, max_keep=3)).train()
+    _truncate(tmp_path / "iter_6.pth")                                   # a non-atomic writer killed
+    torch.save(Toy().state_dict(), tmp_path / "iter_4.pth")              # a weights-only file
+    runner = _toolkit_build(_cfg(tmp_path, 8, resume=True, max_keep=3))
+    assert isinstance(runner, PreparedRunner)
+    assert runner.cfg.load_from == str(tmp_path / "iter_2.pth") and runner.cfg.resume
+    runner.train()
+    out = capsys.readouterr().out
+    assert re.search(r"skipped \S*iter_6\.pth: truncated", out), out[-3000:]
+    assert re.search(r"skipped \S*iter_4\.pth: not a training checkpoint: it has no 'meta', it is a weights-only",
+                     out), out[-3000:]
+    assert "resumed epoch: 0, iter: 2" in out
+    assert ck.checkpoint_problem(str(tmp_path / "iter_8.pth")) is None
+    assert not (tmp_path / ck.LOCK_NAME).exists()  # released when training ended
+
+
+def test_nothing_to_resume_trains_from_scratch(tmp_path, capsys):
+    runner = _toolkit_build(_cfg(tmp_path, 2, resume=True))
+    assert runner.cfg.resume is False and runner.cfg.load_from is None
+    runner.train()
+    out = capsys.readouterr().out
+    assert "nothing to resume" in out and "from scratch" in out and "resumed" not in out
+
+
+def test_hand_built_prepared_runner_failed_save_keeps_previous_checkpoint(tmp_path):
+    cfg = _cfg(tmp_path, 4, max_keep=1)
+    runner = PreparedRunner(**{k: cfg[k] for k in ("model", "work_dir", "experiment_name", "train_dataloader",
+                                                    "optim_wrapper", "train_cfg", "default_hooks")})
+    real_save, calls = runner.save_checkpoint, []
+
+    def failing_save(out_dir, filename, *args, **kwargs):
+        calls.append(filename)
+        if len(calls) == 2:  # the second save dies half-way through writing its file
+            with open(os.path.join(out_dir, filename), "wb") as f:
+                f.write(b"PK\x03\x04partial")
+            raise OSError(28, "No space left on device")
+        return real_save(out_dir, filename, *args, **kwargs)
+
+    runner.save_checkpoint = failing_save
+    with pytest.raises(OSError, match="No space left"):
+        runner.train()
+    assert all(ck.is_temporary(f) for f in calls)  # written under a temporary name, renamed after
+    names = sorted(n for n in os.listdir(tmp_path) if n.endswith(".pth") or n.startswith("."))
+    assert names == ["iter_2.pth"], names
+    assert (tmp_path / "last_checkpoint").read_text() == str(tmp_path / "iter_2.pth")
+    assert ck.checkpoint_problem(str(tmp_path / "iter_2.pth")) is None
+    assert not (tmp_path / ck.LOCK_NAME).exists()  # released although training failed
+
+
+class _SeesTheLock(Hook):
+    def __init__(self, path):
+        self.path, self.seen = path, []
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        self.seen.append(os.path.exists(self.path))
+
+
+def test_plain_runner_with_the_hook_refuses_a_blind_resume_and_is_locked(tmp_path):
+    """A config that names the hook but no runner_type: mmengine's Runner follows last_checkpoint; the
+    hook stops the run when that is not the newest usable checkpoint, and takes the lock itself."""
+    _toolkit_build(_cfg(tmp_path, 4, runner_type=None)).train()
+    _truncate(tmp_path / "iter_4.pth")                                     # last_checkpoint names it
+    runner = _toolkit_build(_cfg(tmp_path, 6, resume=True, runner_type=None))
+    assert type(runner) is Runner
+    with pytest.raises(RuntimeError, match=r"mmengine would resume from '\S*iter_4\.pth'.*newest usable checkpoint "
+                                           r"of \S+ is \S*iter_2\.pth.*runner_type='PreparedRunner'"):
+        runner.train()
+    (tmp_path / "last_checkpoint").write_text(str(tmp_path / "iter_2.pth"))  # now it names the right one
+    runner = _toolkit_build(_cfg(tmp_path, 6, resume=True, runner_type=None))
+    sees = _SeesTheLock(str(tmp_path / ck.LOCK_NAME))
+    runner.register_hook(sees)
+    runner.train()
+    assert runner.iter == 6 and sees.seen and all(sees.seen)
+    assert not (tmp_path / ck.LOCK_NAME).exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(model=dict(type="RVTestToyRegressor", outputs=3)), r"its weights are not this model's \(0 of the model's 2 "
+                                                             r"tensors missing, 0 unexpected, 2 of another shape"),
+    (dict(optim_wrapper=dict(optimizer=dict(type="SGD", lr=1e-3),
+                             paramwise_cfg=dict(custom_keys={"lin.bias": dict(lr_mult=0.1)}))),
+     r"its optimizer has parameter groups of sizes \[\[2\]\], this run's \[\[1, 1\]\]"),
+])
+def test_resume_with_another_runs_checkpoint_names_what_differs(tmp_path, change, message):
+    _toolkit_build(_cfg(tmp_path / "a", 2)).train()
+    runner = _toolkit_build(_cfg(tmp_path / "b", 4, resume=True, load_from=str(tmp_path / "a" / "iter_2.pth"),
+                                 **change))
+    with pytest.raises(ValueError, match=r"--resume \S*iter_2\.pth: this checkpoint was not saved by a run of this "
+                                         r"config: " + message + r".*load_from=\S*iter_2\.pth\) without --resume"):
+        runner.train()
+
+
+def test_preparation_errors_name_the_setting_and_the_fix(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    for work_dir, where in ((a_file, "is a file"), (a_file / "sub", f"lies under {a_file}, which is a file")):
+        with pytest.raises(RunPreparationError, match=rf"--work-dir {re.escape(str(work_dir))}: the path {where}"):
+            prepare_run(dict(work_dir=str(work_dir), resume=False, load_from=None, default_hooks=None))
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"\x80\x02" + bytes(range(200)))
+    with pytest.raises(RunPreparationError, match=r"--resume \S*garbage\.pth: cannot use this file: not loadable"):
+        prepare_run(dict(work_dir=str(tmp_path / "wd"), resume=True, load_from=str(garbage), default_hooks=None))
+    with pytest.raises(RunPreparationError, match=r"load_from \S*nope\.pth: no such file"):
+        prepare_run(dict(work_dir=str(tmp_path / "wd"), resume=False, load_from=str(tmp_path / "nope.pth"),
+                         default_hooks=None))
+    run = dict(work_dir=str(tmp_path / "wd"), resume=False, load_from=None, default_hooks=None)
+    prepare_run(run)  # mmengine's default checkpoint hook, made atomic
+    assert run["default_hooks"] == {"checkpoint": {"type": "AtomicCheckpointHook", "interval": 1}}
+
+
+def test_a_second_training_run_is_refused_naming_the_first(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {ROOT!r})
+        from rv_plugins import engine
+        engine.acquire_work_dir_lock({str(tmp_path)!r}); print('locked', flush=True); time.sleep(120)""")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        runner = _toolkit_build(_cfg(tmp_path, 2))
+        with pytest.raises(ck.WorkDirLocked, match=rf"pid {holder.pid} on host .*another --work-dir"):
+            runner.train()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (tmp_path / "iter_2.pth").exists()
