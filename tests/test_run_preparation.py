@@ -5,6 +5,7 @@ mmsegmentation's and mmpretrain's own ``tools/train.py`` do), ``Runner.from_cfg(
 hand-built ``PreparedRunner(...)``. Each test gets its own work dir and experiment name (mmengine keys
 loggers by name).
 """
+import contextlib
 import os
 import re
 import subprocess
@@ -204,3 +205,67 @@ def test_a_second_training_run_is_refused_naming_the_first(tmp_path):
         holder.kill()
         holder.wait()
     assert not (tmp_path / "iter_2.pth").exists()
+
+
+# ----------------------------------------------------------------- the real model: toolkit script, --amp
+_TINY = ["train_cfg.val_interval=1000", "default_hooks.checkpoint.interval=2", "default_hooks.logger.interval=1",
+         "train_dataloader.batch_size=2", "model.data_preprocessor.size=(32,32)",
+         "train_dataloader.dataset.img_size=(32,32)", "model.backbone.img_size=32", "model.backbone.arch._delete_=True",
+         "model.backbone.arch.embed_dims=[8,16,32,64]", "model.backbone.arch.depths=[1,1,1,1]",
+         "model.decode_head.in_channels=[8,16,32,64]", "model.decode_head.channels=16",
+         "model.auxiliary_head.in_channels=32", "model.auxiliary_head.channels=8"]
+
+
+def _mmseg_script(name):
+    mmseg = pytest.importorskip("mmseg")
+    path = os.path.join(os.path.dirname(mmseg.__file__), ".mim", "tools", f"{name}.py")
+    assert os.path.isfile(path), f"mmsegmentation ships no {path}"
+    return path
+
+
+@pytest.mark.slow
+def test_mmseg_own_train_script_resumes_our_config_with_the_same_guarantees(tmp_path):
+    """mmsegmentation's own tools/train.py, our config named by its scope: the run is a PreparedRunner, so
+    --resume skips a truncated newest checkpoint (logged) and the work dir is locked while it trains."""
+    script = _mmseg_script("train")
+
+    def train(max_iters, *extra):
+        return subprocess.run([sys.executable, script, "rv_plugins::upernet_visiongru_ti_synthetic.py", "--work-dir",
+                               str(tmp_path), *extra, "--cfg-options", f"train_cfg.max_iters={max_iters}",
+                               "default_hooks.checkpoint.max_keep_ckpts=3", *_TINY],
+                              cwd=str(tmp_path), capture_output=True, text=True, timeout=600,
+                              env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+    first = train(4)
+    assert first.returncode == 0, first.stderr[-3000:]
+    _truncate(tmp_path / "iter_4.pth")
+    second = train(6, "--resume")
+    log = second.stdout + second.stderr
+    assert second.returncode == 0, log[-3000:]
+    assert re.search(r"skipped \S*iter_4\.pth: truncated", log) and "resumed epoch: 0, iter: 2" in log, log[-3000:]
+    assert ck.checkpoint_problem(str(tmp_path / "iter_6.pth")) is None and not (tmp_path / ck.LOCK_NAME).exists()
+
+
+def test_amp_on_a_cpu_trains_in_bfloat16_autocast(tmp_path, monkeypatch):
+    pytest.importorskip("mmseg")
+    from tool_loader import load_tool
+
+    from rv_plugins.openmmlab.amp import BF16AutocastOptimWrapper
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the CPU route, also on a GPU machine
+    seen = []
+    original = BF16AutocastOptimWrapper.optim_context
+
+    @contextlib.contextmanager
+    def spy(self, model):  # every training forward runs inside optim_context
+        with original(self, model):
+            seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+            yield
+
+    monkeypatch.setattr(BF16AutocastOptimWrapper, "optim_context", spy)
+    load_tool("train").main([os.path.join(ROOT, "configs", "upernet_visiongru_ti_synthetic.py"), "--work-dir",
+                             str(tmp_path), "--amp", "--cfg-options", "train_cfg.max_iters=2",
+                             f"experiment_name=amp_{os.getpid()}", *_TINY])
+    assert seen == [(True, torch.bfloat16)] * 2, seen
+    dumped = (tmp_path / "upernet_visiongru_ti_synthetic.py").read_text()
+    assert "BF16AutocastOptimWrapper" in dumped and "loss_scale" not in dumped

@@ -257,9 +257,11 @@ class NoCompleteCheckpoint(RuntimeError):
 
 
 def find_resume_checkpoint(work_dir: str, extra_dirs: Iterable[str] = (), log: Callable[[str], None] = print,
-                           names: CheckpointNames = MMENGINE_NAMES, required: Sequence[str] = ()) -> Optional[str]:
+                           names: CheckpointNames = MMENGINE_NAMES, required: Sequence[str] = (),
+                           fix: str = "or name a good checkpoint with --resume PATH") -> Optional[str]:
     """The newest usable checkpoint of ``work_dir`` (see :func:`checkpoint_problem`; ``required`` are the
-    keys the resume reads); every file skipped is logged with the reason.
+    keys the resume reads); every file skipped is logged with the reason. ``fix`` ends the message of
+    :class:`NoCompleteCheckpoint` (how to name a checkpoint in the caller's tool).
 
     Returns ``None`` (after logging that training starts from scratch) when there is no checkpoint at
     all; raises :class:`NoCompleteCheckpoint` when there are checkpoints but none is usable.
@@ -280,8 +282,7 @@ def find_resume_checkpoint(work_dir: str, extra_dirs: Iterable[str] = (), log: C
         listing = "; ".join(f"{p}: {w}" for p, w in skipped)
         raise NoCompleteCheckpoint(
             f"--resume: none of the {len(skipped)} checkpoint(s) in {work_dir} is usable ({listing}). "
-            f"Move them out of the work dir to train from scratch, or name a good checkpoint "
-            f"with --resume PATH.")
+            f"Move them out of the work dir to train from scratch, {fix}.")
     log(f"resume: nothing to resume in {osp.abspath(work_dir)} (no last_checkpoint file and no "
         f"checkpoint files); training starts from scratch")
     return None
