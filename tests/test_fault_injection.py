@@ -13,12 +13,12 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 import zipfile
 
 import pytest
 import torch
+from run_helpers import start_lock_holder, wait_for
 
 from rv_plugins import engine as ck
 from rv_plugins.engine import atomic, resume
@@ -164,27 +164,9 @@ def test_detectron2_names_order_final_last(tmp_path):
 
 # ------------------------------------------------------------------------------------ work-dir lock
 
-_HOLDER = textwrap.dedent("""
-    import sys, time
-    sys.path.insert(0, {root!r})
-    from rv_plugins import engine
-    engine.acquire_work_dir_lock(sys.argv[1])
-    print("locked", flush=True)
-    time.sleep(60)
-""")
-
-
-def _holder(tmp_path, work_dir):
-    script = tmp_path / "holder.py"
-    script.write_text(_HOLDER.format(root=ROOT))
-    proc = subprocess.Popen([sys.executable, str(script), str(work_dir)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "locked"
-    return proc
-
-
 def test_second_run_refused_naming_the_first_then_stale_lock_taken_over(tmp_path):
     work_dir = tmp_path / "wd"
-    proc = _holder(tmp_path, work_dir)
+    proc = start_lock_holder(tmp_path, work_dir)
     try:
         with pytest.raises(ck.WorkDirLocked, match=rf"pid {proc.pid} on host .*holder\.py"):
             ck.WorkDirLock(str(work_dir)).acquire()
@@ -213,17 +195,6 @@ def _complete_checkpoints(work_dir):
         if m and ck.checkpoint_problem(osp.join(work_dir, name)) is None:
             out[int(m.group(1))] = name
     return out
-
-
-def _wait_for(predicate, proc, timeout):
-    end = time.time() + timeout
-    while time.time() < end:
-        if proc.poll() is not None:
-            return False
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 @pytest.mark.slow
@@ -260,11 +231,11 @@ def test_sigkill_at_random_instants_loses_no_checkpoint(tmp_path):
 
         if run < len(kills):
             # kill only after this run has gone past where it started, so every run makes progress
-            progressed = _wait_for(lambda: re.search(r"checkpoint complete: \S*iter_(\d+)\.pth", text())
+            progressed = wait_for(lambda: re.search(r"checkpoint complete: \S*iter_(\d+)\.pth", text())
                                    is not None, proc, 240)
             assert progressed, f"run {run} made no progress:\n{text()[-3000:]}"
             if kills[run] == "save":
-                hit = _wait_for(lambda: any(ck.is_temporary(n) for n in os.listdir(work_dir)), proc, 120)
+                hit = wait_for(lambda: any(ck.is_temporary(n) for n in os.listdir(work_dir)), proc, 120)
                 assert hit, f"run {run}: no save observed:\n{text()[-3000:]}"
             else:
                 time.sleep(rng.uniform(0.0, 1.5))

@@ -16,6 +16,7 @@ import time
 
 import pytest
 import torch
+from run_helpers import wait_for
 
 pytestmark = pytest.mark.detectron2
 pytest.importorskip("detectron2")
@@ -117,17 +118,6 @@ TINY = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "M
         "MODEL.ROI_MASK_HEAD.HGRU.STEPS", "3", "SOLVER.WARMUP_ITERS", "1", "SOLVER.STEPS", "(1000,)"]
 
 
-def _wait_for(predicate, proc, timeout):
-    end = time.time() + timeout
-    while time.time() < end:
-        if proc.poll() is not None:
-            return False
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 def _complete(out_dir):
     return {int(m.group(1)): n for n in os.listdir(out_dir) for m in [re.match(r"^model_(\d+)\.pth$", n)]
             if m and checkpoint_problem(os.path.join(out_dir, n), DETECTRON2_RESUME_KEYS) is None}
@@ -156,10 +146,10 @@ def test_sigkill_during_detectron2_training_loses_no_checkpoint(tmp_path):
         text = lambda: log_path.read_text(errors="replace")  # noqa: E731
         if run < len(kills):
             # kill after this run has completed a save of its own, so every run makes progress
-            progressed = _wait_for(lambda: max(_complete(out_dir) or [-1]) > start, proc, 600)
+            progressed = wait_for(lambda: max(_complete(out_dir) or [-1]) > start, proc, 600)
             assert progressed, f"run {run} made no progress:\n{text()[-3000:]}"
             if kills[run] == "save":
-                hit = _wait_for(lambda: any(is_temporary(n) for n in os.listdir(out_dir)), proc, 300)
+                hit = wait_for(lambda: any(is_temporary(n) for n in os.listdir(out_dir)), proc, 300)
                 assert hit, f"run {run}: no save observed:\n{text()[-3000:]}"
             else:
                 time.sleep(rng.uniform(0.0, 1.0))

@@ -10,10 +10,10 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
+from run_helpers import start_lock_holder
 
 pytest.importorskip("mmengine")
 from mmengine.config import Config  # noqa: E402
@@ -190,21 +190,37 @@ def test_preparation_errors_name_the_setting_and_the_fix(tmp_path):
 
 
 def test_a_second_training_run_is_refused_naming_the_first(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import sys, time
-        sys.path.insert(0, {ROOT!r})
-        from rv_plugins import engine
-        engine.acquire_work_dir_lock({str(tmp_path)!r}); print('locked', flush=True); time.sleep(120)""")],
-        stdout=subprocess.PIPE, text=True)
+    work_dir = tmp_path / "wd"
+    holder = start_lock_holder(tmp_path, work_dir)
     try:
-        assert holder.stdout.readline().strip() == "locked"
-        runner = _toolkit_build(_cfg(tmp_path, 2))
+        runner = _toolkit_build(_cfg(work_dir, 2))
         with pytest.raises(ck.WorkDirLocked, match=rf"pid {holder.pid} on host .*another --work-dir"):
             runner.train()
     finally:
         holder.kill()
         holder.wait()
-    assert not (tmp_path / "iter_2.pth").exists()
+    assert not (work_dir / "iter_2.pth").exists()
+
+
+
+def test_train_tool_prints_the_preparation_errors(tmp_path):
+    """tools/train.py stops with ``error: <what and the fix>`` (no traceback) for a bad --work-dir / --resume."""
+    from tool_loader import load_tool
+
+    config = tmp_path / "toy.py"
+    _cfg(tmp_path / "unused", 2).dump(str(config))
+    a_file, garbage = tmp_path / "a_file", tmp_path / "garbage.pth"
+    a_file.write_text("x")
+    garbage.write_bytes(b"PK\x03\x04" + b"\0" * 64)
+    train = load_tool("train").main
+    cases = [(["--work-dir", str(a_file)], rf"error: --work-dir {re.escape(str(a_file))}: the path is a file"),
+             (["--work-dir", str(tmp_path / "wd"), "--resume", str(garbage)],
+              r"error: --resume \S*garbage\.pth: cannot use this file: truncated or corrupted zip archive"),
+             (["--work-dir", str(tmp_path / "wd"), "--resume", str(tmp_path / "nope.pth")],
+              r"error: --resume \S*nope\.pth: no such file \(give --resume without a path")]
+    for args, message in cases:
+        with pytest.raises(SystemExit, match=message):
+            train([str(config), *args])
 
 
 # ----------------------------------------------------------------- the real model: toolkit script, --amp
