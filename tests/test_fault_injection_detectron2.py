@@ -111,6 +111,18 @@ def test_nothing_to_resume_loads_the_weights_and_all_unusable_stops(tmp_path, ca
         _resume(tmp_path, caplog)
 
 
+
+def test_train_net_output_dir_that_is_a_file_is_named(tmp_path):
+    from tool_loader import load_tool
+    train_net = load_tool("train_net")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    args = train_net.default_argument_parser().parse_args([
+        "--config-file", os.path.join(REPO, "configs", "detectron2", "panoptic_fpn_R_50_synthetic_hgru_crbp.yaml"),
+        "OUTPUT_DIR", str(a_file), "DATASETS.SYNTHETIC_PANOPTIC_ROOT", ""])
+    with pytest.raises(SystemExit, match=rf"error: OUTPUT_DIR {re.escape(str(a_file))}: the path is a file, not a folder"):
+        train_net.setup(args)
+
 # ------------------------------------------------------------------------ tools/train_net.py, SIGKILLed
 TINY = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.FPN.OUT_CHANNELS", "32",
         "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32", "MODEL.ROI_BOX_HEAD.FC_DIM", "64", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",

@@ -203,8 +203,9 @@ def test_a_second_training_run_is_refused_naming_the_first(tmp_path):
 
 
 
-def test_train_tool_prints_the_preparation_errors(tmp_path):
-    """tools/train.py stops with ``error: <what and the fix>`` (no traceback) for a bad --work-dir / --resume."""
+def test_tools_print_the_preparation_errors(tmp_path):
+    """tools/train.py and tools/test.py stop with ``error: <what and the fix>`` (no traceback) for a bad
+    --work-dir, --resume or checkpoint."""
     from tool_loader import load_tool
 
     config = tmp_path / "toy.py"
@@ -221,6 +222,11 @@ def test_train_tool_prints_the_preparation_errors(tmp_path):
     for args, message in cases:
         with pytest.raises(SystemExit, match=message):
             train([str(config), *args])
+    test = load_tool("test").main
+    with pytest.raises(SystemExit, match=r"error: load_from \S*garbage\.pth: cannot use this file: truncated"):
+        test([str(config), str(garbage), "--work-dir", str(tmp_path / "wd")])
+    with pytest.raises(FileNotFoundError, match=r"checkpoint \S+ is a folder, not a checkpoint file"):
+        test([str(config), str(tmp_path), "--work-dir", str(tmp_path / "wd")])
 
 
 # ----------------------------------------------------------------- the real model: toolkit script, --amp

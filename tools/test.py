@@ -31,8 +31,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if not os.path.isfile(args.checkpoint) and "://" not in args.checkpoint:
-        raise FileNotFoundError(f"checkpoint {args.checkpoint!r} does not exist")
+    if "://" not in args.checkpoint and not os.path.isfile(args.checkpoint):
+        what = "is a folder, not a checkpoint file" if os.path.isdir(args.checkpoint) else "does not exist"
+        raise FileNotFoundError(f"checkpoint {args.checkpoint!r} {what}")
     mr.setup_launcher_env(args.launcher, args.local_rank)
     cfg = mr.load_config(args.config, args.cfg_options)
     cfg.launcher = args.launcher
