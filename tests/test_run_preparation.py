@@ -189,6 +189,17 @@ def test_preparation_errors_name_the_setting_and_the_fix(tmp_path):
     assert run["default_hooks"] == {"checkpoint": {"type": "AtomicCheckpointHook", "interval": 1}}
 
 
+def test_resume_looks_where_the_checkpoint_hook_saves(tmp_path):
+    """CheckpointHook(out_dir=D) saves into D/<work dir's folder name>: the resume choice looks there too."""
+    saved = tmp_path / "elsewhere" / "wd"
+    saved.mkdir(parents=True)
+    torch.save({"meta": {"iter": 2, "epoch": 0}, "state_dict": {}, "message_hub": {}}, saved / "iter_2.pth")
+    run = dict(work_dir=str(tmp_path / "wd"), resume=True, load_from=None, default_hooks=dict(
+        checkpoint=dict(type="CheckpointHook", interval=2, out_dir=str(tmp_path / "elsewhere"))))
+    prepare_run(run, log=lambda m: None)
+    assert run["load_from"] == str(saved / "iter_2.pth") and run["resume"]
+    assert run["default_hooks"]["checkpoint"]["type"] == "AtomicCheckpointHook"
+
 def test_a_second_training_run_is_refused_naming_the_first(tmp_path):
     work_dir = tmp_path / "wd"
     holder = start_lock_holder(tmp_path, work_dir)

@@ -45,16 +45,10 @@ from mmengine.registry import HOOKS
 from mmengine.runner import find_latest_checkpoint
 
 from rv_plugins.engine import atomic, lock
-from rv_plugins.engine.resume import MMENGINE_RESUME_KEYS, checkpoint_problem, find_resume_checkpoint
+from rv_plugins.engine.resume import (MMENGINE_RESUME_KEYS, checkpoint_problem, find_resume_checkpoint,
+                                     out_dir_checkpoints)
 
-__all__ = ["AtomicCheckpointHook", "resume_extra_dirs", "resume_mismatch"]
-
-
-def resume_extra_dirs(work_dir: str, out_dir) -> list:
-    """Where CheckpointHook saves besides the work dir: ``<out_dir>/<work dir's folder name>``."""
-    if not isinstance(out_dir, str) or not out_dir or "://" in out_dir:
-        return []
-    return [osp.join(out_dir, osp.basename(osp.abspath(work_dir).rstrip(os.sep)))]
+__all__ = ["AtomicCheckpointHook", "resume_mismatch"]
 
 
 def _shapes(state_dict) -> dict:
@@ -109,7 +103,7 @@ class AtomicCheckpointHook(CheckpointHook):
             return
         load_from = runner.cfg.get("load_from")
         if load_from is None:  # Runner.from_cfg without PreparedRunner: mmengine reads last_checkpoint
-            extra = resume_extra_dirs(runner.work_dir, self.out_dir)
+            extra = out_dir_checkpoints(runner.work_dir, self.out_dir)
             ours = find_resume_checkpoint(runner.work_dir, extra, log=runner.logger.info,
                                           required=MMENGINE_RESUME_KEYS)
             theirs = find_latest_checkpoint(runner.work_dir)  # None without last_checkpoint, "" if empty

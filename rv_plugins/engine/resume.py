@@ -28,7 +28,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 __all__ = ["CheckpointNames", "MMENGINE_NAMES", "DETECTRON2_NAMES", "MMENGINE_RESUME_KEYS",
            "DETECTRON2_RESUME_KEYS", "checkpoint_problem", "read_last_checkpoint", "checkpoint_candidates",
-           "find_resume_checkpoint", "NoCompleteCheckpoint"]
+           "out_dir_checkpoints", "find_resume_checkpoint", "NoCompleteCheckpoint"]
 
 # What mmengine's Runner.resume reads from a checkpoint, and what Detectron2's DefaultTrainer resumes from
 # (the model, and the iteration its "trainer" checkpointable restores).
@@ -250,6 +250,14 @@ def checkpoint_candidates(work_dir: str, extra_dirs: Iterable[str] = (),
         return (s if s is not None else -1.0, p == target, mtime)
 
     return sorted(found, key=key, reverse=True), notes
+
+
+def out_dir_checkpoints(work_dir: str, out_dir) -> List[str]:
+    """Where mmengine's CheckpointHook saves when given ``out_dir``: ``<out_dir>/<work dir's folder name>``
+    (as a list of extra folders to search; empty without a local ``out_dir``)."""
+    if not isinstance(out_dir, str) or not out_dir or "://" in out_dir:
+        return []
+    return [osp.join(out_dir, osp.basename(osp.abspath(work_dir).rstrip(os.sep)))]
 
 
 class NoCompleteCheckpoint(RuntimeError):

@@ -30,7 +30,7 @@ from typing import Callable, MutableMapping
 
 from rv_plugins.engine.lock import WorkDirLocked, check_work_dir
 from rv_plugins.engine.resume import (MMENGINE_RESUME_KEYS, NoCompleteCheckpoint, checkpoint_problem,
-                                      find_resume_checkpoint)
+                                      find_resume_checkpoint, out_dir_checkpoints)
 
 __all__ = ["RunPreparationError", "RUN_ERRORS", "prepare_run", "use_atomic_checkpoints", "init_cpu_process_group"]
 
@@ -62,12 +62,10 @@ def use_atomic_checkpoints(cfg: MutableMapping) -> bool:
 
 
 def _checkpoint_out_dirs(run: MutableMapping) -> list:
-    """Where the checkpoint hook saves besides the work dir (``out_dir/<work dir's folder name>``)."""
+    """Where the checkpoint hook saves besides the work dir."""
     ckpt = (run.get("default_hooks") or {}).get("checkpoint")
     out_dir = ckpt.get("out_dir") if isinstance(ckpt, dict) else getattr(ckpt, "out_dir", None)
-    if not isinstance(out_dir, str) or not out_dir or "://" in out_dir:
-        return []
-    return [osp.join(out_dir, osp.basename(osp.abspath(run["work_dir"]).rstrip(osp.sep)))]
+    return out_dir_checkpoints(run["work_dir"], out_dir)
 
 
 def prepare_run(run: MutableMapping, log: Callable[[str], None] = print) -> None:
