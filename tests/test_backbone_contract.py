@@ -571,12 +571,14 @@ def test_detectron2_keys_reach_the_constructor():
     assert body.strides == (4, 8, 16, 32)
     assert body.stages[0].blocks[0].rnn_tokens.impl == "native"
     vgru = get_backbone("visiongru")
-    for img_size, grid in [(0, None), (None, None), (64, (16, 16))]:  # IMG_SIZE 0 = None, as before
+    for img_size, grid in [("", None), (None, None), (64, (16, 16))]:  # IMG_SIZE "" = None
         node = dict(img_size=img_size, pos_embed=None, preset="paper", scan_backend="reference")
         body = build_backbone_fpn(_d2_cfg(vgru, node),
                                   ShapeSpec(channels=3), vgru).bottom_up.body
         assert (None if body.pos_embed is None else tuple(body.pos_embed.shape[2:])) == grid
         assert body.stages[0].blocks[0].mixer.gru_fwd.backend == "reference"
+    with pytest.raises(ValueError, match=r'MODEL.VISIONGRU.IMG_SIZE=0: give a positive value, or "" for None'):
+        build_backbone_fpn(_d2_cfg(vgru, dict(img_size=0, preset="paper")), ShapeSpec(channels=3), vgru)
     with pytest.raises(ValueError, match=r"MODEL.SEQUENCER2D.PATCH_SIZES=\[4, 2\]: give one value per stage \(4\)"):
         build_backbone_fpn(_d2_cfg(seq, dict(patch_sizes=[4, 2])), ShapeSpec(channels=3), seq)
     with pytest.raises(ValueError, match=r"MODEL.SEQUENCER2D.ARCH='xl': Sequencer2D: unknown arch"):

@@ -17,7 +17,7 @@ import torch
 from rv_plugins.openmmlab import runner as mr
 from rv_plugins.backbones.sequencer2d import Sequencer2D
 from rv_plugins.backbones.visiongru import VisionGRU
-from rv_plugins.engine import checkpointing as ck
+from rv_plugins import engine as ck
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -208,7 +208,7 @@ def test_second_training_run_in_same_work_dir_is_refused(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {ROOT!r})
-        from rv_plugins.engine import checkpointing as ck
+        from rv_plugins import engine as ck
         ck.acquire_work_dir_lock({str(work_dir)!r}); print('locked', flush=True); time.sleep(120)""")],
         stdout=subprocess.PIPE, text=True)
     try:

@@ -68,8 +68,7 @@ def state(name=None, before=()):
     return dict(
         toolkits=now, added=[m for m in now if m not in before],
         matplotlib="matplotlib" in sys.modules,
-        hook_modules=sorted(m for m in ("rv_plugins._mmengine_scope", "rv_plugins.openmmlab.scope")
-                            if m in sys.modules),
+        hook_modules=sorted(m for m in ("rv_plugins.openmmlab.scope",) if m in sys.modules),
         hook_finder=any(type(f).__name__ == "_PatchOnImport" for f in sys.meta_path),
         file=getattr(mod, "__file__", None))
 
@@ -290,10 +289,18 @@ print("HOOK " + json.dumps(dict(finder=finder, early=early,
 """
 
 
+def _start_up(pth_dir):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    args = json.dumps([REPO, _site_dirs(), str(pth_dir)])
+    return subprocess.run([sys.executable, "-S", "-E", "-c", HOOK_CHILD, args],
+                          capture_output=True, text=True, env=env, cwd=str(pth_dir), timeout=300)
+
+
 @pytest.mark.parametrize("which", ["written now", "written by earlier versions"])
 def test_the_start_up_hook_is_lazy_and_resolves_rv_plugins_scopes(tmp_path, which):
-    """The .pth line (today's and the old one, which imports rv_plugins._mmengine_scope) installs only a
-    finder at start-up, and mmengine's Config resolves 'rv_plugins::' once mmengine is imported."""
+    """The .pth line installs only a finder at start-up, and mmengine's Config resolves 'rv_plugins::' once
+    mmengine is imported. The old line (it imports the removed rv_plugins._mmengine_scope) starts Python
+    without an error and without the hook; the set-up's --install rewrites it."""
     from rv_plugins.openmmlab import scope
 
     if which == "written now":
@@ -301,11 +308,14 @@ def test_the_start_up_hook_is_lazy_and_resolves_rv_plugins_scopes(tmp_path, whic
     else:
         path = tmp_path / scope.PTH_NAME
         path.write_text(LEGACY_PTH)
+        old = _start_up(tmp_path)
+        assert "Error processing line" not in old.stderr  # start-up itself is fine; the hook is not there:
+        assert old.returncode != 0 and "_get_package_and_cfg_path" in old.stderr, old.stderr[-2000:]
+        assert scope.pth_status(str(tmp_path)) == "outdated" and scope.main(["--check", "--site-dir", str(tmp_path)])
+        assert scope.main(["--install", "--site-dir", str(tmp_path)]) == 0  # what tools/setup_env.sh runs
+        assert scope.pth_status(str(tmp_path)) == "current" and path.read_text() == scope.PTH_LINE
     assert os.path.basename(str(path)) == "rv_plugins_mmengine_scope.pth"  # the name tools/setup_env.sh tests for
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    args = json.dumps([REPO, _site_dirs(), str(tmp_path)])
-    proc = subprocess.run([sys.executable, "-S", "-E", "-c", HOOK_CHILD, args],
-                          capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=300)
+    proc = _start_up(tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     got = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("HOOK ")][-1][len("HOOK "):])
     assert got["finder"], "the .pth line did not install the import hook"

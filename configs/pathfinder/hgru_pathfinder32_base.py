@@ -13,7 +13,8 @@
 #       --input-scale 3 --target-prior 0.02     (its defaults: --lcp-reduction mean --lcp-weight 10)
 # is this recipe with the training images in order (train_dataloader.sampler.shuffle=False; here they
 # are shuffled) and no validation loop (tests/test_pathfinder.py pins the difference).
-custom_imports = dict(imports=['rv_plugins.mmseg', 'rv_plugins.engine.hooks'], allow_failed_imports=False)
+custom_imports = dict(imports=['rv_plugins.mmseg', 'rv_plugins.openmmlab.prepared_runner'], allow_failed_imports=False)
+runner_type = 'PreparedRunner'  # resume choice + work-dir lock from any tools/train.py (see prepared_runner)
 default_scope = 'mmseg'
 
 image_size = 32

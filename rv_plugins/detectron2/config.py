@@ -61,8 +61,6 @@ __all__ = ["add_rv_config", "get_cfg", "RVCfgNode", "ZOO_PREFIX", "backbone_conf
 # Constructor arguments that are not config keys: the adapter sets them (in_channels from the input,
 # out_indices from OUT_FEATURES, init_cfg from PRETRAINED; no classifier in a detector), arch is ARCH.
 ADAPTER_ARGS = ("arch", "in_channels", "out_indices", "init_cfg", "num_classes")
-# Values that meant None before the nodes were generated: MODEL.VISIONGRU.IMG_SIZE 0 (no positional embedding).
-LEGACY_NONE = {("visiongru", "img_size"): 0}
 
 
 def node_name(entry: BackboneEntry) -> str:
@@ -129,11 +127,13 @@ def backbone_kwargs(entry: BackboneEntry, node, in_channels: int, out_indices: S
         if name.upper() not in node:  # a node made before the key existed: the constructor's default
             continue
         value = node[name.upper()]
-        if _accepts_none(entry, name) and (value == "" or (LEGACY_NONE.get((entry.name, name)) == value
-                                                           and type(value) is int)):
+        default, none_ok = entry.constructor_defaults()[name], _accepts_none(entry, name)
+        if none_ok and value == "":
             value = None
-        kwargs[name] = tuple(value) if isinstance(value, list) and isinstance(
-            entry.constructor_defaults()[name], tuple) else value
+        elif none_ok and type(value) is int and value == 0 and type(default) is int and default > 0:
+            raise ValueError(f"{where}.{name.upper()}=0: give a positive value, or \"\" for None "
+                             f"(0 does not mean None; the default is {default})")
+        kwargs[name] = tuple(value) if isinstance(value, list) and isinstance(default, tuple) else value
     path = node.get("PRETRAINED", "")
     kwargs["init_cfg"] = dict(type="Pretrained", checkpoint=path) if path else None
     return kwargs
