@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 from rv_plugins.backbones.visiongru import ARCH_SETTINGS, VisionGRU  # noqa: E402
-from rv_plugins.engine.checkpointing import atomic_write  # noqa: E402
+from rv_plugins.engine.atomic import atomic_write  # noqa: E402
 from rv_plugins.utils.checkpoint import extract_state_dict, read_checkpoint  # noqa: E402
 from rv_plugins.utils.visiongru_authors import _strip, authors_key, convert_authors_state_dict  # noqa: E402
 
