@@ -269,7 +269,7 @@ def test_converter_killed_while_saving_leaves_the_earlier_output(tmp_path):
     import subprocess
     import time
 
-    from rv_plugins.engine.checkpointing import SAVE_DELAY_ENV, TMP_SUFFIX
+    from rv_plugins.engine.atomic import SAVE_DELAY_ENV, TMP_SUFFIX
     src = _authors_file(tmp_path)
     dst = tmp_path / "ours.pth"
     dst.write_bytes(b"an earlier conversion")
