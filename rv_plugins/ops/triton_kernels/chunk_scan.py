@@ -1,0 +1,179 @@
+"""Shared ``@triton.jit`` pieces: one chunk of a linear scan, handed on between chunks by decoupled look-back.
+
+Every scan kernel of this package (linear scan and fused minGRU, forward and backward) is a grid of
+programs, one per ``(line, chunk)``: a *line* is one sequence's ``BLOCK_D`` channels (``(batch,
+[direction,] channel block)``), a *chunk* ``BLOCK_L`` consecutive scan steps of it. A program loads its
+``(BLOCK_L, BLOCK_D)`` tile of decays ``a`` and inputs ``x`` once, and :func:`scan_chunk` turns them into
+the tile's states ``h_k = a_k h_{k-1} + x_k`` (the caller stores them):
+
+1. **Ticket.** :func:`take_ticket` gives the program its chunk from an atomic counter per line, so a
+   line's chunks are handed out in the order programs start. A program only ever waits for chunks of
+   smaller tickets, whose programs have already started: forward progress on a GPU, and under
+   ``TRITON_INTERPRET=1`` (programs run one after another) every predecessor has finished.
+2. **Local scan** of the tile from a zero state (``tl.associative_scan`` over time), and its *summary*:
+   the chunk's aggregate ``(A, B)`` (``h_out = A h_in + B``) and bounds ``M = max_k |a_cum_k|``,
+   ``N = max_k |b_cum_k|`` of every state inside it (``|h_k| <= M |h_in| + N``).
+3. **Publish the aggregate** (status 1), or status 3 when the summary is not finite or too large to
+   compose safely: successors then wait for this chunk's inclusive state instead.
+4. **Look back** (:func:`carry_in`): walk the predecessors from ``c - 1`` down, composing published
+   aggregates until one has published its inclusive state (status 2) or the line's start (``h0``) is
+   reached. No pass over all chunks: a chunk usually finds its predecessor's inclusive state or a
+   few aggregates.
+5. **States** ``h = a_cum h_in + b_cum``, and the inclusive state (status 2) for the successors.
+
+Special values. The step-by-step loop (``rv_plugins/ops/reference.py``) is the definition; a parallel
+scan reorders its arithmetic, which changes only rounding while every quantity stays finite and
+moderate, but turns ``inf - inf`` into NaN or loses an overflow when it does not. So the fast path is
+used only when the bounds prove that no state of the chunk can leave the range ``LIMIT`` (far below the
+dtype's maximum) and the carried-in state is below ``HMAX``; any NaN, ±inf or huge value in ``a``, ``x``,
+``h0`` or on the way fails that test (NaN fails every comparison). Such a chunk is recomputed
+step by step from its exact carried-in state (:func:`sequential_states`) and hands on its inclusive
+state only, so every later chunk starts from what the loop computes. A composition of aggregates that
+could overflow is likewise replaced by waiting for the predecessor's inclusive state. Underflow is the
+one rounding left: contributions below ``2**-126 * HMAX`` of a state may flush to zero where the loop
+keeps a subnormal.
+
+Memory: status words (int32, zeroed per launch; the first ``n_lines`` are the ticket counters) and
+five ``BLOCK_D`` vectors per chunk (``A, B, M, N, inclusive``) in the accumulation dtype.
+"""
+import triton
+import triton.language as tl
+
+#: Status of a chunk: nothing published yet / aggregate / inclusive state / no usable aggregate.
+EMPTY, AGGREGATE, INCLUSIVE, NO_AGGREGATE = 0, 1, 2, 3
+SUMMARY_WORDS = 5  # A, B, M, N, inclusive state: BLOCK_D values each
+
+
+@triton.jit
+def combine(a1, b1, a2, b2):
+    """``(a1, b1)`` then ``(a2, b2)``: ``h -> a2 (a1 h + b1) + b2``."""
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _bounded_abs(x, LIMIT: tl.constexpr):
+    """``|x|``, or +inf where ``|x| > LIMIT`` or ``x`` is NaN (so a max over it never drops a NaN)."""
+    ax = tl.abs(x)
+    return tl.where(ax <= LIMIT, ax, float("inf"))
+
+
+@triton.jit
+def take_ticket(FLAGS, n_lines, n_chunks):
+    """``(line, chunk)`` of this program: the line from the program id (chunk-major, so neighbouring
+    programs work on different lines), the chunk from the line's ticket counter ``FLAGS[line]``."""
+    pid = tl.program_id(0)
+    line = pid % n_lines
+    if n_chunks > 1:
+        chunk = tl.atomic_add(FLAGS + line, 1)
+    else:
+        chunk = pid * 0
+    return line, chunk
+
+
+@triton.jit
+def _publish(FLAGS, VALS, status_at, vals_at, offs, v, status, WORD: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Store ``v`` as summary word ``WORD`` of a chunk, then set the chunk's status (release)."""
+    tl.store(VALS + vals_at + WORD * BLOCK_D + offs, v)
+    tl.debug_barrier()  # every thread's stores before the one thread's release
+    tl.atomic_xchg(FLAGS + status_at, status, sem="release")
+
+
+@triton.jit
+def _wait_inclusive(FLAGS, VALS, status_at, vals_at, offs, BLOCK_D: tl.constexpr):
+    """Spin until a chunk has published its inclusive state; returns it."""
+    flag = tl.atomic_add(FLAGS + status_at, 0, sem="acquire")
+    while flag != 2:
+        flag = tl.atomic_add(FLAGS + status_at, 0, sem="acquire")
+    return tl.load(VALS + vals_at + 4 * BLOCK_D + offs, cache_modifier=".cg")
+
+
+@triton.jit
+def carry_in(FLAGS, VALS, status_base, vals_base, chunk, h_start, offs, LIMIT: tl.constexpr,
+             HMAX: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The state entering ``chunk`` of a line (``h_start`` for chunk 0), by look-back over the
+    predecessors' published summaries; exact (the predecessor's inclusive state) wherever composing
+    aggregates could overflow. ``status_base``/``vals_base``: the line's first status word / summary."""
+    h_in = h_start
+    if chunk > 0:
+        acc_a = tl.full([BLOCK_D], 1.0, h_start.dtype)
+        acc_b = tl.zeros([BLOCK_D], h_start.dtype)
+        bound_a = tl.zeros([BLOCK_D], h_start.dtype)
+        bound_b = tl.zeros([BLOCK_D], h_start.dtype)
+        prefix = h_start
+        j = chunk - 1
+        searching = j >= 0
+        while searching:
+            flag = tl.atomic_add(FLAGS + status_base + j, 0, sem="acquire")
+            at = vals_base + j * (5 * BLOCK_D)
+            if flag == 2:
+                prefix = tl.load(VALS + at + 4 * BLOCK_D + offs, cache_modifier=".cg")
+                searching = j < 0
+            elif flag == 1:
+                a_j = tl.load(VALS + at + offs, cache_modifier=".cg")
+                b_j = tl.load(VALS + at + BLOCK_D + offs, cache_modifier=".cg")
+                m_j = tl.load(VALS + at + 2 * BLOCK_D + offs, cache_modifier=".cg")
+                n_j = tl.load(VALS + at + 3 * BLOCK_D + offs, cache_modifier=".cg")
+                # states inside chunks j..chunk-1 are bounded by bound_a |h| + bound_b for h entering j
+                bound_b = tl.maximum(n_j, bound_a * tl.abs(b_j) + bound_b)
+                bound_a = tl.maximum(m_j, bound_a * tl.abs(a_j))
+                acc_b = acc_a * b_j + acc_b
+                acc_a = acc_a * a_j
+                j -= 1
+                searching = j >= 0
+        h_in = acc_a * prefix + acc_b
+        safe = (bound_a * tl.abs(prefix) + bound_b <= LIMIT) & (tl.abs(prefix) <= HMAX)
+        if tl.min(safe.to(tl.int32), 0) == 0:
+            h_in = _wait_inclusive(FLAGS, VALS, status_base + chunk - 1, vals_base + (chunk - 1) * (5 * BLOCK_D),
+                                   offs, BLOCK_D)
+    return h_in
+
+
+@triton.jit
+def sequential_states(a, x, h_in, BLOCK_L: tl.constexpr):
+    """The tile's states one step at a time, exactly as the reference loop computes them (rows are
+    taken out of the register tile by masked sums, exact for every value); returns ``(hs, h_last)``."""
+    rows = tl.arange(0, BLOCK_L)[:, None]
+    hs = tl.zeros_like(a)
+    h = h_in
+    for r in range(BLOCK_L):
+        pick = rows == r
+        a_r = tl.sum(tl.where(pick, a, 0.0), axis=0)
+        x_r = tl.sum(tl.where(pick, x, 0.0), axis=0)
+        h = a_r * h + x_r
+        hs = tl.where(pick, h[None, :], hs)
+    return hs, h
+
+
+@triton.jit
+def scan_chunk(a, x, h_start, line, chunk, FLAGS, VALS, n_lines, n_chunks, LIMIT: tl.constexpr,
+               HMAX: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
+    """States of one chunk: ``a``, ``x`` the ``(BLOCK_L, BLOCK_D)`` tile in the accumulation dtype, padded
+    with the identity ``(1, 0)``; ``h_start`` the line's initial state. Returns the ``(BLOCK_L, BLOCK_D)``
+    states, after handing the chunk's summary and inclusive state to its successors."""
+    offs = tl.arange(0, BLOCK_D)
+    status_base = n_lines + line * n_chunks
+    vals_base = line * n_chunks * (5 * BLOCK_D)
+    vals_at = vals_base + chunk * (5 * BLOCK_D)
+    a_cum, b_cum = tl.associative_scan((a, x), 0, combine)
+    last = (tl.arange(0, BLOCK_L) == BLOCK_L - 1)[:, None]
+    agg_a = tl.sum(tl.where(last, a_cum, 0.0), axis=0)   # the last row: exact (one term is not 0)
+    agg_b = tl.sum(tl.where(last, b_cum, 0.0), axis=0)
+    bound_a = tl.max(_bounded_abs(a_cum, LIMIT), axis=0)
+    bound_b = tl.max(_bounded_abs(b_cum, LIMIT), axis=0)
+    if chunk > 0:
+        if chunk < n_chunks - 1:
+            usable = tl.min(((bound_a <= LIMIT) & (bound_b <= HMAX)).to(tl.int32), 0)
+            tl.store(VALS + vals_at + offs, agg_a)
+            tl.store(VALS + vals_at + BLOCK_D + offs, agg_b)
+            tl.store(VALS + vals_at + 2 * BLOCK_D + offs, bound_a)
+            _publish(FLAGS, VALS, status_base + chunk, vals_at, offs, bound_b, 3 - 2 * usable, 3, BLOCK_D)
+    h_in = carry_in(FLAGS, VALS, status_base, vals_base, chunk, h_start, offs, LIMIT, HMAX, BLOCK_D)
+    fast = (bound_a * tl.abs(h_in) + bound_b <= LIMIT) & (tl.abs(h_in) <= HMAX) & (bound_b <= HMAX)
+    if tl.min(fast.to(tl.int32), 0) == 1:
+        hs = a_cum * h_in[None, :] + b_cum
+        h_out = agg_a * h_in + agg_b
+    else:
+        hs, h_out = sequential_states(a, x, h_in, BLOCK_L)
+    if chunk < n_chunks - 1:
+        _publish(FLAGS, VALS, status_base + chunk, vals_at, offs, h_out, 2, 4, BLOCK_D)
+    return hs
