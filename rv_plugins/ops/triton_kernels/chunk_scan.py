@@ -114,8 +114,8 @@ def carry_in(FLAGS, VALS, status_base, vals_base, chunk, h_start, offs, LIMIT: t
                 m_j = tl.load(VALS + at + 2 * BLOCK_D + offs, cache_modifier=".cg")
                 n_j = tl.load(VALS + at + 3 * BLOCK_D + offs, cache_modifier=".cg")
                 # states inside chunks j..chunk-1 are bounded by bound_a |h| + bound_b for h entering j
-                bound_b = tl.maximum(n_j, bound_a * tl.abs(b_j) + bound_b)
-                bound_a = tl.maximum(m_j, bound_a * tl.abs(a_j))
+                bound_b = tl.maximum(n_j, _bounded_abs(bound_a * tl.abs(b_j) + bound_b, LIMIT))
+                bound_a = tl.maximum(m_j, _bounded_abs(bound_a * tl.abs(a_j), LIMIT))
                 acc_b = acc_a * b_j + acc_b
                 acc_a = acc_a * a_j
                 j -= 1
@@ -129,37 +129,55 @@ def carry_in(FLAGS, VALS, status_base, vals_base, chunk, h_start, offs, LIMIT: t
 
 
 @triton.jit
-def sequential_states(a, x, h_in, BLOCK_L: tl.constexpr):
-    """The tile's states one step at a time, exactly as the reference loop computes them (rows are
-    taken out of the register tile by masked sums, exact for every value); returns ``(hs, h_last)``."""
-    rows = tl.arange(0, BLOCK_L)[:, None]
-    hs = tl.zeros_like(a)
-    h = h_in
-    for r in range(BLOCK_L):
-        pick = rows == r
-        a_r = tl.sum(tl.where(pick, a, 0.0), axis=0)
-        x_r = tl.sum(tl.where(pick, x, 0.0), axis=0)
-        h = a_r * h + x_r
-        hs = tl.where(pick, h[None, :], hs)
-    return hs, h
+def tile_steps(chunk, R: tl.constexpr, S: tl.constexpr):
+    """Positions (in the order the line is scanned) of a chunk's ``(R, S, 1)`` tile: ``chunk * R * S + r * S + s``.
+
+    A tile is ``R`` groups of ``S`` consecutive steps. Triton lays such a tile out with the ``S`` axis
+    inside each thread (the channel axis is the contiguous one, then ``R``; the compile report checks
+    it), so the scan over ``S`` costs no shuffles and only the ``R`` group totals cross threads."""
+    r = tl.arange(0, R)[:, None, None]
+    s = tl.arange(0, S)[None, :, None]
+    return chunk * (R * S) + r * S + s
+
+
+@triton.jit
+def _then_group(pa1, pb1, qa1, qb1, pa2, pb2, qa2, qb2):
+    """Scan operator over ``(P, Q)`` = (all groups so far but the last, the last): its scan gives each
+    group's *exclusive* prefix in ``P``: ``P1, Q1, P2`` composed."""
+    a = pa1 * qa1 * pa2
+    b = pa2 * (qa1 * pb1 + qb1) + pb2
+    return a, b, qa2, qb2
 
 
 @triton.jit
 def scan_chunk(a, x, h_start, line, chunk, FLAGS, VALS, n_lines, n_chunks, LIMIT: tl.constexpr,
-               HMAX: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
-    """States of one chunk: ``a``, ``x`` the ``(BLOCK_L, BLOCK_D)`` tile in the accumulation dtype, padded
-    with the identity ``(1, 0)``; ``h_start`` the line's initial state. Returns the ``(BLOCK_L, BLOCK_D)``
-    states, after handing the chunk's summary and inclusive state to its successors."""
+               HMAX: tl.constexpr, R: tl.constexpr, S: tl.constexpr, BLOCK_D: tl.constexpr):
+    """States of one chunk, the fast (parallel) way: ``a``, ``x`` its ``(R, S, BLOCK_D)`` tile
+    (:func:`tile_steps`) in the accumulation dtype, padded with the identity ``(1, 0)``; ``h_start`` the
+    line's initial state. Returns ``(hs, h_in, exact)``: the ``(R, S, BLOCK_D)`` states, the state
+    carried in, and whether ``hs`` is final. If not (special or huge values), the caller walks the
+    chunk's steps one at a time from ``h_in``, reading each step's row from memory (nothing of the tile
+    stays in registers for that path), and calls :func:`publish_inclusive` with the last state."""
     offs = tl.arange(0, BLOCK_D)
     status_base = n_lines + line * n_chunks
     vals_base = line * n_chunks * (5 * BLOCK_D)
     vals_at = vals_base + chunk * (5 * BLOCK_D)
-    a_cum, b_cum = tl.associative_scan((a, x), 0, combine)
-    last = (tl.arange(0, BLOCK_L) == BLOCK_L - 1)[:, None]
-    agg_a = tl.sum(tl.where(last, a_cum, 0.0), axis=0)   # the last row: exact (one term is not 0)
-    agg_b = tl.sum(tl.where(last, b_cum, 0.0), axis=0)
-    bound_a = tl.max(_bounded_abs(a_cum, LIMIT), axis=0)
-    bound_b = tl.max(_bounded_abs(b_cum, LIMIT), axis=0)
+    # scan inside each group of S steps (in-thread), then the exclusive scan of the R group totals
+    cum_a, cum_b = tl.associative_scan((a, x), 1, combine)
+    last_s = (tl.arange(0, S) == S - 1)[None, :, None]
+    tot_a = tl.sum(tl.where(last_s, cum_a, 0.0), axis=1)     # exact: one term is not 0
+    tot_b = tl.sum(tl.where(last_s, cum_b, 0.0), axis=1)
+    pre_a, pre_b, _, _ = tl.associative_scan((tl.full(tot_a.shape, 1.0, tot_a.dtype), tl.zeros_like(tot_b), tot_a,
+                                              tot_b), 0, _then_group)
+    inc_a, inc_b = combine(pre_a, pre_b, tot_a, tot_b)
+    last_r = (tl.arange(0, R) == R - 1)[:, None]
+    agg_a = tl.sum(tl.where(last_r, inc_a, 0.0), axis=0)
+    agg_b = tl.sum(tl.where(last_r, inc_b, 0.0), axis=0)
+    # bounds of every state of the chunk: |h| <= bound_a |h_in| + bound_b (NaN and overflow -> inf)
+    max_a = tl.max(_bounded_abs(cum_a, LIMIT), axis=1)
+    max_b = tl.max(_bounded_abs(cum_b, LIMIT), axis=1)
+    bound_a = tl.max(_bounded_abs(max_a * tl.abs(pre_a), LIMIT), axis=0)
+    bound_b = tl.max(_bounded_abs(max_a * tl.abs(pre_b) + max_b, LIMIT), axis=0)
     if chunk > 0:
         if chunk < n_chunks - 1:
             usable = tl.min(((bound_a <= LIMIT) & (bound_b <= HMAX)).to(tl.int32), 0)
@@ -169,11 +187,20 @@ def scan_chunk(a, x, h_start, line, chunk, FLAGS, VALS, n_lines, n_chunks, LIMIT
             _publish(FLAGS, VALS, status_base + chunk, vals_at, offs, bound_b, 3 - 2 * usable, 3, BLOCK_D)
     h_in = carry_in(FLAGS, VALS, status_base, vals_base, chunk, h_start, offs, LIMIT, HMAX, BLOCK_D)
     fast = (bound_a * tl.abs(h_in) + bound_b <= LIMIT) & (tl.abs(h_in) <= HMAX) & (bound_b <= HMAX)
-    if tl.min(fast.to(tl.int32), 0) == 1:
-        hs = a_cum * h_in[None, :] + b_cum
-        h_out = agg_a * h_in + agg_b
-    else:
-        hs, h_out = sequential_states(a, x, h_in, BLOCK_L)
+    exact = tl.min(fast.to(tl.int32), 0) == 1
+    h_group = pre_a * h_in[None, :] + pre_b              # the state entering each group
+    hs = cum_a * h_group[:, None, :] + cum_b
+    if exact:
+        if chunk < n_chunks - 1:
+            _publish(FLAGS, VALS, status_base + chunk, vals_at, offs, agg_a * h_in + agg_b, 2, 4, BLOCK_D)
+    return hs, h_in, exact
+
+
+@triton.jit
+def publish_inclusive(FLAGS, VALS, line, chunk, n_lines, n_chunks, h_out, BLOCK_D: tl.constexpr):
+    """Hand a chunk's inclusive state (its last state) to its successors; for the exact path, which
+    computes it step by step after :func:`scan_chunk` returned ``exact = False``."""
     if chunk < n_chunks - 1:
-        _publish(FLAGS, VALS, status_base + chunk, vals_at, offs, h_out, 2, 4, BLOCK_D)
-    return hs
+        vals_at = (line * n_chunks + chunk) * (5 * BLOCK_D)
+        _publish(FLAGS, VALS, n_lines + line * n_chunks + chunk, vals_at, tl.arange(0, BLOCK_D), h_out, 2, 4,
+                 BLOCK_D)

@@ -1,5 +1,6 @@
 """Host side shared by the kernel modules: accumulation dtype, limits, the look-back workspace."""
 import os
+from typing import Tuple
 
 import torch
 import triton.language as tl
@@ -13,11 +14,21 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def kernel_constants(dtype: torch.dtype, config: configs.Config) -> dict:
-    """Compile-time arguments every scan kernel takes (accumulation dtype, limits, tile, warps)."""
+    """Compile-time arguments every scan kernel takes (accumulation dtype, limits, tile) and its launch
+    options (warps, register budget)."""
     acc = acc_dtype(dtype)
     limit, hmax = configs.LIMITS[acc]
-    return dict(ACC=tl.float64 if acc == torch.float64 else tl.float32, LIMIT=limit, HMAX=hmax,
-                BLOCK_L=config.block_l, BLOCK_D=config.block_d, num_warps=config.num_warps)
+    constants = dict(ACC=tl.float64 if acc == torch.float64 else tl.float32, LIMIT=limit, HMAX=hmax,
+                     BLOCK_L=config.block_l, STEPS=config.steps, BLOCK_D=config.block_d, num_warps=config.num_warps)
+    if config.maxnreg is not None:
+        constants["maxnreg"] = config.maxnreg
+    return constants
+
+
+def aligned(*tensors: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    """The tensors, each copied if its data does not start on 16 bytes (so that every launch gets the
+    pointer specialisation the compile test checks)."""
+    return tuple(t if t.data_ptr() % 16 == 0 else t.clone() for t in tensors)
 
 
 def workspace(n_lines: int, n_chunks: int, config: configs.Config, dtype: torch.dtype, device):

@@ -15,83 +15,114 @@ import triton
 import triton.language as tl
 
 from . import configs, launch
-from .chunk_scan import scan_chunk, take_ticket
+from .chunk_scan import publish_inclusive, scan_chunk, take_ticket, tile_steps
 
 
 @triton.jit
-def _linear_scan_fwd_kernel(A, X, H0, H, FLAGS, VALS, L, D, n_lines, n_chunks, n_dblk,
-                            HAS_H0: tl.constexpr, REVERSE: tl.constexpr, ACC: tl.constexpr,
-                            LIMIT: tl.constexpr, HMAX: tl.constexpr, BLOCK_L: tl.constexpr,
-                            BLOCK_D: tl.constexpr):
-    line, chunk = take_ticket(FLAGS, n_lines, n_chunks)
-    b = (line // n_dblk).to(tl.int64)
-    offs_d = (line % n_dblk) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < D
-    k = chunk * BLOCK_L + tl.arange(0, BLOCK_L)  # scan positions
+def _forward_inputs(A, X, row, k, offs, L, D, REVERSE: tl.constexpr, ACC: tl.constexpr):
+    """``(a, x, offsets, mask)`` at scan positions ``k`` of the line starting at ``row * D`` (a tile or one
+    step: ``k`` and the channel offsets ``offs`` broadcast), padded with the identity ``(1, 0)``."""
     if REVERSE:
         t = L - 1 - k
     else:
         t = k
-    mask = (k < L)[:, None] & mask_d[None, :]
-    ptr = (b * L + t.to(tl.int64))[:, None] * D + offs_d[None, :]
-    a = tl.load(A + ptr, mask=mask, other=1.0).to(ACC)
-    x = tl.load(X + ptr, mask=mask, other=0.0).to(ACC)
-    if HAS_H0:
-        h_start = tl.load(H0 + b * D + offs_d, mask=mask_d, other=0.0).to(ACC)
-    else:
-        h_start = tl.zeros([BLOCK_D], ACC)
-    hs = scan_chunk(a, x, h_start, line, chunk, FLAGS, VALS, n_lines, n_chunks, LIMIT, HMAX, BLOCK_L, BLOCK_D)
-    tl.store(H + ptr, hs.to(H.dtype.element_ty), mask=mask)
+    mask = (k < L) & (offs < D)
+    at = (row + t.to(tl.int64)) * D + offs
+    return tl.load(A + at, mask=mask, other=1.0).to(ACC), tl.load(X + at, mask=mask, other=0.0).to(ACC), at, mask
 
 
 @triton.jit
-def _linear_scan_bwd_kernel(A, H, H0, DH, DA, DB, DH0, FLAGS, VALS, L, D, n_lines, n_chunks, n_dblk,
+def _linear_scan_fwd_kernel(A, X, H0, OUT, FLAGS, VALS, L, D, n_lines, n_chunks, n_dblk,
                             HAS_H0: tl.constexpr, REVERSE: tl.constexpr, ACC: tl.constexpr,
                             LIMIT: tl.constexpr, HMAX: tl.constexpr, BLOCK_L: tl.constexpr,
-                            BLOCK_D: tl.constexpr):
+                            STEPS: tl.constexpr, BLOCK_D: tl.constexpr):
     line, chunk = take_ticket(FLAGS, n_lines, n_chunks)
     b = (line // n_dblk).to(tl.int64)
-    offs_d = (line % n_dblk) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < D
-    j = chunk * BLOCK_L + tl.arange(0, BLOCK_L)   # position in the backward scan, from the last step
-    k = L - 1 - j                                 # scan position of the forward
-    valid = j < L
+    offs = (line % n_dblk) * BLOCK_D + tl.arange(0, BLOCK_D)
+    if HAS_H0:
+        h_start = tl.load(H0 + b * D + offs, mask=offs < D, other=0.0).to(ACC)
+    else:
+        h_start = tl.zeros([BLOCK_D], ACC)
+    k = tile_steps(chunk, BLOCK_L // STEPS, STEPS)
+    a, x, at, mask = _forward_inputs(A, X, b * L, k, offs[None, None, :], L, D, REVERSE, ACC)
+    hs, h, exact = scan_chunk(a, x, h_start, line, chunk, FLAGS, VALS, n_lines, n_chunks, LIMIT, HMAX,
+                              BLOCK_L // STEPS, STEPS, BLOCK_D)
+    if exact:
+        tl.store(OUT + at, hs.to(OUT.dtype.element_ty), mask=mask)
+    else:  # step by step from the exact carried-in state
+        for i in tl.range(0, tl.minimum(L - chunk * BLOCK_L, BLOCK_L), loop_unroll_factor=1):
+            a_i, x_i, at_i, mask_i = _forward_inputs(A, X, b * L, chunk * BLOCK_L + i, offs, L, D, REVERSE, ACC)
+            h = a_i * h + x_i
+            tl.store(OUT + at_i, h.to(OUT.dtype.element_ty), mask=mask_i)
+        publish_inclusive(FLAGS, VALS, line, chunk, n_lines, n_chunks, h, BLOCK_D)
+
+
+@triton.jit
+def _adjoint_inputs(A, DH, row, j, offs, L, D, REVERSE: tl.constexpr, ACC: tl.constexpr):
+    """The backward scan at its positions ``j`` (``k = L - 1 - j`` in the forward's scan order):
+    ``(a_{k+1}, grad_h_k, offsets of t_k, mask, offsets of t_{k-1})``; ``a_{k+1}`` is 0 after the last
+    step and the identity past the end."""
+    k = L - 1 - j
     if REVERSE:
         t, t_next, t_prev = L - 1 - k, L - 2 - k, L - k
     else:
         t, t_next, t_prev = k, k + 1, k - 1
-    mask = valid[:, None] & mask_d[None, :]
-    row = b * L
-    ptr = (row + t.to(tl.int64))[:, None] * D + offs_d[None, :]
-    has_next = (valid & (j > 0))[:, None] & mask_d[None, :]
-    a_next = tl.load(A + (row + t_next.to(tl.int64))[:, None] * D + offs_d[None, :], mask=has_next,
-                     other=0.0).to(ACC)
-    a_next = tl.where(valid[:, None], a_next, 1.0)    # 0 after the last step, identity past the end
-    dh = tl.load(DH + ptr, mask=mask, other=0.0).to(ACC)
-    g = scan_chunk(a_next, dh, tl.zeros([BLOCK_D], ACC), line, chunk, FLAGS, VALS, n_lines, n_chunks, LIMIT,
-                   HMAX, BLOCK_L, BLOCK_D)
-    has_prev = (valid & (k > 0))[:, None] & mask_d[None, :]
-    h_prev = tl.load(H + (row + t_prev.to(tl.int64))[:, None] * D + offs_d[None, :], mask=has_prev,
-                     other=0.0).to(ACC)
+    mask = (j < L) & (offs < D)
+    at = (row + t.to(tl.int64)) * D + offs
+    a_next = tl.load(A + (row + t_next.to(tl.int64)) * D + offs, mask=mask & (j > 0), other=0.0).to(ACC)
+    dh = tl.load(DH + at, mask=mask, other=0.0).to(ACC)
+    return tl.where(j < L, a_next, 1.0), dh, at, mask, (row + t_prev.to(tl.int64)) * D + offs
+
+
+@triton.jit
+def _adjoint_outputs(g, OUT, DA, DB, at, at_prev, mask, k, h0, HAS_H0: tl.constexpr, ACC: tl.constexpr):
+    """``grad_b = g`` and ``grad_a = g h_{k-1}`` (``h0``, or 0, before the first step)."""
+    h_prev = tl.load(OUT + at_prev, mask=mask & (k > 0), other=0.0).to(ACC)
     if HAS_H0:
-        h0 = tl.load(H0 + b * D + offs_d, mask=mask_d, other=0.0).to(ACC)
-        h_prev = tl.where((k == 0)[:, None], h0[None, :], h_prev)
-    tl.store(DB + ptr, g.to(DB.dtype.element_ty), mask=mask)
-    tl.store(DA + ptr, (g * h_prev).to(DA.dtype.element_ty), mask=mask)
+        h_prev = tl.where(k == 0, h0, h_prev)
+    tl.store(DB + at, g.to(DB.dtype.element_ty), mask=mask)
+    tl.store(DA + at, (g * h_prev).to(DA.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _linear_scan_bwd_kernel(A, OUT, H0, DH, DA, DB, DH0, FLAGS, VALS, L, D, n_lines, n_chunks, n_dblk,
+                            HAS_H0: tl.constexpr, REVERSE: tl.constexpr, ACC: tl.constexpr,
+                            LIMIT: tl.constexpr, HMAX: tl.constexpr, BLOCK_L: tl.constexpr,
+                            STEPS: tl.constexpr, BLOCK_D: tl.constexpr):
+    line, chunk = take_ticket(FLAGS, n_lines, n_chunks)
+    b = (line // n_dblk).to(tl.int64)
+    offs = (line % n_dblk) * BLOCK_D + tl.arange(0, BLOCK_D)
+    if HAS_H0:
+        h0 = tl.load(H0 + b * D + offs, mask=offs < D, other=0.0).to(ACC)
+    else:
+        h0 = tl.zeros([BLOCK_D], ACC)
+    j = tile_steps(chunk, BLOCK_L // STEPS, STEPS)   # backward scan positions: from the last step
+    a_next, dh, at, mask, at_prev = _adjoint_inputs(A, DH, b * L, j, offs[None, None, :], L, D, REVERSE, ACC)
+    g, g_step, exact = scan_chunk(a_next, dh, tl.zeros([BLOCK_D], ACC), line, chunk, FLAGS, VALS, n_lines,
+                                  n_chunks, LIMIT, HMAX, BLOCK_L // STEPS, STEPS, BLOCK_D)
+    if exact:
+        _adjoint_outputs(g, OUT, DA, DB, at, at_prev, mask, L - 1 - j, h0[None, None, :], HAS_H0, ACC)
+        g_first = tl.sum(tl.sum(tl.where(j == L - 1, g, 0.0), axis=1), axis=0)
+    else:  # step by step from the exact carried-in state
+        for i in tl.range(0, tl.minimum(L - chunk * BLOCK_L, BLOCK_L), loop_unroll_factor=1):
+            j_i = chunk * BLOCK_L + i
+            a_i, dh_i, at_i, mask_i, at_prev_i = _adjoint_inputs(A, DH, b * L, j_i, offs, L, D, REVERSE, ACC)
+            g_step = a_i * g_step + dh_i
+            _adjoint_outputs(g_step, OUT, DA, DB, at_i, at_prev_i, mask_i, L - 1 - j_i, h0, HAS_H0, ACC)
+        publish_inclusive(FLAGS, VALS, line, chunk, n_lines, n_chunks, g_step, BLOCK_D)
+        g_first = g_step       # the last step walked is position 0 in the last chunk
     if HAS_H0:
         if chunk == n_chunks - 1:  # holds scan position 0
-            first = (k == 0)[:, None]
-            g_first = tl.sum(tl.where(first, g, 0.0), axis=0)
             if REVERSE:
                 t_first = L - 1
             else:
                 t_first = 0
-            a_first = tl.load(A + (row + t_first) * D + offs_d, mask=mask_d, other=0.0).to(ACC)
-            tl.store(DH0 + b * D + offs_d, (g_first * a_first).to(DH0.dtype.element_ty), mask=mask_d)
+            a_first = tl.load(A + (b * L + t_first) * D + offs, mask=offs < D, other=0.0).to(ACC)
+            tl.store(DH0 + b * D + offs, (g_first * a_first).to(DH0.dtype.element_ty), mask=offs < D)
 
 
 def _grid(B: int, L: int, D: int, dtype: torch.dtype):
-    config = configs.choose(L, D, dtype)
+    config = configs.choose(L, D, dtype, aligned=D % 16 == 0)
     n_dblk = triton.cdiv(D, config.block_d)
     n_chunks = triton.cdiv(L, config.block_l)
     return config, B * n_dblk, n_chunks, n_dblk
@@ -100,14 +131,14 @@ def _grid(B: int, L: int, D: int, dtype: torch.dtype):
 def scan_forward(a: torch.Tensor, b: torch.Tensor, h0: Optional[torch.Tensor], reverse: bool) -> torch.Tensor:
     """``h`` (B, L, D), contiguous, in ``a``'s dtype; ``a``, ``b`` (B, L, D) of one dtype, ``h0`` (B, D) of
     any floating dtype (read in the accumulation dtype) or None."""
-    a, b = a.contiguous(), b.contiguous()
+    a, b = launch.aligned(a.contiguous(), b.contiguous())
     B, L, D = a.shape
     h = torch.empty_like(a)
     if h.numel() == 0:
         return h
     config, n_lines, n_chunks, n_dblk = _grid(B, L, D, a.dtype)
     flags, values = launch.workspace(n_lines, n_chunks, config, a.dtype, a.device)
-    h0_ = h0.contiguous() if h0 is not None else a   # a placeholder pointer when absent
+    h0_ = launch.aligned(h0.contiguous())[0] if h0 is not None else a   # a placeholder pointer when absent
     _linear_scan_fwd_kernel[(n_lines * n_chunks,)](
         a, b, h0_, h, flags, values, L, D, n_lines, n_chunks, n_dblk, HAS_H0=h0 is not None,
         REVERSE=bool(reverse), **launch.kernel_constants(a.dtype, config))
@@ -118,8 +149,7 @@ def scan_backward(a: torch.Tensor, h: torch.Tensor, h0: Optional[torch.Tensor], 
                   reverse: bool) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """``(grad_a, grad_b, grad_h0 or None)``: ``grad_a``/``grad_b`` (B, L, D) in ``a``'s dtype,
     ``grad_h0`` in ``h0``'s."""
-    a, h = a.contiguous(), h.to(a.dtype).contiguous()
-    grad_h = grad_h.to(a.dtype).contiguous()
+    a, h, grad_h = launch.aligned(a.contiguous(), h.to(a.dtype).contiguous(), grad_h.to(a.dtype).contiguous())
     B, L, D = a.shape
     grad_a, grad_b = torch.empty_like(a), torch.empty_like(a)
     grad_h0 = None if h0 is None else torch.empty(h0.shape, dtype=h0.dtype, device=h0.device)
@@ -127,7 +157,7 @@ def scan_backward(a: torch.Tensor, h: torch.Tensor, h0: Optional[torch.Tensor], 
         return grad_a, grad_b, None if grad_h0 is None else grad_h0.zero_()
     config, n_lines, n_chunks, n_dblk = _grid(B, L, D, a.dtype)
     flags, values = launch.workspace(n_lines, n_chunks, config, a.dtype, a.device)
-    h0_ = h0.contiguous() if h0 is not None else a
+    h0_ = launch.aligned(h0.contiguous())[0] if h0 is not None else a
     _linear_scan_bwd_kernel[(n_lines * n_chunks,)](
         a, h, h0_, grad_h, grad_a, grad_b, grad_h0 if grad_h0 is not None else a, flags, values, L, D,
         n_lines, n_chunks, n_dblk, HAS_H0=h0 is not None, REVERSE=bool(reverse),
