@@ -173,5 +173,5 @@ register_backend("reference", "rv_plugins.ops.reference", composite=True)
 register_backend("chunked", "rv_plugins.ops.chunked", devices=("cpu", "cuda"), priority=0)
 register_backend("cpu-kernel", "rv_plugins.ops.cpu_kernel", devices=("cpu",), priority=10,
                  available=_cpu_kernel_available)
-register_backend("triton", "rv_plugins.ops.triton_scan", devices=("cuda",), priority=10,
+register_backend("triton", "rv_plugins.ops.triton_kernels", devices=("cuda",), priority=10,
                  available=lambda: importlib.util.find_spec("triton") is not None)

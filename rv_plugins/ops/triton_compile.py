@@ -36,6 +36,7 @@ import torch
 KERNEL_MODULES = ("linear_scan", "mingru")
 _INT_ARGS = {"L", "D", "H", "n_lines", "n_chunks", "n_dblk", "stride_pb", "stride_pt"}
 _ROW_STRIDES = {"D", "H", "stride_pb", "stride_pt"}   # divisible by 16 in an aligned launch
+_POINTERS = {"A", "X", "P", "H0", "OUT", "DH", "DOUT", "DA", "DB", "DP", "DH0", "FLAGS", "VALS"}
 _FLAGS = {"HAS_H0": True, "REVERSE": True, "ACT_G": True, "NDIR": 2}  # every optional feature on
 _TL_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
 DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
@@ -44,8 +45,9 @@ SPECIALIZATIONS = ("aligned", "unaligned")
 SM90 = dict(registers=65536, max_warps=64, max_blocks=32, shared_bytes=228 * 1024)
 
 
-def kernels() -> Dict[str, object]:
-    """Every ``@triton.jit`` kernel (name ending in ``_kernel``) of the kernel modules, by name."""
+def kernels(compilable: bool = True) -> Dict[str, object]:
+    """Every ``@triton.jit`` kernel (name ending in ``_kernel``) of the kernel modules, by name
+    (``compilable=False``: also the interpreter's stand-ins, for their argument names)."""
     import importlib
     from triton.runtime.jit import JITFunction
     found = {}
@@ -53,7 +55,7 @@ def kernels() -> Dict[str, object]:
         module = importlib.import_module(f"rv_plugins.ops.triton_kernels.{module_name}")
         for name, obj in vars(module).items():
             if name.endswith("_kernel"):
-                if not isinstance(obj, JITFunction):
+                if compilable and not isinstance(obj, JITFunction):
                     raise RuntimeError(f"{name} is a {type(obj).__name__}, not a compilable JITFunction: import the "
                                        "kernels with TRITON_INTERPRET unset (see compile_all_in_subprocess)")
                 found[name] = obj
@@ -79,9 +81,12 @@ def compile_spec(fn, dtype: torch.dtype, config, specialization: str):
         if arg in _INT_ARGS:
             signature[arg] = "i32"
             divisible = specialization == "aligned" and arg in _ROW_STRIDES
-        else:
+        elif arg in _POINTERS:
             signature[arg] = {"FLAGS": "*i32", "VALS": f"*{acc}"}.get(arg, f"*{_TL_NAMES[dtype]}")
             divisible = True
+        else:
+            raise KeyError(f"no compile spec for argument {arg!r} of Triton kernel {fn.__name__}; add it to "
+                           f"_INT_ARGS or _POINTERS in {__file__}")
         if divisible:
             attrs[(index,)] = [["tt.divisibility", 16]]
     return signature, constexprs, attrs, options
@@ -150,16 +155,16 @@ def _tile_load_bytes(kernel: str, dtype: torch.dtype, config) -> int:
 def compile_all(dtypes: Sequence[torch.dtype] = DTYPES, capability: int = 90, names: Sequence[str] = (),
                 main_only: bool = False) -> List[dict]:
     """Compile every kernel (or ``names``) at every ``(configuration, aligned)`` the launchers can pick for
-    each dtype (``main_only``: the 64-step aligned configuration alone); one row per compilation."""
+    each dtype (``main_only``: the one VisionGRU's long sequences get, ``L = 65536, D = 144``); one row
+    per compilation."""
     from rv_plugins.ops.triton_kernels import configs
     rows = []
     for name, fn in sorted(kernels().items()):
         if names and name not in names:
             continue
         for dtype in dtypes:
-            for config, aligned in configs.all_configs(dtype):
-                if main_only and not (aligned and config.block_l == configs.BLOCK_L_MAX):
-                    continue
+            chosen = [(configs.choose(65536, 144, dtype), True)] if main_only else configs.all_configs(dtype)
+            for config, aligned in chosen:
                 specialization = "aligned" if aligned else "unaligned"
                 usage = resource_usage(compile_kernel(fn, dtype, config, specialization, capability))
                 row = dict(kernel=name, sm=capability, dtype=_TL_NAMES[dtype], block_l=config.block_l,
