@@ -89,7 +89,7 @@ def test_half_precision_accumulates_in_float32(dtype, kernel, monkeypatch):
 
 
 @pytest.mark.triton
-@pytest.mark.parametrize("shape", [(1, 1, 3), (2, 7, 5), (2, 130, 40), (1, 65, 33)])
+@pytest.mark.parametrize("shape", [(1, 1, 3), (2, 7, 5), (1, 70, 3)])  # more in tests/test_ops_triton.py
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("use_h0", [False, True])
 def test_triton_matches_reference(shape, reverse, use_h0):
