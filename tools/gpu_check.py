@@ -44,7 +44,8 @@ from rv_plugins.utils import measure as rvm  # noqa: E402
 SECTIONS = ("copy", "scan", "fused", "peers", "models", "profile", "sweep", "warp")
 FULL = dict(copy_mib=2048, scan=(8, 65536, 144), shapes=[(8, 3136, 144), (1, 65536, 144), (8, 65536, 144)],
             infer_res=[224, 512, 1024], train_res=[512], profile_res=1024, repeats=10, warmup=2,
-            sweep=[(64, 32, 4, 4), (64, 32, 8, 2), (32, 32, 2, 4), (64, 16, 2, 4), (128, 32, 8, 4)])
+            sweep=[(64, 32, 4, 4), (64, 32, 8, 2), (32, 32, 2, 4), (64, 16, 2, 4), (128, 32, 8, 4), (64, 64, 8, 2),
+                   (128, 32, 8, 2)])
 TINY = dict(copy_mib=1, scan=(1, 40, 16), shapes=[(1, 40, 16)], infer_res=[32], train_res=[32], profile_res=32,
             repeats=1, warmup=0, sweep=[(16, 16, 1, 4)])
 PASSES = {"fwd": 3, "fwd_bwd": 8}   # tensors of B*L*D the scan must read or write: a, b, h; + a, h, grad_h, grad_a, grad_b
