@@ -3,14 +3,15 @@
 Every scan kernel of this package (linear scan and fused minGRU, forward and backward) is a grid of
 programs, one per ``(line, chunk)``: a *line* is one sequence's ``BLOCK_D`` channels (``(batch,
 [direction,] channel block)``), a *chunk* ``BLOCK_L`` consecutive scan steps of it. A program loads its
-``(BLOCK_L, BLOCK_D)`` tile of decays ``a`` and inputs ``x`` once, and :func:`scan_chunk` turns them into
-the tile's states ``h_k = a_k h_{k-1} + x_k`` (the caller stores them):
+tile of decays ``a`` and inputs ``x`` once, as ``(R, STEPS, BLOCK_D)`` (:func:`tile_steps`), and
+:func:`scan_chunk` turns them into the tile's states ``h_k = a_k h_{k-1} + x_k`` (the caller stores them):
 
 1. **Ticket.** :func:`take_ticket` gives the program its chunk from an atomic counter per line, so a
    line's chunks are handed out in the order programs start. A program only ever waits for chunks of
    smaller tickets, whose programs have already started: forward progress on a GPU, and under
    ``TRITON_INTERPRET=1`` (programs run one after another) every predecessor has finished.
-2. **Local scan** of the tile from a zero state (``tl.associative_scan`` over time), and its *summary*:
+2. **Local scan** of the tile from a zero state (over the ``STEPS`` of a group inside each thread, then
+   an exclusive scan of the group totals across threads), and its *summary*:
    the chunk's aggregate ``(A, B)`` (``h_out = A h_in + B``) and bounds ``M = max_k |a_cum_k|``,
    ``N = max_k |b_cum_k|`` of every state inside it (``|h_k| <= M |h_in| + N``).
 3. **Publish the aggregate** (status 1), or status 3 when the summary is not finite or too large to
@@ -26,9 +27,10 @@ scan reorders its arithmetic, which changes only rounding while every quantity s
 moderate, but turns ``inf - inf`` into NaN or loses an overflow when it does not. So the fast path is
 used only when the bounds prove that no state of the chunk can leave the range ``LIMIT`` (far below the
 dtype's maximum) and the carried-in state is below ``HMAX``; any NaN, ±inf or huge value in ``a``, ``x``,
-``h0`` or on the way fails that test (NaN fails every comparison). Such a chunk is recomputed
-step by step from its exact carried-in state (:func:`sequential_states`) and hands on its inclusive
-state only, so every later chunk starts from what the loop computes. A composition of aggregates that
+``h0`` or on the way fails that test (NaN fails every comparison). Such a chunk is recomputed by the
+kernel step by step from its exact carried-in state, reading its rows again from memory (nothing of the
+tile is kept in registers for that rare path), and hands on its inclusive state only
+(:func:`publish_inclusive`), so every later chunk starts from what the loop computes. A composition of aggregates that
 could overflow is likewise replaced by waiting for the predecessor's inclusive state. Underflow is the
 one rounding left: contributions below ``2**-126 * HMAX`` of a state may flush to zero where the loop
 keeps a subnormal.
@@ -39,9 +41,10 @@ five ``BLOCK_D`` vectors per chunk (``A, B, M, N, inclusive``) in the accumulati
 import triton
 import triton.language as tl
 
-#: Status of a chunk: nothing published yet / aggregate / inclusive state / no usable aggregate.
-EMPTY, AGGREGATE, INCLUSIVE, NO_AGGREGATE = 0, 1, 2, 3
-SUMMARY_WORDS = 5  # A, B, M, N, inclusive state: BLOCK_D values each
+# Status of a chunk (0: nothing published yet): its aggregate / its inclusive state / no usable aggregate.
+AGGREGATE = tl.constexpr(1)
+INCLUSIVE = tl.constexpr(2)
+NO_AGGREGATE = tl.constexpr(3)
 
 
 @triton.jit
@@ -82,7 +85,7 @@ def _publish(FLAGS, VALS, status_at, vals_at, offs, v, status, WORD: tl.constexp
 def _wait_inclusive(FLAGS, VALS, status_at, vals_at, offs, BLOCK_D: tl.constexpr):
     """Spin until a chunk has published its inclusive state; returns it."""
     flag = tl.atomic_add(FLAGS + status_at, 0, sem="acquire")
-    while flag != 2:
+    while flag != INCLUSIVE:
         flag = tl.atomic_add(FLAGS + status_at, 0, sem="acquire")
     return tl.load(VALS + vals_at + 4 * BLOCK_D + offs, cache_modifier=".cg")
 
@@ -105,10 +108,10 @@ def carry_in(FLAGS, VALS, status_base, vals_base, chunk, h_start, offs, LIMIT: t
         while searching:
             flag = tl.atomic_add(FLAGS + status_base + j, 0, sem="acquire")
             at = vals_base + j * (5 * BLOCK_D)
-            if flag == 2:
+            if flag == INCLUSIVE:
                 prefix = tl.load(VALS + at + 4 * BLOCK_D + offs, cache_modifier=".cg")
                 searching = j < 0
-            elif flag == 1:
+            elif flag == AGGREGATE:
                 a_j = tl.load(VALS + at + offs, cache_modifier=".cg")
                 b_j = tl.load(VALS + at + BLOCK_D + offs, cache_modifier=".cg")
                 m_j = tl.load(VALS + at + 2 * BLOCK_D + offs, cache_modifier=".cg")
@@ -159,7 +162,7 @@ def scan_chunk(a, x, h_start, line, chunk, FLAGS, VALS, n_lines, n_chunks, LIMIT
     chunk's steps one at a time from ``h_in``, reading each step's row from memory (nothing of the tile
     stays in registers for that path), and calls :func:`publish_inclusive` with the last state."""
     offs = tl.arange(0, BLOCK_D)
-    status_base = n_lines + line * n_chunks
+    status_base = n_lines + line * n_chunks                 # int32: launch.workspace checks the size
     vals_base = line * n_chunks * (5 * BLOCK_D)
     vals_at = vals_base + chunk * (5 * BLOCK_D)
     # scan inside each group of S steps (in-thread), then the exclusive scan of the R group totals
@@ -184,7 +187,8 @@ def scan_chunk(a, x, h_start, line, chunk, FLAGS, VALS, n_lines, n_chunks, LIMIT
             tl.store(VALS + vals_at + offs, agg_a)
             tl.store(VALS + vals_at + BLOCK_D + offs, agg_b)
             tl.store(VALS + vals_at + 2 * BLOCK_D + offs, bound_a)
-            _publish(FLAGS, VALS, status_base + chunk, vals_at, offs, bound_b, 3 - 2 * usable, 3, BLOCK_D)
+            status = tl.where(usable == 1, AGGREGATE, NO_AGGREGATE)
+            _publish(FLAGS, VALS, status_base + chunk, vals_at, offs, bound_b, status, 3, BLOCK_D)
     h_in = carry_in(FLAGS, VALS, status_base, vals_base, chunk, h_start, offs, LIMIT, HMAX, BLOCK_D)
     fast = (bound_a * tl.abs(h_in) + bound_b <= LIMIT) & (tl.abs(h_in) <= HMAX) & (bound_b <= HMAX)
     exact = tl.min(fast.to(tl.int32), 0) == 1
@@ -192,7 +196,7 @@ def scan_chunk(a, x, h_start, line, chunk, FLAGS, VALS, n_lines, n_chunks, LIMIT
     hs = cum_a * h_group[:, None, :] + cum_b
     if exact:
         if chunk < n_chunks - 1:
-            _publish(FLAGS, VALS, status_base + chunk, vals_at, offs, agg_a * h_in + agg_b, 2, 4, BLOCK_D)
+            _publish(FLAGS, VALS, status_base + chunk, vals_at, offs, agg_a * h_in + agg_b, INCLUSIVE, 4, BLOCK_D)
     return hs, h_in, exact
 
 
@@ -201,6 +205,7 @@ def publish_inclusive(FLAGS, VALS, line, chunk, n_lines, n_chunks, h_out, BLOCK_
     """Hand a chunk's inclusive state (its last state) to its successors; for the exact path, which
     computes it step by step after :func:`scan_chunk` returned ``exact = False``."""
     if chunk < n_chunks - 1:
-        vals_at = (line * n_chunks + chunk) * (5 * BLOCK_D)
-        _publish(FLAGS, VALS, n_lines + line * n_chunks + chunk, vals_at, tl.arange(0, BLOCK_D), h_out, 2, 4,
+        row = line * n_chunks + chunk
+        vals_at = row * (5 * BLOCK_D)
+        _publish(FLAGS, VALS, n_lines + row, vals_at, tl.arange(0, BLOCK_D), h_out, INCLUSIVE, 4,
                  BLOCK_D)

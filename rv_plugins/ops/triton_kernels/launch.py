@@ -38,6 +38,9 @@ def workspace(n_lines: int, n_chunks: int, config: configs.Config, dtype: torch.
     if n_chunks == 1:
         return (torch.empty(1, dtype=torch.int32, device=device),
                 torch.empty(1, dtype=acc_dtype(dtype), device=device))
+    if n_lines * n_chunks * 5 * config.block_d >= 2 ** 31:   # the kernels index the workspace in int32
+        raise ValueError(f"scan too large for the Triton kernels' workspace: {n_lines} lines x {n_chunks} chunks of "
+                         f"{config.block_l} steps; split the batch into smaller calls")
     flags = torch.zeros(n_lines * (1 + n_chunks), dtype=torch.int32, device=device)
     values = torch.empty(n_lines * n_chunks * 5 * config.block_d, dtype=acc_dtype(dtype), device=device)
     return flags, values
