@@ -157,8 +157,9 @@ def any_path(request, monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_in_float32_accumulation(dtype, any_path):
     """Half in, float32 gates and state, half out: error at the output's rounding (bf16 2^-8, fp16 2^-11)."""
-    proj = _proj(2, 301, 8, parts=4, dtype=torch.float32).to(dtype)
-    grad_out = torch.randn(2, 301, 16).to(dtype)
+    L = 301 if any_path != "triton" else 101   # the interpreter is slow per step; several chunks either way
+    proj = _proj(2, L, 8, parts=4, dtype=torch.float32).to(dtype)
+    grad_out = torch.randn(2, L, 16).to(dtype)
     exact = _run("reference", proj.double(), None, False, True, "g", grad_out.double())
     got = _run(any_path, proj, None, False, True, "g", grad_out)
     assert got[0].dtype == dtype and got[1].dtype == dtype

@@ -32,17 +32,25 @@ def _forward_inputs(A, X, row, k, offs, L, D, REVERSE: tl.constexpr, ACC: tl.con
 
 
 @triton.jit
-def _linear_scan_fwd_kernel(A, X, H0, OUT, FLAGS, VALS, L, D, n_lines, n_chunks, n_dblk,
-                            HAS_H0: tl.constexpr, REVERSE: tl.constexpr, ACC: tl.constexpr,
-                            LIMIT: tl.constexpr, HMAX: tl.constexpr, BLOCK_L: tl.constexpr,
-                            STEPS: tl.constexpr, BLOCK_D: tl.constexpr):
+def _line_start(FLAGS, H0, D, n_lines, n_chunks, n_dblk, HAS_H0: tl.constexpr, ACC: tl.constexpr,
+                BLOCK_D: tl.constexpr):
+    """``(line, chunk, batch, channel offsets, h0 of the line or zeros)`` of this program."""
     line, chunk = take_ticket(FLAGS, n_lines, n_chunks)
     b = (line // n_dblk).to(tl.int64)
     offs = (line % n_dblk) * BLOCK_D + tl.arange(0, BLOCK_D)
     if HAS_H0:
-        h_start = tl.load(H0 + b * D + offs, mask=offs < D, other=0.0).to(ACC)
+        h0 = tl.load(H0 + b * D + offs, mask=offs < D, other=0.0).to(ACC)
     else:
-        h_start = tl.zeros([BLOCK_D], ACC)
+        h0 = tl.zeros([BLOCK_D], ACC)
+    return line, chunk, b, offs, h0
+
+
+@triton.jit
+def _linear_scan_fwd_kernel(A, X, H0, OUT, FLAGS, VALS, L, D, n_lines, n_chunks, n_dblk,
+                            HAS_H0: tl.constexpr, REVERSE: tl.constexpr, ACC: tl.constexpr,
+                            LIMIT: tl.constexpr, HMAX: tl.constexpr, BLOCK_L: tl.constexpr,
+                            STEPS: tl.constexpr, BLOCK_D: tl.constexpr):
+    line, chunk, b, offs, h_start = _line_start(FLAGS, H0, D, n_lines, n_chunks, n_dblk, HAS_H0, ACC, BLOCK_D)
     k = tile_steps(chunk, BLOCK_L // STEPS, STEPS)
     a, x, at, mask = _forward_inputs(A, X, b * L, k, offs[None, None, :], L, D, REVERSE, ACC)
     hs, h, exact = scan_chunk(a, x, h_start, line, chunk, FLAGS, VALS, n_lines, n_chunks, LIMIT, HMAX,
@@ -89,13 +97,7 @@ def _linear_scan_bwd_kernel(A, OUT, H0, DH, DA, DB, DH0, FLAGS, VALS, L, D, n_li
                             HAS_H0: tl.constexpr, REVERSE: tl.constexpr, ACC: tl.constexpr,
                             LIMIT: tl.constexpr, HMAX: tl.constexpr, BLOCK_L: tl.constexpr,
                             STEPS: tl.constexpr, BLOCK_D: tl.constexpr):
-    line, chunk = take_ticket(FLAGS, n_lines, n_chunks)
-    b = (line // n_dblk).to(tl.int64)
-    offs = (line % n_dblk) * BLOCK_D + tl.arange(0, BLOCK_D)
-    if HAS_H0:
-        h0 = tl.load(H0 + b * D + offs, mask=offs < D, other=0.0).to(ACC)
-    else:
-        h0 = tl.zeros([BLOCK_D], ACC)
+    line, chunk, b, offs, h0 = _line_start(FLAGS, H0, D, n_lines, n_chunks, n_dblk, HAS_H0, ACC, BLOCK_D)
     j = tile_steps(chunk, BLOCK_L // STEPS, STEPS)   # backward scan positions: from the last step
     a_next, dh, at, mask, at_prev = _adjoint_inputs(A, DH, b * L, j, offs[None, None, :], L, D, REVERSE, ACC)
     g, g_step, exact = scan_chunk(a_next, dh, tl.zeros([BLOCK_D], ACC), line, chunk, FLAGS, VALS, n_lines,
