@@ -177,21 +177,28 @@ def compile_all(dtypes: Sequence[torch.dtype] = DTYPES, capability: int = 90, na
 
 def compile_all_in_subprocess(dtypes: Sequence[str] = ("float32", "bfloat16", "float16", "float64"),
                               capability: int = 90, names: Sequence[str] = (), main_only: bool = False,
-                              timeout: float = 1800) -> List[dict]:
-    """:func:`compile_all` in a fresh interpreter with ``TRITON_INTERPRET`` unset (safe from tests);
-    ``dtypes`` by name."""
+                              timeout: float = 1800, workers: int = 0) -> List[dict]:
+    """:func:`compile_all` in fresh interpreters with ``TRITON_INTERPRET`` unset (safe from tests), the
+    dtypes split over ``workers`` processes (0: one per CPU core, at most 4); ``dtypes`` by name."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    args = json.dumps(dict(dtypes=list(dtypes), capability=capability, names=list(names), main_only=main_only))
-    code = ("import json, sys, torch; from rv_plugins.ops.triton_compile import compile_all; "
-            f"a = json.loads({args!r}); a['dtypes'] = [getattr(torch, d) for d in a['dtypes']]; "
-            "print('RESULT' + json.dumps(compile_all(**a)))")
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"compiling the Triton kernels failed:\n{proc.stderr[-4000:]}")
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT"))
-    return json.loads(line[len("RESULT"):])
+    workers = max(1, min(workers or os.cpu_count() or 1, 4, len(dtypes)))
+    procs = []
+    for part in (list(dtypes)[i::workers] for i in range(workers)):
+        args = json.dumps(dict(dtypes=part, capability=capability, names=list(names), main_only=main_only))
+        code = ("import json, sys, torch; from rv_plugins.ops.triton_compile import compile_all; "
+                f"a = json.loads({args!r}); a['dtypes'] = [getattr(torch, d) for d in a['dtypes']]; "
+                "print('RESULT' + json.dumps(compile_all(**a)))")
+        procs.append(subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    rows = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=timeout)
+        if proc.returncode != 0:
+            raise RuntimeError(f"compiling the Triton kernels failed:\n{err[-4000:]}")
+        rows += json.loads(next(l for l in out.splitlines() if l.startswith("RESULT"))[len("RESULT"):])
+    return rows
 
 
 def spills(rows: Sequence[dict]) -> List[dict]:
