@@ -1,6 +1,6 @@
 """Benchmark ``rv_plugins.ops.linear_scan`` and ``mingru_scan`` against the alternatives and the memory floor.
 
-    python tools/benchmark_scan.py --threads 1     # this CPU, one thread (the figures in the README)
+    python tools/benchmark_scan.py --threads 1     # this CPU, one thread (the figures in docs/scan_ops.md)
     python tools/benchmark_scan.py --device cuda   # same code on a GPU (adds the Triton backend)
     python tools/benchmark_scan.py --json out.json --repeats 7 --kernels main
     python tools/benchmark_scan.py --threads 1 --clock cpu --shapes none --repeats 11   # fused table alone

@@ -68,7 +68,7 @@ ARCH_SETTINGS: Dict[str, Dict[str, list]] = {
 }
 ARCH_ALIASES = {"ti": "tiny", "t": "tiny", "b": "base"}
 
-# The two published descriptions of VisionGRU differ in two points (README, "Pretrained weights"):
+# The two published descriptions of VisionGRU differ in two points (docs/pretrained_weights.md):
 #   'released': the authors' released code and ImageNet weights: minGRU candidate through g(.)
 #               (minGRU-pytorch 0.0.12), no positional embedding. Converted authors' checkpoints
 #               (tools/convert_visiongru_checkpoint.py) need it; it is the default.
