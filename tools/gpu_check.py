@@ -266,7 +266,7 @@ def _model_ratio(rows, mode, res, key):
 
 
 def summary(raw):
-    """The figures issue 22 asks for, from this run only (None where the section failed or did not run)."""
+    """The headline GPU figures, from this run only (None where the section failed or did not run)."""
     s, sec = dict(date=raw["date"], device=raw["device"]), raw["sections"]
     for key, field in (("scan_fwd_frac_of_copy", "fwd_frac_of_copy"), ("scan_fwdbwd_frac_of_copy", "fwd_bwd_frac_of_copy")):
         best = _best(sec.get("scan") or [], field)
