@@ -157,7 +157,7 @@ def markdown_fused(results, device_desc):
                          f"{fused * 1e3:.2f} ({fused / floor:.2f}×) | {unfused * 1e3:.2f} ({unfused / floor:.2f}×) | "
                          f"{unfused / fused:.2f}× |")
     lines.append("")
-    for r in results:  # issue 12's targets for the fused op's forward+backward
+    for r in results:  # the fused op's targets for forward+backward
         t = r["times"]
         speedup = t["unfused"]["fwd_bwd"] / t["fused"]["fwd_bwd"]
         floor = t["fused"]["fwd_bwd"] / t["floor"]["fwd_bwd"]
