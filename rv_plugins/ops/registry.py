@@ -181,5 +181,5 @@ set_export_backend("parallel")
 register_backend("chunked", "rv_plugins.ops.chunked", devices=("cpu", "cuda"), priority=0)
 register_backend("cpu-kernel", "rv_plugins.ops.cpu_kernel", devices=("cpu",), priority=10,
                  available=_cpu_kernel_available)
-register_backend("triton", "rv_plugins.ops.triton_scan", devices=("cuda",), priority=10,
+register_backend("triton", "rv_plugins.ops.triton_kernels", devices=("cuda",), priority=10,
                  available=importlib.util.find_spec("triton") is not None)
