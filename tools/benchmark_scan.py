@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from rv_plugins.ops import backend_name, linear_scan, mingru_scan  # noqa: E402
-from rv_plugins.ops import chunked, scan as scan_mod  # noqa: E402
+from rv_plugins.ops import chunked  # noqa: E402
 from rv_plugins.utils import measure  # noqa: E402
 
 SHAPES = [(8, 3136, 96), (8, 784, 192), (8, 196, 384), (8, 49, 768), (2, 16384, 96)]
@@ -62,7 +62,7 @@ class _ChunkedOnly(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_h):
         a, h = ctx.saved_tensors
-        grad_a, grad_b, _ = scan_mod._chunked_backward(a, h, None, grad_h, False)
+        grad_a, grad_b, _ = chunked.scan_backward(a, h, None, grad_h, False)
         return grad_a.to(a.dtype), grad_b.to(a.dtype)
 
 

@@ -30,7 +30,8 @@ from torch import nn
 
 from rv_plugins.ops import mingru_scan
 from rv_plugins.ops.linear import linear_module
-from rv_plugins.ops.mingru import CANDIDATE_ACTIVATIONS, g_activation  # noqa: F401 - re-exported
+from rv_plugins.ops.checks import CANDIDATE_ACTIVATIONS  # noqa: F401 - re-exported
+from rv_plugins.ops.gates import g_activation  # noqa: F401 - re-exported
 
 __all__ = ["MinGRU", "BiMinGRU", "token_chunks", "can_scan_together", "bidirectional_in_proj",
            "bidirectional_scan", "CANDIDATE_ACTIVATIONS", "g_activation"]

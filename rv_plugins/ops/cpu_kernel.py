@@ -15,11 +15,17 @@ ahead, and write outputs of 8 MiB and more with streaming stores (``RV_MINGRU_CP
 overrides). Knobs for tests and measurements: ``RV_MINGRU_CPU_BLOCK`` (channels per parallel job).
 """
 import hashlib
+import importlib.machinery
+import importlib.util
 import os
+import sys
 import warnings
 from typing import Optional
 
 import torch
+
+from . import envvars
+from .adjoint import accumulation_dtype
 
 _MODULE = None
 _FAILED = False
@@ -66,15 +72,46 @@ def build_directory(key: Optional[str] = None) -> str:
     return _get_build_directory(f"rv_plugins_scan_cpu_{key or build_key()}", verbose=False)
 
 
+def _cached_build_directory(name: str) -> str:
+    """Where ``torch.utils.cpp_extension`` keeps the build ``name`` (its rule: ``$TORCH_EXTENSIONS_DIR``, else
+    ``<user cache>/torch_extensions``, then ``py<ver><abiflags>_<cu...|cpu>``), without importing that module
+    (it imports hipify, about a second). :func:`build_directory` asks torch itself; a test keeps them equal."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if root is None:
+        from torch._appdirs import user_cache_dir
+        root = os.path.realpath(user_cache_dir(appname="torch_extensions"))
+        cuda = torch.version.cuda
+        root = os.path.join(root, f"py{sys.version_info.major}{sys.version_info.minor}{sys.abiflags}_"
+                                  f"{'cpu' if cuda is None else 'cu' + cuda.replace('.', '')}")
+    return os.path.join(root, name)
+
+
+def _import_built(name: str):
+    """The already built extension ``name`` from torch's cache, or ``None`` when it is not built. The build
+    key names exactly this source, these flags, this torch and this path, so a present library is the one
+    :func:`load` would build."""
+    path = os.path.join(_cached_build_directory(name), f"{name}.so")
+    if not os.path.isfile(path):
+        return None
+    loader = importlib.machinery.ExtensionFileLoader(name, path)
+    spec = importlib.util.spec_from_file_location(name, path, loader=loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
 def load(verbose: bool = False):
-    """Build (the first time for this source, flags, torch and path) and import the extension; raises if
-    the build fails."""
+    """Import the extension, building it the first time for this source, flags, torch and path; raises if
+    the build fails. A cached build is imported directly (a first forward pays no compiler tooling)."""
     global _MODULE
     if _MODULE is None:
-        from torch.utils.cpp_extension import load as _load
         cflags = _CFLAGS + _simd_flags()
         name = f"rv_plugins_scan_cpu_{build_key(cflags)}"
-        _MODULE = _load(name=name, sources=[_SOURCE], verbose=verbose, extra_cflags=cflags, extra_ldflags=_LDFLAGS)
+        _MODULE = _import_built(name)
+        if _MODULE is None:
+            from torch.utils.cpp_extension import load as _load
+            _MODULE = _load(name=name, sources=[_SOURCE], verbose=verbose, extra_cflags=cflags,
+                            extra_ldflags=_LDFLAGS)
     return _MODULE
 
 
@@ -96,16 +133,26 @@ def available() -> bool:
         return False
 
 
+def check_device(device: torch.device) -> None:
+    if device.type != "cpu":
+        raise RuntimeError(f"scan backend 'cpu-kernel' runs on CPU tensors, got tensors on {device}; pass "
+                           "backend=None for the device's default")
+
+
+def _state(h0: Optional[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """``h0`` as the kernels take it: contiguous in the accumulation dtype (empty when absent)."""
+    return torch.empty(0) if h0 is None else h0.to(accumulation_dtype(dtype)).contiguous()
+
+
 def scan_forward(a: torch.Tensor, b: torch.Tensor, h0: Optional[torch.Tensor], reverse: bool) -> torch.Tensor:
-    """(B, L, D) inputs -> h (B, L, D) in the inputs' dtype (float32 accumulation)."""
-    h0_ = torch.empty(0) if h0 is None else h0.to(a.dtype).contiguous()
-    return load().forward(a.contiguous(), b.contiguous(), h0_, bool(reverse))
+    """(B, L, D) inputs -> h (B, L, D) in the inputs' dtype (float32 accumulation; h0 taken in float32)."""
+    return load().forward(a.contiguous(), b.contiguous(), _state(h0, a.dtype), bool(reverse))
 
 
 def scan_backward(a, h, h0, grad_h, reverse):
-    """Returns ``(grad_a, grad_b, grad_h0 or None)``."""
+    """Returns ``(grad_a, grad_b, grad_h0 or None)`` (``grad_h0`` in the accumulation dtype)."""
     has_h0 = h0 is not None
-    h0_ = h0.to(a.dtype).contiguous() if has_h0 else torch.empty(0)
+    h0_ = _state(h0, a.dtype)
     grad_a, grad_b, grad_h0 = load().backward(a.contiguous(), h.contiguous(), h0_,
                                               grad_h.to(a.dtype).contiguous(), bool(reverse))
     return grad_a, grad_b, (grad_h0 if has_h0 else None)
@@ -116,9 +163,9 @@ def _mingru_block(proj: torch.Tensor, bidirectional: bool) -> int:
     when there are at least two (batch, direction) jobs per thread, else blocks of 64 for parallelism.
     Whole rows keep every memory stream sequential."""
     H = proj.shape[-1] // (4 if bidirectional else 2)
-    override = int(os.environ.get("RV_MINGRU_CPU_BLOCK", "0"))
+    override = envvars.int_var("RV_MINGRU_CPU_BLOCK", 0, 0, 512, "0 or unset: chosen by shape")
     if override:
-        return min(max(override, 1), 512)
+        return override
     jobs = proj.shape[0] * (2 if bidirectional else 1)
     return max(1, min(H, 512)) if jobs >= 2 * torch.get_num_threads() else 64
 
@@ -131,12 +178,10 @@ def _stream(numel: int, dtype: torch.dtype) -> bool:
     bypass the cache: an output this large leaves it before anyone reads it, and streaming saves reading
     each line in first). ``RV_MINGRU_CPU_STREAM=0``/``1`` forces it off/on (on: wherever the output is float
     and its rows are 64-byte aligned; otherwise the kernel uses ordinary stores either way)."""
-    override = os.environ.get("RV_MINGRU_CPU_STREAM", "")
-    if override in ("0", "1"):
+    override = envvars.choice("RV_MINGRU_CPU_STREAM", ("0", "1"), None,
+                              "0: ordinary stores, 1: streaming stores, unset: streaming for outputs of 8 MiB and more")
+    if override is not None:
         return override == "1"
-    if override:
-        raise ValueError(f"RV_MINGRU_CPU_STREAM={override!r}: use 0 (ordinary stores), 1 (streaming stores) or "
-                         "leave it unset (streaming for outputs of 8 MiB and more)")
     return dtype == torch.float32 and numel * 4 >= STREAM_MIN_BYTES
 
 
@@ -145,8 +190,7 @@ def mingru_forward(proj: torch.Tensor, h0: Optional[torch.Tensor], reverse: bool
     """Fused minGRU scan: ``proj`` (B, L, 2H or 4H), any batch/time strides -> ``h`` (B, L, H or 2H)."""
     if proj.stride(-1) != 1:
         proj = proj.contiguous()
-    h0_ = torch.empty(0) if h0 is None else h0.to(proj.dtype).contiguous()
-    return load().mingru_forward(proj, h0_, bool(reverse), bool(bidirectional), candidate_act == "g",
+    return load().mingru_forward(proj, _state(h0, proj.dtype), bool(reverse), bool(bidirectional), candidate_act == "g",
                                  _mingru_block(proj, bidirectional), _stream(proj.numel() // 2, proj.dtype))
 
 
@@ -155,8 +199,7 @@ def mingru_backward(proj, h, h0, grad_h, reverse, bidirectional, candidate_act):
     if proj.stride(-1) != 1:
         proj = proj.contiguous()
     has_h0 = h0 is not None
-    h0_ = h0.to(proj.dtype).contiguous() if has_h0 else torch.empty(0)
-    grad_proj, grad_h0 = load().mingru_backward(proj, h.contiguous(), h0_, grad_h.to(proj.dtype).contiguous(),
+    grad_proj, grad_h0 = load().mingru_backward(proj, h.contiguous(), _state(h0, proj.dtype), grad_h.to(proj.dtype).contiguous(),
                                                 bool(reverse), bool(bidirectional), candidate_act == "g",
                                                 _mingru_block(proj, bidirectional), _stream(proj.numel(), proj.dtype))
     return grad_proj, (grad_h0 if has_h0 else None)

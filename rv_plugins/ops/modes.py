@@ -12,7 +12,7 @@ import sys
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-__all__ = ["is_tracing_or_exporting", "under_dispatch_mode"]
+__all__ = ["is_tracing_or_exporting", "is_exporting_now", "under_dispatch_mode"]
 
 
 def _in_onnx_export() -> bool:
@@ -23,8 +23,14 @@ def _in_onnx_export() -> bool:
 
 def is_tracing_or_exporting() -> bool:
     """Whether the current call is being recorded by a tracer or exporter (not ``torch.compile``)."""
-    return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_exporting()
-            or _in_onnx_export())
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or is_exporting_now() or _in_onnx_export()
+
+
+def is_exporting_now() -> bool:
+    """``torch.export`` (the ONNX exporter's first strategy) is running this code. Unlike
+    ``torch.compiler.is_exporting()``, which Dynamo folds to True in every graph it traces (``torch.compile``
+    included), this reads the flag export sets, so ``torch.compile`` sees False here."""
+    return bool(getattr(torch.compiler, "_is_exporting_flag", False))
 
 
 def under_dispatch_mode() -> bool:

@@ -27,6 +27,9 @@ import torch
 import triton
 import triton.language as tl
 
+from .adjoint import linear_scan_adjoint
+from .gates import composed_backward, composed_forward
+
 
 def check_device(device: torch.device) -> None:
     """Raise a clear error when the Triton backend cannot run on ``device``."""
@@ -310,14 +313,8 @@ def scan_forward_chunked(a: torch.Tensor, b: torch.Tensor, h0: Optional[torch.Te
 
 def scan_backward_chunked(a, h, h0, grad_h, reverse):
     """Backward through the chunked forward: ``g`` is the scan of ``(a_next, grad_h)`` the other way."""
-    from .scan import _first, _shift
-    a_next = _shift(a, None, reverse, towards_past=False)
-    g = scan_forward_chunked(a_next, grad_h.to(a.dtype), None, not reverse)
-    h_prev = _shift(h, h0, reverse, towards_past=True)
-    acc = torch.promote_types(a.dtype, torch.float32)
-    grad_a = (g.to(acc) * h_prev.to(acc)).to(a.dtype)
-    grad_h0 = None if h0 is None else (_first(a, reverse).to(acc) * _first(g, reverse).to(acc)).to(h0.dtype)
-    return grad_a, g, grad_h0
+    scan = lambda a_, b_, h0_, rev: scan_forward_chunked(a_.to(a.dtype), b_.to(a.dtype), h0_, rev)  # noqa: E731
+    return linear_scan_adjoint(scan, a, h, h0, grad_h, reverse)
 
 
 # ----------------------------------------------------------------------------- fused minGRU scan
@@ -450,27 +447,50 @@ def _mingru_launch_args(proj, reverse, bidirectional):
     return proj, B, L, H, ndir, grid, meta
 
 
+def _time_parallel(proj, bidirectional) -> bool:
+    """The fused kernel runs one program per (batch, direction, channel block) along all of L; where that
+    leaves the GPU idle (VisionGRU at 1024²: B = 1, L = 65,536) the gates are PyTorch ops in float32 and
+    the recurrence the time-parallel chunked scan."""
+    ndir = 2 if bidirectional else 1
+    B, L, W = proj.shape
+    return proj.numel() > 0 and use_chunked(B * ndir, L, W // (2 * ndir))
+
+
 def mingru_forward(proj, h0, reverse, bidirectional, candidate_act):
+    """minGRU scan: proj (B, L, 2H|4H) -> h (B, L, H|2H) (fused, or composed where time-parallel pays)."""
+    if _time_parallel(proj, bidirectional):
+        return composed_forward(scan_forward, proj, h0, reverse, bidirectional, candidate_act)
+    return _mingru_forward_fused(proj, h0, reverse, bidirectional, candidate_act)
+
+
+def mingru_backward(proj, h, h0, grad_h, reverse, bidirectional, candidate_act):
+    """Returns ``(grad_proj, grad_h0 or None)`` (fused, or composed where time-parallel pays)."""
+    if _time_parallel(proj, bidirectional):
+        return composed_backward(scan_backward, proj, h, h0, grad_h, reverse, bidirectional, candidate_act)
+    return _mingru_backward_fused(proj, h, h0, grad_h, reverse, bidirectional, candidate_act)
+
+
+def _mingru_forward_fused(proj, h0, reverse, bidirectional, candidate_act):
     """Fused minGRU scan (see ``rv_plugins.ops.mingru``): proj (B, L, 2H|4H), channel stride 1 (else
     copied) -> h (B, L, H|2H), contiguous, in proj's dtype."""
     proj, B, L, H, ndir, grid, meta = _mingru_launch_args(proj, reverse, bidirectional)
     out = proj.new_empty(B, L, ndir * H)
     if out.numel() == 0:
         return out
-    h0_ = h0.to(proj.dtype).contiguous() if h0 is not None else proj
+    h0_ = h0.contiguous() if h0 is not None else proj
     _mingru_fwd_kernel[grid](proj, h0_, out, L, H, proj.stride(0), proj.stride(1), ACT_G=candidate_act == "g",
                              HAS_H0=h0 is not None, **meta)
     return out
 
 
-def mingru_backward(proj, h, h0, grad_h, reverse, bidirectional, candidate_act):
+def _mingru_backward_fused(proj, h, h0, grad_h, reverse, bidirectional, candidate_act):
     """Returns ``(grad_proj (B, L, 2H|4H) contiguous, grad_h0 or None)``; gates recomputed from proj."""
     proj, B, L, H, ndir, grid, meta = _mingru_launch_args(proj, reverse, bidirectional)
     grad_proj = torch.empty((B, L, 2 * ndir * H), dtype=proj.dtype, device=proj.device)
-    grad_h0 = torch.empty(h0.shape, dtype=proj.dtype, device=proj.device) if h0 is not None else None
+    grad_h0 = torch.empty(h0.shape, dtype=h0.dtype, device=proj.device) if h0 is not None else None
     if grad_proj.numel() == 0:
         return grad_proj.zero_(), None if h0 is None else grad_h0.zero_()
-    h0_ = h0.to(proj.dtype).contiguous() if h0 is not None else proj  # dummy pointers when absent
+    h0_ = h0.contiguous() if h0 is not None else proj  # dummy pointers when absent
     _mingru_bwd_kernel[grid](proj, h.contiguous(), h0_, grad_h.to(proj.dtype).contiguous(), grad_proj,
                              grad_h0 if h0 is not None else proj, L, H, proj.stride(0), proj.stride(1),
                              ACT_G=candidate_act == "g", HAS_H0=h0 is not None, **meta)

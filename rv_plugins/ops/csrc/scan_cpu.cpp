@@ -24,7 +24,7 @@ template <typename T> struct Acc { using type = float; };
 template <> struct Acc<double> { using type = double; };
 
 template <typename scalar_t>
-void forward_kernel(const scalar_t* a, const scalar_t* b, const scalar_t* h0, scalar_t* h,
+void forward_kernel(const scalar_t* a, const scalar_t* b, const typename Acc<scalar_t>::type* h0, scalar_t* h,
                     int64_t B, int64_t L, int64_t D, bool reverse) {
   using acc_t = typename Acc<scalar_t>::type;
   const int64_t nblocks = (D + kBlock - 1) / kBlock;
@@ -35,7 +35,7 @@ void forward_kernel(const scalar_t* a, const scalar_t* b, const scalar_t* h0, sc
     for (int64_t job = begin; job < end; ++job) {
       const int64_t bi = job / nblocks, d0 = (job % nblocks) * kBlock;
       const int64_t n = std::min(kBlock, D - d0);
-      for (int64_t d = 0; d < n; ++d) state[d] = h0 ? acc_t(h0[bi * D + d0 + d]) : acc_t(0);
+      for (int64_t d = 0; d < n; ++d) state[d] = h0 ? h0[bi * D + d0 + d] : acc_t(0);
       int64_t off = bi * L * D + start * D + d0;
       for (int64_t k = 0; k < L; ++k, off += step) {
         const scalar_t* ak = a + off;
@@ -51,8 +51,9 @@ void forward_kernel(const scalar_t* a, const scalar_t* b, const scalar_t* h0, sc
 }
 
 template <typename scalar_t>
-void backward_kernel(const scalar_t* a, const scalar_t* h, const scalar_t* h0, const scalar_t* gh,
-                     scalar_t* ga, scalar_t* gb, scalar_t* gh0, int64_t B, int64_t L, int64_t D,
+void backward_kernel(const scalar_t* a, const scalar_t* h, const typename Acc<scalar_t>::type* h0,
+                     const scalar_t* gh, scalar_t* ga, scalar_t* gb, typename Acc<scalar_t>::type* gh0,
+                     int64_t B, int64_t L, int64_t D,
                      bool reverse) {
   using acc_t = typename Acc<scalar_t>::type;
   const int64_t nblocks = (D + kBlock - 1) / kBlock;
@@ -66,17 +67,25 @@ void backward_kernel(const scalar_t* a, const scalar_t* h, const scalar_t* h0, c
       const int64_t n = std::min(kBlock, D - d0);
       for (int64_t d = 0; d < n; ++d) { g[d] = 0; a_next[d] = 0; }
       int64_t off = bi * L * D + last * D + d0;
-      for (int64_t k = L - 1; k >= 0; --k, off -= step) {
-        const scalar_t* hp = k > 0 ? h + off - step : (h0 ? h0 + bi * D + d0 : nullptr);
+      for (int64_t k = L - 1; k > 0; --k, off -= step) {
+        const scalar_t* hp = h + off - step;
         for (int64_t d = 0; d < n; ++d) {
           g[d] = acc_t(gh[off + d]) + a_next[d] * g[d];
           gb[off + d] = scalar_t(g[d]);
-          ga[off + d] = scalar_t(hp ? g[d] * acc_t(hp[d]) : acc_t(0));
+          ga[off + d] = scalar_t(g[d] * acc_t(hp[d]));
           a_next[d] = acc_t(a[off + d]);
         }
       }
+      // the first step in scan order: h_prev is h0 (kept in the accumulation type), or zero
+      const acc_t* hp0 = h0 ? h0 + bi * D + d0 : nullptr;
+      for (int64_t d = 0; d < n; ++d) {
+        g[d] = acc_t(gh[off + d]) + a_next[d] * g[d];
+        gb[off + d] = scalar_t(g[d]);
+        ga[off + d] = scalar_t(g[d] * (hp0 ? hp0[d] : acc_t(0)));  // g * 0 (NaN for an infinite g), as autograd gives
+        a_next[d] = acc_t(a[off + d]);
+      }
       if (gh0) {
-        for (int64_t d = 0; d < n; ++d) gh0[bi * D + d0 + d] = scalar_t(a_next[d] * g[d]);
+        for (int64_t d = 0; d < n; ++d) gh0[bi * D + d0 + d] = a_next[d] * g[d];
       }
     }
   });
@@ -89,14 +98,22 @@ void check(const torch::Tensor& a, const torch::Tensor& b) {
   TORCH_CHECK(a.scalar_type() == b.scalar_type(), "scan_cpu: a and b must share a dtype");
 }
 
+// h0 (and the gradient returned for it) in the accumulation type: float32, or float64 for float64 data.
+void check_h0(const torch::Tensor& h0, const torch::Tensor& data) {
+  const auto acc = data.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(h0.numel() == 0 || (h0.scalar_type() == acc && h0.is_contiguous()),
+              "scan_cpu: h0 must be contiguous in the accumulation dtype (float32; float64 for float64 data)");
+}
+
 torch::Tensor forward(torch::Tensor a, torch::Tensor b, torch::Tensor h0, bool reverse) {
   check(a, b);
+  check_h0(h0, a);
   const bool has_h0 = h0.numel() > 0;
   auto h = torch::empty_like(a);
   const int64_t B = a.size(0), L = a.size(1), D = a.size(2);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "scan_cpu_forward", [&] {
     forward_kernel<scalar_t>(a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(),
-                             has_h0 ? h0.data_ptr<scalar_t>() : nullptr, h.data_ptr<scalar_t>(),
+                             has_h0 ? h0.data_ptr<typename Acc<scalar_t>::type>() : nullptr, h.data_ptr<scalar_t>(),
                              B, L, D, reverse);
   });
   return h;
@@ -106,6 +123,7 @@ std::vector<torch::Tensor> backward(torch::Tensor a, torch::Tensor h, torch::Ten
                                     torch::Tensor grad_h, bool reverse) {
   check(a, h);
   check(a, grad_h);
+  check_h0(h0, a);
   const bool has_h0 = h0.numel() > 0;
   auto ga = torch::empty_like(a);
   auto gb = torch::empty_like(a);
@@ -113,9 +131,9 @@ std::vector<torch::Tensor> backward(torch::Tensor a, torch::Tensor h, torch::Ten
   const int64_t B = a.size(0), L = a.size(1), D = a.size(2);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "scan_cpu_backward", [&] {
     backward_kernel<scalar_t>(a.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(),
-                              has_h0 ? h0.data_ptr<scalar_t>() : nullptr, grad_h.data_ptr<scalar_t>(),
-                              ga.data_ptr<scalar_t>(), gb.data_ptr<scalar_t>(),
-                              has_h0 ? gh0.data_ptr<scalar_t>() : nullptr, B, L, D, reverse);
+                              has_h0 ? h0.data_ptr<typename Acc<scalar_t>::type>() : nullptr,
+                              grad_h.data_ptr<scalar_t>(), ga.data_ptr<scalar_t>(), gb.data_ptr<scalar_t>(),
+                              has_h0 ? gh0.data_ptr<typename Acc<scalar_t>::type>() : nullptr, B, L, D, reverse);
   });
   return {ga, gb, gh0};
 }
@@ -214,8 +232,8 @@ static inline acc_t mingru_step(scalar_t gate, scalar_t cand, acc_t state) {
 
 // Backward: g (dL/dh_t, carried) <- grad_h_t + a_{t+1} g; a_next <- a_t; the gradients of the gate and
 // candidate inputs of this step.
-template <typename acc_t, bool kG, typename scalar_t>
-static inline void mingru_grad_step(scalar_t gate, scalar_t cand, scalar_t grad_h, scalar_t h_prev, acc_t& g,
+template <typename acc_t, bool kG, typename scalar_t, typename prev_t>
+static inline void mingru_grad_step(scalar_t gate, scalar_t cand, scalar_t grad_h, prev_t h_prev, acc_t& g,
                                     acc_t& a_next, acc_t& grad_gate, acc_t& grad_cand) {
   acc_t z, a, c, dc;
   gates_of<acc_t>(acc_t(gate), z, a);
@@ -245,9 +263,10 @@ static inline void mingru_fwd_lanes(const scalar_t* __restrict gp, const scalar_
   }
 }
 
-template <typename scalar_t, bool kG, bool kStream, int64_t N>
+// hp: h_prev, the data type (h of the previous step) or the accumulation type (h0 at the first step).
+template <typename scalar_t, bool kG, bool kStream, int64_t N, typename prev_t>
 static inline void mingru_bwd_lanes(const scalar_t* __restrict gp, const scalar_t* __restrict cp,
-                                    const scalar_t* __restrict ghk, const scalar_t* __restrict hp,
+                                    const scalar_t* __restrict ghk, const prev_t* __restrict hp,
                                     scalar_t* __restrict ggate, scalar_t* __restrict gcand,
                                     typename Acc<scalar_t>::type* __restrict g,
                                     typename Acc<scalar_t>::type* __restrict a_next, int64_t n) {
@@ -334,7 +353,7 @@ static bool can_stream(bool wanted, const scalar_t* out, int64_t row, const MinG
 }
 
 template <typename scalar_t, bool kG, bool kStream>
-void mingru_forward_kernel(const scalar_t* proj, const scalar_t* h0, scalar_t* h, MinGRUShape s) {
+void mingru_forward_kernel(const scalar_t* proj, const typename Acc<scalar_t>::type* h0, scalar_t* h, MinGRUShape s) {
   using acc_t = typename Acc<scalar_t>::type;
   const int64_t bs = s.block;
   const int64_t nblocks = (s.H + bs - 1) / bs;
@@ -345,7 +364,7 @@ void mingru_forward_kernel(const scalar_t* proj, const scalar_t* h0, scalar_t* h
       const int64_t bi = job / (s.ndir * nblocks), dir = (job / nblocks) % s.ndir;
       const int64_t d0 = (job % nblocks) * bs, n = std::min(bs, s.H - d0);
       const bool rev = s.ndir == 2 ? dir == 1 : s.reverse;  // a reverse scan walks down through memory
-      for (int64_t d = 0; d < n; ++d) state[d] = h0 ? acc_t(h0[bi * W + dir * s.H + d0 + d]) : acc_t(0);
+      for (int64_t d = 0; d < n; ++d) state[d] = h0 ? h0[bi * W + dir * s.H + d0 + d] : acc_t(0);
       for (int64_t k = 0; k < s.L; ++k) {
         const int64_t t = rev ? s.L - 1 - k : k;
         const scalar_t* gp = proj + bi * s.sb + t * s.st + dir * 2 * s.H + d0;
@@ -366,8 +385,8 @@ void mingru_forward_kernel(const scalar_t* proj, const scalar_t* h0, scalar_t* h
 }
 
 template <typename scalar_t, bool kG, bool kStream>
-void mingru_backward_kernel(const scalar_t* proj, const scalar_t* h, const scalar_t* h0, const scalar_t* gh,
-                            scalar_t* gproj, scalar_t* gh0, MinGRUShape s) {
+void mingru_backward_kernel(const scalar_t* proj, const scalar_t* h, const typename Acc<scalar_t>::type* h0,
+                            const scalar_t* gh, scalar_t* gproj, typename Acc<scalar_t>::type* gh0, MinGRUShape s) {
   using acc_t = typename Acc<scalar_t>::type;
   const int64_t bs = s.block;
   const int64_t nblocks = (s.H + bs - 1) / bs;
@@ -375,12 +394,12 @@ void mingru_backward_kernel(const scalar_t* proj, const scalar_t* h, const scala
   const int64_t P = 2 * W;  // grad_proj is contiguous
   at::parallel_for(0, s.B * s.ndir * nblocks, 1, [&](int64_t begin, int64_t end) {
     alignas(64) acc_t g[kRowBlock], a_next[kRowBlock];
-    alignas(64) scalar_t zero[kRowBlock];
+    alignas(64) acc_t zero[kRowBlock];
     for (int64_t job = begin; job < end; ++job) {
       const int64_t bi = job / (s.ndir * nblocks), dir = (job / nblocks) % s.ndir;
       const int64_t d0 = (job % nblocks) * bs, n = std::min(bs, s.H - d0);
       const bool rev = s.ndir == 2 ? dir == 1 : s.reverse;  // the backward of a forward scan walks down
-      for (int64_t d = 0; d < n; ++d) { g[d] = 0; a_next[d] = 0; zero[d] = scalar_t(0); }
+      for (int64_t d = 0; d < n; ++d) { g[d] = 0; a_next[d] = 0; zero[d] = acc_t(0); }
       for (int64_t k = s.L - 1; k >= 0; --k) {  // scan positions, last first
         const int64_t t = rev ? s.L - 1 - k : k;
         const int64_t t_prev = rev ? t + 1 : t - 1;
@@ -389,20 +408,22 @@ void mingru_backward_kernel(const scalar_t* proj, const scalar_t* h, const scala
         const scalar_t* ghk = gh + (bi * s.L + t) * W + dir * s.H + d0;
         scalar_t* ggate = gproj + (bi * s.L + t) * P + dir * 2 * s.H + d0;
         scalar_t* gcand = ggate + s.H;
-        const scalar_t* hp = k > 0 ? h + (bi * s.L + t_prev) * W + dir * s.H + d0
-                                   : (h0 ? h0 + bi * W + dir * s.H + d0 : zero);
         if (k >= kAhead) {
           const int64_t ta = rev ? t + kAhead : t - kAhead;
           prefetch_proj_row(proj + bi * s.sb + ta * s.st + dir * 2 * s.H + d0, s.H, n, !rev);
         }
-        for_lane_blocks<acc_t>(n, !rev, [&](int64_t d, auto lanes) {
-          constexpr int64_t N = decltype(lanes)::value;
-          mingru_bwd_lanes<scalar_t, kG, kStream && N == 16 && std::is_same<scalar_t, float>::value, N>(gp + d, cp + d, ghk + d, hp + d, ggate + d,
-                                                                 gcand + d, g + d, a_next + d, n - d);
-        });
+        auto row = [&](auto hp) {  // hp: h_prev of this row (data type), or h0 / zeros (accumulation type)
+          for_lane_blocks<acc_t>(n, !rev, [&](int64_t d, auto lanes) {
+            constexpr int64_t N = decltype(lanes)::value;
+            mingru_bwd_lanes<scalar_t, kG, kStream && N == 16 && std::is_same<scalar_t, float>::value, N>(
+                gp + d, cp + d, ghk + d, hp + d, ggate + d, gcand + d, g + d, a_next + d, n - d);
+          });
+        };
+        if (k > 0) row(h + (bi * s.L + t_prev) * W + dir * s.H + d0);
+        else row(h0 ? h0 + bi * W + dir * s.H + d0 : static_cast<const acc_t*>(zero));
       }
       if (gh0) {
-        for (int64_t d = 0; d < n; ++d) gh0[bi * W + dir * s.H + d0 + d] = scalar_t(a_next[d] * g[d]);
+        for (int64_t d = 0; d < n; ++d) gh0[bi * W + dir * s.H + d0 + d] = a_next[d] * g[d];
       }
     }
     if (kStream) stream_fence();
@@ -434,10 +455,11 @@ MinGRUShape mingru_shape(const torch::Tensor& proj, bool reverse, bool bidirecti
 torch::Tensor mingru_forward(torch::Tensor proj, torch::Tensor h0, bool reverse, bool bidirectional, bool act_g,
                              int64_t block, bool stream_h) {
   const MinGRUShape s = mingru_shape(proj, reverse, bidirectional, block);
+  check_h0(h0, proj);
   const bool has_h0 = h0.numel() > 0;
   auto h = torch::empty({s.B, s.L, s.ndir * s.H}, proj.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, proj.scalar_type(), "mingru_cpu_forward", [&] {
-    const scalar_t* h0p = has_h0 ? h0.data_ptr<scalar_t>() : nullptr;
+    const auto* h0p = has_h0 ? h0.data_ptr<typename Acc<scalar_t>::type>() : nullptr;
     scalar_t* hp = h.data_ptr<scalar_t>();
     const bool stream = can_stream(stream_h, hp, s.ndir * s.H, s);
     with_flags(act_g, stream, [&](auto kG, auto kStream) {
@@ -453,12 +475,13 @@ std::vector<torch::Tensor> mingru_backward(torch::Tensor proj, torch::Tensor h, 
                                            int64_t block, bool stream_grad) {
   const MinGRUShape s = mingru_shape(proj, reverse, bidirectional, block);
   TORCH_CHECK(h.is_contiguous() && grad_h.is_contiguous(), "mingru_cpu: h and grad_h must be contiguous");
+  check_h0(h0, proj);
   const bool has_h0 = h0.numel() > 0;
   auto gproj = torch::empty({s.B, s.L, 2 * s.ndir * s.H}, proj.options());
   auto gh0 = has_h0 ? torch::empty_like(h0) : torch::empty({0}, proj.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, proj.scalar_type(), "mingru_cpu_backward", [&] {
-    const scalar_t* h0p = has_h0 ? h0.data_ptr<scalar_t>() : nullptr;
-    scalar_t* gh0p = has_h0 ? gh0.data_ptr<scalar_t>() : nullptr;
+    const auto* h0p = has_h0 ? h0.data_ptr<typename Acc<scalar_t>::type>() : nullptr;
+    auto* gh0p = has_h0 ? gh0.data_ptr<typename Acc<scalar_t>::type>() : nullptr;
     scalar_t* gp = gproj.data_ptr<scalar_t>();
     const bool stream = can_stream(stream_grad, gp, 2 * s.ndir * s.H, s);
     with_flags(act_g, stream, [&](auto kG, auto kStream) {
