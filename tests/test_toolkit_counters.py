@@ -129,27 +129,26 @@ class _Classifier(nn.Module):
         return self.backbone.forward_head(self.backbone(x))
 
 
-def _within_one_percent(name, grad, **kwargs):
+def _within_one_percent(name, grad, size, **kwargs):
     model = _Classifier(create_backbone(name, num_classes=1000, **kwargs)).eval()
-    ours = count_flops(model, (1, 3, 224, 224))["total"]
+    ours = count_flops(model, (1, 3, size, size))["total"]
     with torch.set_grad_enabled(grad):
-        info = mmengine_analysis.get_model_complexity_info(model, input_shape=(3, 224, 224), show_table=False,
+        info = mmengine_analysis.get_model_complexity_info(model, input_shape=(3, size, size), show_table=False,
                                                            show_arch=False)
     assert abs(info["flops"] / ours - 1) < 0.01, (name, kwargs, info["flops"], ours)
-    return info["flops"], ours
 
 
+@pytest.mark.parametrize("name", ["visiongru-ti", "sequencer2d-s"])
 @pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
-def test_get_model_complexity_info_counts_visiongru_ti_like_count_flops(mmengine_counters, grad):
-    _within_one_percent("visiongru-ti", grad)
-
-
-def test_get_model_complexity_info_counts_sequencer2d_s_like_count_flops(mmengine_counters):
-    _within_one_percent("sequencer2d-s", True)
+def test_get_model_complexity_info_counts_our_models_like_count_flops(mmengine_counters, name, grad):
+    _within_one_percent(name, grad, 64)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("rnn_type", ["gru", "rnn", "mingru"])
+@pytest.mark.parametrize("name, kwargs", [("visiongru-ti", {}), ("visiongru-ti", dict(preset="paper")),
+                                          ("sequencer2d-s", {}), ("sequencer2d-s", dict(rnn_type="gru")),
+                                          ("sequencer2d-s", dict(rnn_type="rnn")),
+                                          ("sequencer2d-s", dict(rnn_type="mingru"))])
 @pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
-def test_get_model_complexity_info_counts_every_sequencer2d_rnn(mmengine_counters, rnn_type, grad):
-    _within_one_percent("sequencer2d-s", grad, rnn_type=rnn_type)
+def test_get_model_complexity_info_at_224(mmengine_counters, name, kwargs, grad):
+    _within_one_percent(name, grad, 224, **kwargs)
