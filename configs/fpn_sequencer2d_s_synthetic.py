@@ -40,7 +40,8 @@ param_scheduler = [
     dict(type='PolyLR', eta_min=0.0, power=1.0, begin=30, end=max_iters, by_epoch=False),
 ]
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
-custom_imports = dict(imports=['rv_plugins.mmseg', 'rv_plugins.engine.hooks'], allow_failed_imports=False)
+custom_imports = dict(imports=['rv_plugins.mmseg', 'rv_plugins.openmmlab.prepared_runner'], allow_failed_imports=False)
+runner_type = 'PreparedRunner'  # resume choice + work-dir lock from any tools/train.py (see prepared_runner)
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=10, log_metric_by_epoch=False),
     # kill-safe: written atomically, the old one deleted after the new is complete (rv_plugins.engine.hooks)

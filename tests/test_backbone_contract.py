@@ -9,16 +9,22 @@ package's list stays unchanged, runs every check, including the mm and Detectron
 Model-specific behaviour (paper parameter counts, scan directions, timm equivalence, chunked inference,
 ...) stays in tests/test_visiongru*.py and tests/test_sequencer2d.py.
 """
+import ast
+import glob
 import inspect
 import io
 import itertools
 import math
+import os
+import re
+import subprocess
+import sys
 
 import pytest
 import torch
 from torch import nn
 
-from rv_plugins.backbones import (BackboneRegistry, HierarchicalBackbone, create_backbone, get_backbone,
+from rv_plugins.backbones import (BACKBONES, BackboneRegistry, HierarchicalBackbone, create_backbone, get_backbone,
                                   list_backbones, model_names, register_backbone)
 from rv_plugins.layers.blocks import run_blocks
 from rv_plugins.layers.drop_path import DropPath
@@ -103,9 +109,33 @@ def norm_layers(model):
 
 
 # ------------------------------------------------------------------------------------------ registry
+def registrations_in_model_files():
+    """``{family: model file}`` for every ``@register_backbone("family", ...)`` class decorator found in the
+    source of ``rv_plugins/backbones/*.py`` (read with ``ast``, nothing imported)."""
+    folder = os.path.dirname(inspect.getfile(HierarchicalBackbone))
+    found = {}
+    for path in sorted(glob.glob(os.path.join(folder, "*.py"))):
+        for node in ast.walk(ast.parse(open(path, encoding="utf-8").read(), path)):
+            for deco in getattr(node, "decorator_list", []) if isinstance(node, ast.ClassDef) else []:
+                if (isinstance(deco, ast.Call) and ast.unparse(deco.func) in ("register_backbone", "BACKBONES.register")
+                        and deco.args and isinstance(deco.args[0], ast.Constant)):
+                    found[deco.args[0].value] = os.path.basename(path)
+    return found
+
+
 def test_registry_lists_the_package_models():
-    assert list_backbones() == ["sequencer2d", "visiongru"]
-    assert model_names() == ["sequencer2d-s", "sequencer2d-m", "sequencer2d-l", "visiongru-ti", "visiongru-b"]
+    """The registry lists exactly the backbones registered in the model files present, each from its own
+    file, with one model name per canonical arch."""
+    found = registrations_in_model_files()
+    assert found, "no @register_backbone found in rv_plugins/backbones/*.py"
+    assert list_backbones() == sorted(found)
+    for name in list_backbones():
+        entry = get_backbone(name)
+        assert os.path.basename(inspect.getfile(entry.cls)) == found[name], name
+        assert list(entry.archs) == list(entry.cls.arch_zoo)
+    assert model_names() == [m for name in list_backbones() for m in get_backbone(name).model_names()]
+    assert len(model_names()) == len(set(model_names())) == sum(len(get_backbone(n).archs) for n in list_backbones())
+    assert all(m.startswith(f"{m.split('-')[0]}-") and m.split("-")[0] in found for m in model_names())
     assert "toyconv" not in list_backbones()  # the toy lives in its own registry
 
 
@@ -134,7 +164,14 @@ def test_registration_errors_name_the_fix():
         reg.register("toyconv", test_arch="tiny", strides=(4, 8))(other)
     with pytest.raises(ValueError, match="does not have"):
         reg.register("toy2", test_arch="tiny", strides=(4, 8), arch_names={"huge": "h"})(other)
-    assert callable(register_backbone)
+    newcomer = type("ToyConvNewcomer", (ToyConv,), {})
+    register_backbone("toynewcomer", test_arch="tiny", strides=(4, 8))(newcomer)  # the package's registry
+    try:
+        assert "toynewcomer" in list_backbones() and get_backbone("ToyNewcomer").cls is newcomer
+        assert "toynewcomer-tiny" in model_names()
+    finally:
+        BACKBONES.unregister("toynewcomer")
+    assert "toynewcomer" not in list_backbones()
 
 
 @parametrize_entries
@@ -145,7 +182,13 @@ def test_every_arch_builds_with_the_registered_strides(entry):
         for arch in names:
             model = entry.create(arch=arch)
             assert model.strides == entry.strides, arch
-            assert model.arch == entry.cls.resolve_arch(arch)
+            canonical = entry.arch_aliases.get(arch, arch)  # an alias builds its canonical arch's table entry
+            assert canonical in entry.archs, (arch, canonical)
+            for key, value in entry.cls.arch_zoo[canonical].items():
+                assert model.arch[key] == (list(value) if isinstance(value, (list, tuple)) else value), (arch, key)
+            assert (model.embed_dims, model.depths) == (list(entry.cls.arch_zoo[canonical]["embed_dims"]),
+                                                        list(entry.cls.arch_zoo[canonical]["depths"])), arch
+            assert len(model.stages) == len(model.depths) == len(entry.strides), arch
     assert len(entry.model_names()) == len(entry.archs)
 
 
@@ -155,6 +198,39 @@ def test_unknown_arch_names_the_choices(entry):
         entry.create(arch="nope")
     with pytest.raises(TypeError, match="arch must be a name or"):
         entry.create(arch=3)
+
+
+# ------------------------------------------------------------------------------------------ the guide
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GUIDE = os.path.join(REPO, "docs", "adding_a_backbone.md")
+
+
+def guide_model_file() -> str:
+    """The ``python`` code blocks of docs/adding_a_backbone.md, in order: the model file it shows."""
+    with open(GUIDE, encoding="utf-8") as f:
+        return "\n\n".join(re.findall(r"```python\n(.*?)```", f.read(), flags=re.S))
+
+
+@pytest.mark.parametrize("toolkits", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_the_guides_model_file_runs_as_written_and_passes_the_contract(tmp_path, toolkits):
+    """The guide's model file, saved as a module and loaded before collection (``-p``), registers its
+    family in the package registry of a child pytest, which runs this file's checks on it (``-k family``;
+    the mm and Detectron2 builds, which import the toolkits, in the slow variant)."""
+    code = guide_model_file()
+    family = re.search(r'@register_backbone\(\s*"(\w+)"', code)
+    assert family, "docs/adding_a_backbone.md shows no @register_backbone(...) in a ```python block"
+    family = family.group(1)
+    (tmp_path / "guide_model.py").write_text(code)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(PYTHONPATH=os.pathsep.join([str(tmp_path), REPO]), OMP_NUM_THREADS="1")
+    selection = family if toolkits else f"{family} and not openmmlab and not mmengine and not detectron2"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "guide_model", "-p", "no:cacheprovider",
+                           "-k", selection, os.path.join(REPO, "tests", "test_backbone_contract.py")],
+                          capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=900)
+    tail = proc.stdout[-6000:] + proc.stderr[-2000:]
+    assert proc.returncode == 0, f"the guide's model fails the contract:\n{tail}"
+    passed = re.search(r"(\d+) passed", proc.stdout)
+    assert passed and int(passed.group(1)) >= 20, f"too few contract checks ran on {family!r}:\n{tail}"
 
 
 # ------------------------------------------------------------------------------------------ shapes
@@ -190,6 +266,12 @@ def test_inputs_that_fail_say_why(entry):
     for hw in [(0, 8), (8, 0)]:
         with pytest.raises(ValueError, match=rf"{name}: the images are {hw[0]}x{hw[1]} pixels; every image needs"):
             model(torch.randn(1, 3, *hw))
+
+
+def test_a_channels_first_stem_in_a_channels_last_model_says_so():
+    model = type("ToyConvChannelsLast", (ToyConv,), {"maps_channels_last": True})()
+    with pytest.raises(ValueError, match=r"the stem returned \(1, 4, 8, 8\), channels first.*maps_channels_last"):
+        model(torch.randn(1, 3, 32, 32))
 
 
 @parametrize_entries
@@ -407,6 +489,13 @@ def test_openmmlab_builds(entry, mm_registries):
                 assert torch.equal(a, b), toolkit
 
 
+def _detectron2_adapter():
+    """Skip when Detectron2 itself is missing; our adapter's own import errors fail the test."""
+    pytest.importorskip("detectron2")
+    import rv_plugins.detectron2
+    return rv_plugins.detectron2
+
+
 def _d2_cfg(entry, node_extra=()):
     from rv_plugins.detectron2.config import backbone_config_node, get_cfg, node_name
     cfg = get_cfg()
@@ -428,7 +517,7 @@ def _d2_cfg(entry, node_extra=()):
 @pytest.mark.detectron2
 @parametrize_entries
 def test_detectron2_config_node_is_the_constructors_defaults(entry):
-    pytest.importorskip("rv_plugins.detectron2")
+    _detectron2_adapter()
     from rv_plugins.detectron2.config import ADAPTER_ARGS, backbone_config_node
     node = backbone_config_node(entry)
     params = {n: p.default for n, p in inspect.signature(entry.cls.__init__).parameters.items()
@@ -442,7 +531,7 @@ def test_detectron2_config_node_is_the_constructors_defaults(entry):
 @pytest.mark.detectron2
 @parametrize_entries
 def test_detectron2_fpn_build(entry):
-    pytest.importorskip("rv_plugins.detectron2")
+    _detectron2_adapter()
     from detectron2.layers import ShapeSpec
     from detectron2.modeling import BACKBONE_REGISTRY
 
@@ -470,7 +559,7 @@ def test_detectron2_fpn_build(entry):
 
 @pytest.mark.detectron2
 def test_detectron2_keys_reach_the_constructor():
-    pytest.importorskip("rv_plugins.detectron2")
+    _detectron2_adapter()
     from detectron2.layers import ShapeSpec
 
     from rv_plugins.detectron2.backbones import build_backbone_fpn
@@ -482,12 +571,14 @@ def test_detectron2_keys_reach_the_constructor():
     assert body.strides == (4, 8, 16, 32)
     assert body.stages[0].blocks[0].rnn_tokens.impl == "native"
     vgru = get_backbone("visiongru")
-    for img_size, grid in [(0, None), (None, None), (64, (16, 16))]:  # IMG_SIZE 0 = None, as before
+    for img_size, grid in [("", None), (None, None), (64, (16, 16))]:  # IMG_SIZE "" = None
         node = dict(img_size=img_size, pos_embed=None, preset="paper", scan_backend="reference")
         body = build_backbone_fpn(_d2_cfg(vgru, node),
                                   ShapeSpec(channels=3), vgru).bottom_up.body
         assert (None if body.pos_embed is None else tuple(body.pos_embed.shape[2:])) == grid
         assert body.stages[0].blocks[0].mixer.gru_fwd.backend == "reference"
+    with pytest.raises(ValueError, match=r'MODEL.VISIONGRU.IMG_SIZE=0: give a positive value, or "" for None'):
+        build_backbone_fpn(_d2_cfg(vgru, dict(img_size=0, preset="paper")), ShapeSpec(channels=3), vgru)
     with pytest.raises(ValueError, match=r"MODEL.SEQUENCER2D.PATCH_SIZES=\[4, 2\]: give one value per stage \(4\)"):
         build_backbone_fpn(_d2_cfg(seq, dict(patch_sizes=[4, 2])), ShapeSpec(channels=3), seq)
     with pytest.raises(ValueError, match=r"MODEL.SEQUENCER2D.ARCH='xl': Sequencer2D: unknown arch"):

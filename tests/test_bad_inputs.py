@@ -17,7 +17,7 @@ import torch
 from rv_plugins.openmmlab import runner as mr
 from rv_plugins.backbones.sequencer2d import Sequencer2D
 from rv_plugins.backbones.visiongru import VisionGRU
-from rv_plugins.engine import checkpointing as ck
+from rv_plugins import engine as ck
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -117,6 +117,70 @@ def test_imagenet_split_folder_empty(tmp_path):
         mr.check_datasets(cfg, ("train_dataloader",))
 
 
+# ------------------------------------------------------------------------------- Pathfinder generator
+
+_NAN, _INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("name,value,expected", [
+    ("dash_width", -1, "dash_width=-1; need an integer >= 1"), ("dash_width", 0, "dash_width=0; need an integer >= 1"),
+    ("dash_width", 1.5, "dash_width=1.5; need an integer >= 1"),
+    ("dash_length", -3.0, "dash_length=-3.0; need a finite number > 0"), ("dash_length", 0, "dash_length=0"),
+    ("dash_length", _NAN, "dash_length=nan"), ("dash_gap", -1.0, "dash_gap=-1.0; need a finite number >= 0"),
+    ("dash_gap", _NAN, "dash_gap=nan"), ("dash_gap", _INF, "dash_gap=inf"),
+    ("marker_radius", -2.0, "marker_radius=-2.0; need a finite number >= 0"),
+    ("min_separation", -1, "min_separation=-1; need a finite number >= 0"),
+    ("num_distractors", -1, "num_distractors=-1; need an integer >= 0"),
+    ("num_distractors", 1.5, "num_distractors=1.5; need an integer >= 0"),
+    ("clutter_dashes", -4, "clutter_dashes=-4; need an integer >= 0"),
+    ("image_size", 32.5, "image_size=32.5; need an integer >= 8"), ("image_size", -64, "image_size=-64"),
+    ("image_size", True, "image_size=True"), ("length", 0, "length=0; need an integer >= 1"),
+    ("length", 6.0, "length=6.0; need an integer >= 1"),
+    ("max_turn_deg", _NAN, "max_turn_deg=nan; need a finite number >= 0 .*180"),
+    ("max_turn_deg", -10.0, "max_turn_deg=-10.0"), ("max_turn_deg", 270.0, "max_turn_deg=270.0"),
+    ("max_attempts", 0, "max_attempts=0; need an integer >= 1"), ("max_attempts", "3", "max_attempts='3'"),
+])
+def test_pathfinder_arguments_name_the_argument_and_the_range(name, value, expected):
+    from rv_plugins.datasets.pathfinder import PathfinderConfig
+    with pytest.raises(ValueError, match=f"PathfinderConfig: {expected}"):
+        PathfinderConfig(**{"image_size": 32, "length": 4, name: value})
+
+
+def test_pathfinder_seeds_counts_and_indices():
+    from rv_plugins.datasets.pathfinder import PathfinderConfig, PathfinderDataset, pathfinder_sample
+    cfg = PathfinderConfig(image_size=16, length=3, num_distractors=0)
+    for kwargs, expected in ((dict(seed=-1), "seed=-1; need an integer >= 0"),
+                             (dict(seed=1.5), "seed=1.5"), (dict(num_samples=-2), "num_samples=-2"),
+                             (dict(num_samples=2.5), "num_samples=2.5; need an integer >= 0")):
+        with pytest.raises(ValueError, match=f"PathfinderDataset: {expected}"):
+            PathfinderDataset(**{"num_samples": 2, "config": cfg, **kwargs})
+    with pytest.raises(ValueError, match="pathfinder_sample: seed=-3"):
+        pathfinder_sample(cfg, -3, 0)
+    with pytest.raises(ValueError, match="pathfinder_sample: index=-1"):
+        pathfinder_sample(cfg, 0, -1)
+    assert len(PathfinderDataset(0, cfg)) == 0  # an empty dataset is allowed
+    sample = pathfinder_sample(PathfinderConfig(image_size=16, length=3, num_distractors=0, max_turn_deg=0,
+                                                dash_gap=0, marker_radius=0, min_separation=0), 0, 0)
+    assert sample.mask.sum() > 0  # the edges of every range render
+
+
+def test_pathfinder_impossible_layout_blames_the_right_settings():
+    from rv_plugins.datasets.pathfinder import PathfinderConfig, pathfinder_sample
+    with pytest.raises(RuntimeError, match="in 1 attempts.*max_attempts.*dash_length / dash_gap"):
+        pathfinder_sample(PathfinderConfig(image_size=8, length=30, dash_length=6.0, max_attempts=1), 0, 0)
+
+
+def test_pathfinder_mmseg_dataset_checks_its_arguments():
+    pytest.importorskip("mmseg")
+    from rv_plugins.mmseg.pathfinder import PathfinderSegDataset
+    for kwargs, expected in ((dict(image_size=32.5), "image_size=32.5"), (dict(num_distractors=-1), "num_distractors"),
+                             (dict(seed=-1), "PathfinderSegDataset: seed=-1"),
+                             (dict(num_samples=2.5), "PathfinderSegDataset: num_samples=2.5"),
+                             (dict(pathfinder_cfg=dict(dash_width=-2)), "dash_width=-2")):
+        with pytest.raises(ValueError, match=expected):
+            PathfinderSegDataset(**{"num_samples": 4, "image_size": 32, "length": 4, **kwargs})
+
+
 # -------------------------------------------------------------------------------- resume and the lock
 
 def test_resume_cases_name_the_file_and_the_reason(tmp_path):
@@ -144,7 +208,7 @@ def test_second_training_run_in_same_work_dir_is_refused(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {ROOT!r})
-        from rv_plugins.engine import checkpointing as ck
+        from rv_plugins import engine as ck
         ck.acquire_work_dir_lock({str(work_dir)!r}); print('locked', flush=True); time.sleep(120)""")],
         stdout=subprocess.PIPE, text=True)
     try:
@@ -213,20 +277,41 @@ def test_detectron2_zoo_configs_without_pkg_resources():
 
 
 @pytest.mark.detectron2
-def test_detectron2_broken_C_file_is_not_real_ops(tmp_path):
+@pytest.mark.parametrize("layout", ["as installed", "with a real _C"])
+def test_detectron2_broken_C_file_is_not_real_ops(tmp_path, layout):
+    """A ``_C`` file that does not load, found first where Detectron2 looks for its ops, is not taken for
+    real ops: on v0.6 (no ``_C``, as installed here) and on a build with a working ``_C`` (Detectron2
+    main from source: simulated by a package folder with an importable ``_C`` ahead of the installed
+    one). The broken file goes *first* on ``detectron2.__path__`` so it shadows a real one."""
     pytest.importorskip("detectron2")
     import importlib.machinery
-    (tmp_path / f"_C{importlib.machinery.EXTENSION_SUFFIXES[0]}").write_bytes(b"not an ELF file")
-    out = _run_python(f"""
+    import importlib.util
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / f"_C{importlib.machinery.EXTENSION_SUFFIXES[0]}").write_bytes(b"not an ELF file")
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "_C.py").write_text("def get_compiler_version():\n    return 'simulated'\n")
+    folders = [str(real)] if layout == "with a real _C" else []
+    probe = f"""
         import logging, sys
         logging.basicConfig()
         import detectron2
-        detectron2.__path__.append({str(tmp_path)!r})   # a broken _C where Detectron2 looks for it
+        detectron2.__path__[:0] = {folders!r}   # the simulated build's own _C, ahead of the installed package
+        BROKEN
         import rv_plugins.detectron2 as rd
         from rv_plugins.detectron2.compat import STAND_IN_FLAG
         print('real' if rd.has_compiled_ops() else 'not real',
               getattr(sys.modules.get('detectron2._C'), STAND_IN_FLAG, False))
-        """)
+        """
+    if folders:  # the simulation works: its _C is found before the installed package's and imports
+        import detectron2
+        spec = importlib.machinery.PathFinder.find_spec("detectron2._C", folders + list(detectron2.__path__))
+        assert spec.origin == str(real / "_C.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        assert module.get_compiler_version() == "simulated"
+    out = _run_python(probe.replace("BROKEN", f"detectron2.__path__.insert(0, {str(broken)!r})"))
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split()[:2] == ["not", "real"]
     assert "exists but does not import" in out.stderr

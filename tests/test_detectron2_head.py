@@ -10,7 +10,8 @@ import torch
 
 pytestmark = [pytest.mark.detectron2, pytest.mark.usefixtures("one_thread")]
 
-rv_d2 = pytest.importorskip("rv_plugins.detectron2")
+pytest.importorskip("detectron2")  # skip without Detectron2 itself; our adapter's import errors fail
+import rv_plugins.detectron2 as rv_d2  # noqa: E402
 from detectron2.layers import ShapeSpec  # noqa: E402
 from detectron2.modeling import build_backbone, build_model  # noqa: E402
 from detectron2.modeling.roi_heads.mask_head import MaskRCNNConvUpsampleHead, build_mask_head  # noqa: E402
@@ -187,12 +188,25 @@ def test_defaults_follow_the_authors_coco_runs_and_keep_the_old_cell():
     assert keys == {"input_proj", "cell", "deconv", "predictor"}  # the head's saved layout as before
 
 
+def test_coco_configs_run_the_authors_neumann_rule():
+    """Their RBPFun skips a term that breaks the cap (and keeps iterating): our COCO configs say so; the
+    node's default keeps the first rule, so configs that do not name one are unchanged."""
+    for name in ("panoptic_fpn_R_50_1x_hgru_crbp.yaml", "panoptic_fpn_R_101_3x_hgru_crbp.yaml",
+                 "panoptic_fpn_R_50_1x_hgru_rbp.yaml"):
+        cfg = get_cfg(os.path.join(CONFIGS, name))
+        solver = build_mask_head(cfg, ShapeSpec(channels=256, height=14, width=14)).predictor.solver
+        assert (solver.neumann_rule, solver.neumann_norm_cap, solver.neumann_terms) == ("skip", 1.0, 15), name
+    assert get_cfg().MODEL.ROI_MASK_HEAD.HGRU.NEUMANN_RULE == "stop"
+    assert get_cfg(SYNTHETIC).MODEL.ROI_MASK_HEAD.HGRU.NEUMANN_RULE == "stop"
+
+
 @pytest.mark.parametrize("opts,match", [
     (["MODEL.ROI_MASK_HEAD.HGRU.NEUMANN_TERMS", "-1"], "NEUMANN_TERMS=-1"),
     (["MODEL.ROI_MASK_HEAD.HGRU.LCP_WEIGHT", "-0.001"], "lcp_weight"),
     (["MODEL.ROI_MASK_HEAD.HGRU.NEUMANN_NORM_CAP", "-1.0"], "NEUMANN_NORM_CAP"),
     (["MODEL.ROI_MASK_HEAD.HGRU.CELL", "coco"], "no projection"),  # 32 channels vs 64 ROI channels
     (["MODEL.ROI_MASK_HEAD.HGRU.CELL", "gala"], "unknown cell"),
+    (["MODEL.ROI_MASK_HEAD.HGRU.NEUMANN_RULE", "coco"], "neumann_rule='coco'; choose one of"),
 ])
 def test_bad_head_settings_name_the_key(opts, match):
     with pytest.raises(ValueError, match=match):

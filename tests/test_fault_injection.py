@@ -1,9 +1,10 @@
-"""Nothing lost on a kill: atomic checkpoint files, resume from the newest complete one, one run per work dir.
+"""Nothing lost on a kill: atomic checkpoint files, resume from the newest usable one, one run per work dir.
 
-Fast tests exercise ``rv_plugins.engine.checkpointing`` directly (torch only); the slow test trains the
-synthetic config with ``tools/train.py``, SIGKILLs it at random instants (some while a checkpoint is
-being written), resumes, and checks that no completed checkpoint is ever lost and the run ends at
-``max_iters``.
+Fast tests exercise ``rv_plugins.engine`` directly (torch only) and the run preparation on a toy mmengine
+model (``PreparedRunner``, and a plain ``Runner`` as a toolkit's own script builds it); the slow test
+trains the synthetic config with ``tools/train.py``, SIGKILLs it at random instants (some while a
+checkpoint is being written), resumes, and checks that no completed checkpoint is ever lost and the run
+ends at ``max_iters``. Detectron2's ``tools/train_net.py`` has its own: ``test_fault_injection_detectron2.py``.
 """
 import os
 import os.path as osp
@@ -12,20 +13,22 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 import zipfile
 
 import pytest
 import torch
+from run_helpers import start_lock_holder, wait_for
 
-from rv_plugins.engine import checkpointing as ck
+from rv_plugins import engine as ck
+from rv_plugins.engine import atomic, resume
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
 def _save(path, step):
-    torch.save({"meta": {"iter": step}, "state_dict": {"w": torch.full((64,), float(step))}}, path)
+    torch.save({"meta": {"iter": step, "epoch": 0}, "state_dict": {"w": torch.full((64,), float(step))},
+                "message_hub": {}}, path)
 
 
 # ------------------------------------------------------------------------------------- atomic writes
@@ -119,29 +122,51 @@ def test_resume_ignores_dangling_last_checkpoint(tmp_path):
     assert any("does not exist" in m for m in logs)
 
 
+def test_resume_skips_unloadable_and_weights_only_newest_files(tmp_path):
+    """Files that pass the zip/CRC check (or have torch's legacy header) but are not loadable training
+    checkpoints are skipped with the reason; the newest usable one is chosen."""
+    _save(tmp_path / "iter_2.pth", 2)
+    torch.save({"w": torch.ones(3)}, tmp_path / "iter_4.pth")                       # weights only
+    (tmp_path / "iter_6.pth").write_bytes(b"\x80\x02" + bytes(range(256)) * 4)    # legacy header, garbage
+    with zipfile.ZipFile(tmp_path / "iter_8.pth", "w") as z:                          # intact zip, garbage pickle
+        z.writestr("archive/data.pkl", b"\x80\x02}q\x00(X\x04\x00\x00\x00meta" + b"\xff" * 64)
+    (tmp_path / "last_checkpoint").write_text(str(tmp_path / "iter_8.pth"))
+    logs = []
+    chosen = ck.find_resume_checkpoint(str(tmp_path), log=logs.append, required=resume.MMENGINE_RESUME_KEYS)
+    assert chosen == str(tmp_path / "iter_2.pth"), logs
+    text = "\n".join(logs)
+    assert re.search(r"skipped \S*iter_8\.pth: not loadable: its data\.pkl does not unpickle", text), text
+    assert re.search(r"skipped \S*iter_6\.pth: not loadable: the file \(torch's legacy format\)", text), text
+    assert re.search(r"skipped \S*iter_4\.pth: not a training checkpoint: it has no 'meta', it is a "
+                     r"weights-only file", text), text
+    # a legacy-format training checkpoint is usable; the checks read no tensor data and run no code
+    torch.save({"meta": {"iter": 10, "epoch": 0}, "state_dict": {"w": torch.ones(2)}, "message_hub": {}},
+               tmp_path / "iter_10.pth", _use_new_zipfile_serialization=False)
+    assert ck.checkpoint_problem(str(tmp_path / "iter_10.pth"), resume.MMENGINE_RESUME_KEYS) is None
+
+
+def test_checking_a_checkpoint_runs_no_code_from_it(tmp_path):
+    class Boom:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    torch.save({"meta": {"iter": 1, "epoch": 0}, "state_dict": {}, "message_hub": Boom()}, tmp_path / "iter_1.pth")
+    assert ck.checkpoint_problem(str(tmp_path / "iter_1.pth"), resume.MMENGINE_RESUME_KEYS) is None
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_detectron2_names_order_final_last(tmp_path):
+    for name in ("model_0000099.pth", "model_0000199.pth", "model_final.pth"):
+        torch.save({"model": {}, "trainer": {"iteration": 1}}, tmp_path / name)
+    names, _ = resume.checkpoint_candidates(str(tmp_path), names=resume.DETECTRON2_NAMES)
+    assert [os.path.basename(n) for n in names] == ["model_final.pth", "model_0000199.pth", "model_0000099.pth"]
+
+
 # ------------------------------------------------------------------------------------ work-dir lock
-
-_HOLDER = textwrap.dedent("""
-    import sys, time
-    sys.path.insert(0, {root!r})
-    from rv_plugins.engine import checkpointing as ck
-    ck.acquire_work_dir_lock(sys.argv[1])
-    print("locked", flush=True)
-    time.sleep(60)
-""")
-
-
-def _holder(tmp_path, work_dir):
-    script = tmp_path / "holder.py"
-    script.write_text(_HOLDER.format(root=ROOT))
-    proc = subprocess.Popen([sys.executable, str(script), str(work_dir)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "locked"
-    return proc
-
 
 def test_second_run_refused_naming_the_first_then_stale_lock_taken_over(tmp_path):
     work_dir = tmp_path / "wd"
-    proc = _holder(tmp_path, work_dir)
+    proc = start_lock_holder(tmp_path, work_dir)
     try:
         with pytest.raises(ck.WorkDirLocked, match=rf"pid {proc.pid} on host .*holder\.py"):
             ck.WorkDirLock(str(work_dir)).acquire()
@@ -161,83 +186,6 @@ def test_second_run_refused_naming_the_first_then_stale_lock_taken_over(tmp_path
     assert not (work_dir / ck.LOCK_NAME).exists()
 
 
-# --------------------------------------------------------------- the hook in an mmengine Runner (toy)
-
-def _toy_runner(work_dir, max_iters, name, resume=False, max_keep=1):
-    pytest.importorskip("mmengine")
-    from mmengine.model import BaseModel
-    from mmengine.runner import Runner
-
-    import rv_plugins.engine.hooks  # noqa: F401
-    from rv_plugins.utils.checkpoint import allow_mmengine_checkpoints
-
-    class Toy(BaseModel):
-        def __init__(self):
-            super().__init__()
-            self.lin = torch.nn.Linear(4, 1)
-
-        def forward(self, x, y=None, mode="tensor"):
-            out = self.lin(x).squeeze(-1)  # default_collate stacks the samples
-            return dict(loss=((out - y) ** 2).mean()) if mode == "loss" else out
-
-    class Data(torch.utils.data.Dataset):
-        def __len__(self):
-            return 16
-
-        def __getitem__(self, i):
-            return dict(x=torch.full((4,), float(i)), y=torch.tensor(1.0))
-
-    runner = Runner(
-        model=Toy(), work_dir=str(work_dir), experiment_name=name, resume=resume, load_from=None,
-        train_dataloader=dict(dataset=Data(), sampler=dict(type="InfiniteSampler", shuffle=False), batch_size=4,
-                              collate_fn=dict(type="default_collate")),
-        optim_wrapper=dict(optimizer=dict(type="SGD", lr=1e-3)), train_cfg=dict(by_epoch=False, max_iters=max_iters),
-        default_hooks=dict(checkpoint=dict(type="AtomicCheckpointHook", by_epoch=False, interval=2,
-                                           max_keep_ckpts=max_keep)))
-    allow_mmengine_checkpoints()
-    return runner
-
-
-def test_hook_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
-    runner = _toy_runner(tmp_path, 4, f"fail_{os.getpid()}")
-    real_save, calls = runner.save_checkpoint, []
-
-    def failing_save(out_dir, filename, *args, **kwargs):
-        calls.append(filename)
-        if len(calls) == 2:  # the second save dies half-way through writing its file
-            with open(osp.join(out_dir, filename), "wb") as f:
-                f.write(b"PK\x03\x04partial")
-            raise OSError(28, "No space left on device")
-        return real_save(out_dir, filename, *args, **kwargs)
-
-    runner.save_checkpoint = failing_save
-    with pytest.raises(OSError, match="No space left"):
-        runner.train()
-    assert all(ck.is_temporary(f) for f in calls)  # written under a temporary name, renamed after
-    names = sorted(n for n in os.listdir(tmp_path) if n.endswith(".pth") or n.startswith("."))
-    assert names == ["iter_2.pth"], names
-    assert (tmp_path / "last_checkpoint").read_text() == str(tmp_path / "iter_2.pth")
-    assert ck.checkpoint_problem(str(tmp_path / "iter_2.pth")) is None
-    ck.release_work_dir_lock(str(tmp_path))
-
-
-def test_hook_resume_skips_corrupted_newest_and_says_nothing_to_resume(tmp_path, capsys):
-    fresh = _toy_runner(tmp_path / "empty", 2, f"fresh_{os.getpid()}", resume=True)
-    fresh.train()
-    assert "nothing to resume" in capsys.readouterr().out
-    _toy_runner(tmp_path, 4, f"first_{os.getpid()}", max_keep=2).train()
-    assert sorted(n for n in os.listdir(tmp_path) if n.endswith(".pth")) == ["iter_2.pth", "iter_4.pth"]
-    data = (tmp_path / "iter_4.pth").read_bytes()
-    (tmp_path / "iter_4.pth").write_bytes(data[:len(data) // 2])
-    second = _toy_runner(tmp_path, 6, f"second_{os.getpid()}", resume=True, max_keep=2)
-    second.train()
-    out = capsys.readouterr().out
-    assert re.search(r"skipped \S*iter_4\.pth: truncated", out), out[-2000:]
-    assert "resumed epoch: 0, iter: 2" in out
-    assert ck.checkpoint_problem(str(tmp_path / "iter_6.pth")) is None
-    assert not (tmp_path / ck.LOCK_NAME).exists()  # released at the end of the run
-
-
 # -------------------------------------------------------------------------- the kill-and-resume test
 
 def _complete_checkpoints(work_dir):
@@ -247,17 +195,6 @@ def _complete_checkpoints(work_dir):
         if m and ck.checkpoint_problem(osp.join(work_dir, name)) is None:
             out[int(m.group(1))] = name
     return out
-
-
-def _wait_for(predicate, proc, timeout):
-    end = time.time() + timeout
-    while time.time() < end:
-        if proc.poll() is not None:
-            return False
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 @pytest.mark.slow
@@ -280,7 +217,7 @@ def test_sigkill_at_random_instants_loses_no_checkpoint(tmp_path):
            f"model.decode_head.in_channels={dims}".replace(" ", ""), "model.decode_head.channels=16",
            f"model.auxiliary_head.in_channels={dims[2]}", "model.auxiliary_head.channels=8"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
-               **{ck.SAVE_DELAY_ENV: "0.4"})  # a save stays in its temporary file for 0.4 s
+               **{atomic.SAVE_DELAY_ENV: "0.4"})  # a save stays in its temporary file for 0.4 s
     t0 = time.time()
     saved = 0  # highest step whose save a run reported complete
     resumed_at = []
@@ -294,11 +231,11 @@ def test_sigkill_at_random_instants_loses_no_checkpoint(tmp_path):
 
         if run < len(kills):
             # kill only after this run has gone past where it started, so every run makes progress
-            progressed = _wait_for(lambda: re.search(r"checkpoint complete: \S*iter_(\d+)\.pth", text())
+            progressed = wait_for(lambda: re.search(r"checkpoint complete: \S*iter_(\d+)\.pth", text())
                                    is not None, proc, 240)
             assert progressed, f"run {run} made no progress:\n{text()[-3000:]}"
             if kills[run] == "save":
-                hit = _wait_for(lambda: any(ck.is_temporary(n) for n in os.listdir(work_dir)), proc, 120)
+                hit = wait_for(lambda: any(ck.is_temporary(n) for n in os.listdir(work_dir)), proc, 120)
                 assert hit, f"run {run}: no save observed:\n{text()[-3000:]}"
             else:
                 time.sleep(rng.uniform(0.0, 1.5))

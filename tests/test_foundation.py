@@ -62,17 +62,59 @@ def test_rv_plugins_scope_from_a_config_outside_the_repo(tmp_path):
         print(cfg.model.backbone.type, cfg.train_cfg.max_iters, cfg.custom_imports['imports'])
         """, cwd=str(tmp_path))
     assert res.returncode == 0, res.stderr
-    assert res.stdout.split() == ["VisionGRU", "7", "['rv_plugins.mmseg',", "'rv_plugins.engine.hooks']"]
+    assert res.stdout.split() == ["VisionGRU", "7", "['rv_plugins.mmseg',", "'rv_plugins.openmmlab.prepared_runner']"]
+
+
+def test_rv_plugins_scope_as_the_config_path_itself():
+    """``Config.fromfile('rv_plugins::x.py')`` (what a toolkit's tools/train.py does with its config argument)
+    in a fresh interpreter where only the .pth start-up hook has run."""
+    res = run_python("""
+        import sys
+        from mmengine.config import Config
+        cfg = Config.fromfile('rv_plugins::pathfinder/hgru_crbp_pathfinder32.py', import_custom_modules=False)
+        print(cfg.filename.replace('\\\\', '/').split('/configs/')[-1], cfg.runner_type)
+        """, cwd="/")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.split() == ["pathfinder/hgru_crbp_pathfinder32.py", "PreparedRunner"]
 
 
 def test_unknown_rv_plugins_config_names_the_available_ones(tmp_path):
     (tmp_path / "bad.py").write_text("_base_ = ['rv_plugins::no_such_config.py']\n")
     from mmengine.config import Config
 
-    from rv_plugins.openmmlab import scope as _mmengine_scope
-    _mmengine_scope.patch_now()
+    from rv_plugins.openmmlab import scope
+    scope.patch_now()
     with pytest.raises(FileNotFoundError, match="no config 'no_such_config.py'.*upernet_visiongru_ti_ade20k.py"):
         Config.fromfile(str(tmp_path / "bad.py"))
+    with pytest.raises(FileNotFoundError, match="no config 'nope.py'.*upernet_visiongru_ti_ade20k.py"):
+        Config.fromfile("rv_plugins::nope.py")
+
+
+@pytest.mark.parametrize("where", ["_base_", "config path"])
+def test_misspelt_scope_names_the_known_scopes(tmp_path, where):
+    from mmengine.config import Config
+
+    from rv_plugins.openmmlab import scope
+    scope.patch_now()
+    path = "rv_plugin::upernet_visiongru_ti_synthetic.py"
+    if where == "_base_":
+        (tmp_path / "typo.py").write_text(f"_base_ = [{path!r}]\n")
+        path = str(tmp_path / "typo.py")
+    with pytest.raises(ValueError, match=r"unknown config scope 'rv_plugin::' in 'rv_plugin::upernet_visiongru_ti_"
+                                         r"synthetic.py'; did you mean 'rv_plugins::'\? The known scopes are .*mmseg::"):
+        Config.fromfile(path)
+
+
+def test_syntax_error_in_a_base_file_names_the_file(tmp_path):
+    from mmengine.config import Config
+
+    from rv_plugins.openmmlab import scope
+    scope.patch_now()
+    (tmp_path / "base.py").write_text("a = 1\nb = dict(\n")
+    (tmp_path / "child.py").write_text("_base_ = ['./base.py']\nc = 2\n")
+    with pytest.raises(SyntaxError, match=r"in the config file \S*base\.py") as err:
+        Config.fromfile(str(tmp_path / "child.py"))
+    assert os.path.normpath(err.value.filename) == str(tmp_path / "base.py") and err.value.lineno == 2
 
 
 def test_custom_imports_registers_the_adapter(tmp_path):

@@ -280,6 +280,25 @@ def test_hgru_gate_bias_init_follows_the_authors():
         torch.testing.assert_close(getattr(cell, name).detach(), torch.full((1, 64, 1, 1), value))
 
 
+def test_hgru_gate_bias_rule_their_code_runs_is_offered():
+    """'uniform': U(1, 7) without the log (the authors' code: `.log()` is not in place); the default stays
+    log U(1, 7). Both reach the Pathfinder model through its cell arguments."""
+    from rv_plugins.models.pathfinder_hgru import PathfinderHGRU
+    torch.manual_seed(0)
+    cell = HGRUCell(256, 3, gate_bias_rule="uniform")
+    bias = cell.gain_gate.bias.detach()
+    assert 1.0 <= float(bias.min()) < 1.5 and 6.5 < float(bias.max()) <= 7.0
+    torch.testing.assert_close(cell.mix_gate.bias.detach(), -bias)
+    assert float(HGRUCell(256, 3).gain_gate.bias.detach().max()) <= math.log(7.0) + 1e-6
+    model = PathfinderHGRU(channels=4, kernel_size=3, steps=2, gate_bias_rule="uniform")
+    assert model.cell.gate_bias_rule == "uniform" and float(model.cell.gain_gate.bias.detach().min()) >= 1.0
+    with pytest.raises(ValueError, match="gate_bias_rule='log'.*'log_uniform', 'uniform'"):
+        HGRUCell(4, 3, gate_bias_rule="log")
+    with pytest.raises(ValueError, match="finite"):
+        HGRUCell(4, 3, gate_bias_rule="uniform", gate_bias_range=(-1.0, math.inf))
+    HGRUCell(4, 3, gate_bias_rule="uniform", gate_bias_range=(-1.0, 1.0))  # no log: any finite range
+
+
 def test_gabor_bank_and_layer():
     bank = gabor_bank()
     assert bank.shape == (25, 7, 7)
@@ -529,3 +548,159 @@ def test_pathfinder_model_defaults_to_the_authors_penalty_scale():
     from rv_plugins.models.pathfinder_hgru import PathfinderHGRU
     solver = PathfinderHGRU(channels=4, kernel_size=3, steps=2).solver
     assert (solver.lcp_reduction, solver.lcp_weight, solver.lcp_lambda) == ("mean", 10.0, 0.9)
+
+
+# --------------------------------------------------------------------------- a loss gradient that is not finite
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("rule", ["stop", "skip"])
+def test_nonfinite_loss_gradient_is_named_flagged_and_passed_on(caplog, bad, rule):
+    """A NaN/Inf gradient reaching the state is not a 'zero_gradient' and not reliable: a stop reason
+    of its own, the flag, a warning; the gradient goes on unchanged (as BPTT's would)."""
+    x = torch.ones(3, dtype=DT, requires_grad=True)
+    solver = FixedPointSolver("rbp", steps=30, warn_interval_s=0, neumann_rule=rule)
+    with caplog.at_level("WARNING", logger="rv_plugins.solvers.fixed_point"):
+        h, info = solver(lambda x, h: 0.5 * h + x, x, torch.zeros_like(x))
+        (h * torch.tensor([1.0, bad, 1.0], dtype=DT)).sum().backward()
+    assert info.neumann_stop == "nonfinite_gradient" and info.neumann_terms == 0
+    assert info.rbp_unreliable and ("NaN" if math.isnan(bad) else "Inf") in info.rbp_unreliable_reason
+    assert not math.isfinite(float(x.grad[1])) and float(x.grad[0]) == 1.0  # one step's VJP of g, unchanged
+    assert any("holds" in r.getMessage() for r in caplog.records)
+    assert math.isnan(info.log_scalars(forward=False)["neumann_residual"])
+
+
+def test_nonfinite_loss_gradient_raises_when_asked():
+    x = torch.ones(2, dtype=DT, requires_grad=True)
+    solver = FixedPointSolver("crbp", steps=30, on_nonfinite_gradient="raise")
+    h, info = solver(lambda x, h: 0.5 * h + x, x, torch.zeros_like(x))
+    with pytest.raises(FloatingPointError, match="on_nonfinite_gradient='raise'.*NaN"):
+        (h.sum() * math.nan + info.weighted_lcp).backward()
+    assert info.neumann_stop == "nonfinite_gradient" and info.rbp_unreliable
+    with pytest.raises(ValueError, match="on_nonfinite_gradient"):
+        FixedPointSolver("rbp", on_nonfinite_gradient="ignore")
+    with pytest.raises(ValueError, match="neumann_rule.*'stop', 'skip'"):
+        FixedPointSolver("rbp").neumann_rule = "coco"
+
+
+# --------------------------------------------------------------------------- a transition that does not read h
+
+class _Ignores(torch.nn.Module):
+    """A transition that drops its state in one of the ways users do."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how, self.weight = how, torch.nn.Parameter(torch.full((3,), 0.5, dtype=DT))
+
+    def forward(self, x, h):
+        if self.how == "ignores":
+            return torch.tanh(self.weight * x)
+        if self.how == "detach":
+            h = h.detach()
+        elif self.how == "data":
+            h = h.data
+        elif self.how == "numpy":
+            h = torch.from_numpy(h.detach().numpy().copy())
+        elif self.how == "no_grad":
+            with torch.no_grad():
+                h = h * 1.0
+        return torch.tanh(self.weight * h + x)
+
+
+@pytest.mark.parametrize("how", ["ignores", "detach", "data", "numpy", "no_grad"])
+@pytest.mark.parametrize("mode", ["rbp", "crbp", "cbptt"])
+def test_transition_that_does_not_read_its_state_is_named(mode, how):
+    x = torch.ones(2, 3, dtype=DT, requires_grad=True)
+    with pytest.raises(RuntimeError, match="does not depend on its state h through autograd.*mode='bptt'"):
+        h, info = FixedPointSolver(mode, steps=4)(_Ignores(how), x, torch.zeros_like(x))
+        (h.sum() + (info.weighted_lcp if info.weighted_lcp is not None else 0)).backward()
+    h, _ = FixedPointSolver("bptt", steps=4)(_Ignores(how), x, torch.zeros_like(x))  # BPTT needs no dF/dh
+    h.sum().backward()
+    assert x.grad is not None
+
+
+def test_lipschitz_penalty_names_a_state_that_was_not_used():
+    h_prev = torch.ones(3, requires_grad=True)
+    weight = torch.nn.Parameter(torch.ones(3))
+    with pytest.raises(RuntimeError, match="lipschitz_penalty"):
+        lipschitz_penalty(weight * 2.0, h_prev, 0.9)
+
+
+# --------------------------------------------------------------------------- the authors' two Neumann rules
+
+def _authors_pathfinder_rule(vjp, g, iterations):
+    """c-rbp/pathfinder_experiments models/hgrucleanSEG.py, dummyhgru.backward, restated: the first
+    violation (sum norm > 1, a growing or a tiny term) drops that term and ends the loop."""
+    total, term, last_norm = g.clone(), g.clone(), float(g.norm())
+    for _ in range(iterations):
+        nxt = vjp(term)
+        if float((total + nxt).norm()) > 1 or float(nxt.norm()) > last_norm or float(nxt.norm()) < 1e-9:
+            break
+        total, term, last_norm = total + nxt, nxt, float(nxt.norm())
+    return total
+
+
+def _authors_coco_rule(vjp, g, iterations):
+    """c-rbp/panoptic_segmentation rnns.py, RBPFun.backward with norm_cap=True, restated: a violating term
+    is left out of the sum but the loop goes on from it; the sum as it stood at the last violation wins."""
+    total, term, last_norm, at_last_skip = g.clone(), g.clone(), float(g.norm()), None
+    for _ in range(iterations):
+        nxt = vjp(term)
+        if float((total + nxt).norm()) > 1 or float(nxt.norm()) > last_norm or float(nxt.norm()) < 1e-9:
+            at_last_skip = total.clone()
+        else:
+            total = total + nxt
+        term, last_norm = nxt, float(nxt.norm())
+    return total if at_last_skip is None else at_last_skip
+
+
+def test_both_authors_rules_are_reproduced_and_differ_on_random_linear_maps():
+    """Unit-norm g (their tolerance is absolute, ours relative to ||g||), cap 1, 15 iterations: each rule
+    equals its authors' loop on every map; the two rules disagree on a good share of the maps."""
+    from rv_plugins.solvers.neumann import neumann_series
+    generator = torch.Generator().manual_seed(0)
+    differ = 0
+    for _ in range(200):
+        matrix = torch.randn(4, 4, generator=generator, dtype=DT) * 0.4
+        g = torch.randn(4, generator=generator, dtype=DT) * 0.6
+
+        def vjp(v):
+            return v @ matrix
+
+        g = g / g.norm() * 0.6
+        for rule, reference in (("stop", _authors_pathfinder_rule), ("skip", _authors_coco_rule)):
+            ours = neumann_series(vjp, g, max_terms=15, tol=1e-9 / 0.6, stop_on_growth=True, norm_cap=1.0,
+                                  rule=rule).gradient
+            torch.testing.assert_close(ours, reference(vjp, g, 15), atol=1e-12, rtol=0)
+        differ += not torch.allclose(_authors_pathfinder_rule(vjp, g, 15), _authors_coco_rule(vjp, g, 15))
+    assert 20 <= differ <= 180, differ
+
+
+def test_skip_rule_through_the_solver_keeps_the_sum_at_the_last_skip():
+    """J = 0.5 I, g = 1, cap 1.8: 'stop' keeps 1.75 (2 terms); 'skip' also admits the later small terms
+    that fit (terms 5, 6, 9, 10, 13, 14 of 15) and returns the sum at the last term it dropped (term 15):
+    8 terms, 1.79993; residual exact."""
+    stop, info_stop = _implicit_grad(FixedPointSolver("rbp", steps=60, neumann_norm_cap=1.8), 0.5)
+    skip, info = _implicit_grad(FixedPointSolver("rbp", steps=60, neumann_norm_cap=1.8, neumann_terms=15,
+                                                 neumann_rule="skip"), 0.5)
+    expected = float(_authors_coco_rule(lambda v: 0.5 * v, torch.ones(1, dtype=DT) / 1.8, 15) * 1.8)
+    assert stop == pytest.approx(1.75) and info_stop.neumann_terms == 2
+    assert skip == pytest.approx(expected) and skip > 1.79
+    assert info.neumann_stop == "norm_cap" and info.neumann_terms == 8
+    assert info.neumann_residual == pytest.approx(abs(1 + 0.5 * skip - skip) / skip)
+    assert info.neumann_error_estimate == pytest.approx((2 - skip) / skip)
+
+
+def test_skip_rule_flags_a_growing_term_and_converges_like_stop_on_a_contraction(caplog):
+    with caplog.at_level("WARNING", logger="rv_plugins.solvers.fixed_point"):
+        grad, info = _implicit_grad(FixedPointSolver("rbp", steps=20, neumann_rule="skip"), 2.0)
+    assert grad == 1.0 and info.neumann_stop == "growth" and info.rbp_unreliable
+    assert "skipped it ('skip' rule)" in info.rbp_unreliable_reason
+    torch.manual_seed(4)
+    cell = ContractiveConvCell()
+    x = torch.randn(1, 3, 5, 6, dtype=DT, requires_grad=True)
+    grads = []
+    for rule in ("stop", "skip"):
+        h, info = FixedPointSolver("rbp", steps=60, neumann_terms=200, neumann_rule=rule)(cell, x, torch.zeros_like(x))
+        grads.append(_flat_grads(h.sum(), [cell.weight, x]))
+        assert not info.rbp_unreliable and info.neumann_residual < 1e-8
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-7, rtol=1e-6)  # both within their 1e-9 tolerance

@@ -149,3 +149,62 @@ def test_visiongru_inference_equal_with_either_gemm(onednn_calls):
         set_cpu_linear("aten")
         plain = model.forward_head(model(x))
     torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+
+
+def _bias_cases():
+    """(name, x, weight, bias): every shape, stride and type F.linear takes or refuses that the oneDNN GEMM
+    would read differently (a 0-d, (1, out), length-1 or strided bias; mismatched features; wrong ranks)."""
+    g = torch.Generator().manual_seed(0)
+
+    def r(*shape, dtype=torch.float32):
+        return torch.randn(*shape, generator=g).to(dtype)
+
+    x, w = r(5, 8), r(6, 8)
+    return [
+        ("0-d bias", x, w, r(())), ("(1, out) bias", x, w, r(1, 6)), ("(rows, out) bias", x, w, r(5, 6)),
+        ("length-1 bias", x, w, r(1)), ("expanded bias", x, w, r(1).expand(6)), ("strided bias", x, w, r(12)[::2]),
+        ("bias at an offset", x, w, r(12)[6:]), ("bias too long", x, w, r(7)), ("(out, 1) bias", x, w, r(6, 1)),
+        ("3-d x, (1, 1, out) bias", r(2, 5, 8), w, r(1, 1, 6)), ("3-d x, (rows, out) bias", r(2, 5, 8), w, r(5, 6)),
+        ("in-features mismatch", r(5, 9), w, None), ("in-features mismatch, bias", r(5, 9), w, r(6)),
+        ("1-d weight", x, r(8), None), ("1-d weight, 0-d bias", x, r(8), r(())), ("3-d weight", x, r(2, 6, 8), None),
+        ("0-d x", r(()), w, None), ("1-d x", r(8), w, r(6)), ("no in-features", r(5, 0), r(6, 0), r(6)),
+        ("no out-features", x, r(0, 8), r(0)), ("float64 bias", x, w, r(6, dtype=torch.float64)),
+        ("bfloat16 x, float32 weight", x.bfloat16(), w, None), ("float32 x, bfloat16 weight", x, w.bfloat16(), None),
+        ("bfloat16 x and weight, float32 bias", x.bfloat16(), w.bfloat16(), r(6)),
+        ("integer bias", x, w, torch.ones(6, dtype=torch.int64)), ("list bias", x, w, [1.0] * 6),
+        ("list x", [[1.0] * 8], w, None), ("sparse x", x.to_sparse(), w, None), ("sparse weight", x, w.to_sparse(), None),
+        ("expanded weight", x, r(1, 8).expand(6, 8), None), ("strided weight", x, r(6, 16)[:, ::2], None),
+        ("strided x", r(10, 8)[::2], w, r(6)), ("inf and nan in x", torch.tensor([[float("inf"), float("nan")] * 4]), w, r(6)),
+    ]
+
+
+@pytest.mark.parametrize("activation", [None, "gelu"])
+@pytest.mark.parametrize("case", _bias_cases(), ids=lambda c: c[0])
+def test_same_answers_and_errors_as_f_linear(onednn_calls, case, activation):
+    """Without autograd on the CPU, linear() either equals F.linear (+ the activation) or raises F.linear's own
+    error, whatever the shapes, strides and types: oneDNN runs only where it reads the operands as F.linear does."""
+    _, x, w, b = case
+
+    def outcome(fn):
+        try:
+            with torch.no_grad():
+                return fn(x, w, b)
+        except Exception as error:  # noqa: BLE001 - the error itself is compared
+            return error
+
+    ours = outcome(lambda *a: linear(*a, activation=activation))
+    expected = outcome(lambda *a: EAGER[activation](F.linear(*a)))
+    if isinstance(expected, Exception):
+        assert type(ours) is type(expected) and str(ours) == str(expected)
+    else:
+        assert not isinstance(ours, Exception), ours
+        assert ours.shape == expected.shape and ours.dtype == expected.dtype and ours.layout == expected.layout
+        torch.testing.assert_close(ours.to_dense(), expected.to_dense(), atol=1e-5, rtol=1e-5, equal_nan=True)
+
+
+def test_onednn_still_runs_for_a_unit_stride_bias_and_strided_operands(onednn_calls):
+    """The checks above must not turn the fast path off for the ordinary cases (dense or strided x/weight)."""
+    x, w, b = torch.randn(10, 8)[::2], torch.randn(6, 16)[:, ::2], torch.randn(12)[6:]
+    with torch.no_grad():
+        torch.testing.assert_close(linear(x, w, b), F.linear(x, w, b), atol=1e-5, rtol=1e-5)
+    assert len(onednn_calls) == 1

@@ -145,7 +145,9 @@ def test_readout_prior_and_input_scale_of_the_plain_model():
     assert float(logits.softmax(1)[:, 1].mean()) == pytest.approx(0.02, abs=0.01)
     scaled = PathfinderHGRU(channels=4, kernel_size=3, steps=2, mode="bptt", input_scale=3.0)
     plain = PathfinderHGRU(channels=4, kernel_size=3, steps=2, mode="bptt")
-    plain.load_state_dict(scaled.state_dict())
+    with pytest.raises(ValueError, match="input_scale 3.0 vs 1.0"):  # the weights record says they differ
+        plain.load_state_dict(scaled.state_dict())
+    plain.load_state_dict(dict(scaled.state_dict()))  # the same tensors without the record
     with torch.no_grad():
         assert not torch.allclose(scaled(img)[0], plain(img)[0])
         assert torch.allclose(scaled(img)[0], plain(img * 3.0)[0], atol=1e-5)

@@ -8,6 +8,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from rv_plugins.backbones.visiongru import (ConvLN, GRU2DBlock, GRU2DMixer, Stem, VisionGRU, set_infer_chunk)
 from rv_plugins.layers.mingru import MinGRU
+from rv_plugins.ops import registry
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -203,12 +204,12 @@ def _graph_breaks(model, x, grad):
 
 @pytest.mark.parametrize("train,chunk", [(True, None), (False, 100), (False, "auto")])
 def test_compile_has_no_graph_breaks(train, chunk, monkeypatch):
-    from rv_plugins.backbones import visiongru
+    from rv_plugins.layers import row_chunked
     torch.manual_seed(0)
     model = VisionGRU(SMALL, out_indices=(0, 1, 2, 3), num_classes=5).train(train)
     if not train:  # the chunked inference path (Python loops over chunks) too, with an explicit or the auto chunk
         set_infer_chunk(model, chunk)
-        monkeypatch.setattr(visiongru, "INFER_CHUNK_ELEMS_SMALL_IMAGE", 64)  # auto: chunk this small image
+        monkeypatch.setattr(row_chunked, "INFER_CHUNK_ELEMS_SMALL_IMAGE", 64)  # auto: chunk this small image
     e = _graph_breaks(model, torch.randn(1, 3, 40, 24), grad=train)
     assert e.graph_break_count == 0, [b.reason for b in e.break_reasons]
     assert e.graph_count == 1
@@ -290,13 +291,15 @@ def test_recomputing_training_path_under_bf16_autocast(chunk_tokens):
 
 
 def test_chunked_inference_default_depends_on_the_device_and_explicit_applies_everywhere():
-    """'auto' (the default) chunks at 2**16 map elements on the CPU for large maps (whole batch more than
-    2**21 elements), at 2**18 for smaller ones, and at 2**20 elsewhere (fewer, larger launches on a GPU); an
-    explicit chunk applies on any device to every map larger than it."""
+    """'auto' (the default) chunks at 2**16 map elements per image on the CPU for large maps (whole batch more
+    than 2**21 elements), at 2**18 for smaller ones, and elsewhere every map of the batch larger than 2**21
+    elements in chunks of 2**21 elements of the batch; an explicit chunk applies on any device to every
+    image's map larger than it."""
     from rv_plugins.backbones.visiongru import (INFER_CHUNK_ELEMS, INFER_CHUNK_ELEMS_ACCELERATOR,
                                                 INFER_CHUNK_ELEMS_SMALL_IMAGE, INFER_LARGE_IMAGE_ELEMS, _lean)
+    from rv_plugins.layers.row_chunked import chunk_rows
     assert (INFER_CHUNK_ELEMS, INFER_CHUNK_ELEMS_SMALL_IMAGE, INFER_LARGE_IMAGE_ELEMS,
-            INFER_CHUNK_ELEMS_ACCELERATOR) == (2 ** 16, 2 ** 18, 2 ** 21, 2 ** 20)
+            INFER_CHUNK_ELEMS_ACCELERATOR) == (2 ** 16, 2 ** 18, 2 ** 21, 2 ** 21)
     block = GRU2DBlock(8).eval()
     mid, mid2, large = 2 ** 14, 2 ** 16, 2 ** 18  # tokens; x 8 channels: 2**17, 2**19 and 2**21 elements
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
@@ -306,8 +309,13 @@ def test_chunked_inference_default_depends_on_the_device_and_explicit_applies_ev
         assert not _lean(block, mid, 8, cpu, batch=16)   # a batch of 16: 2**21 elements, chunks of 2**18
         assert _lean(block, mid, 8, cpu, batch=17)       # a batch of 17: more, chunks of 2**16
         assert _lean(block, large, 8, cpu)
-        assert not _lean(block, mid2, 8, cuda)
-        assert _lean(block, large, 8, cuda)
+        assert not _lean(block, mid2, 8, cuda)           # the GPU counts the batch's map: 2**19
+        assert not _lean(block, large, 8, cuda)          # 2**21: not more than the chunk
+        assert _lean(block, large + 1, 8, cuda)
+        assert _lean(block, mid2, 8, cuda, batch=5)      # 5 x 2**19 > 2**21
+        assert not _lean(block, mid2, 8, cuda, batch=4)
+        assert chunk_rows(block, cuda, 4, 512, 512, 8) == 2 ** 21 // 4 // (512 * 8)  # 128 rows of 4 images
+        assert chunk_rows(block, cpu, 4, 512, 512, 8) == 2 ** 16 // (512 * 8)        # per image on the CPU
         set_infer_chunk(block, 1024)
         assert _lean(block, mid, 8, cuda) and _lean(block, mid, 8, cpu)
         set_infer_chunk(block, "auto")
@@ -322,7 +330,7 @@ def test_auto_chunking_is_decided_per_image_by_the_first_stage_map(monkeypatch):
     """Under 'auto' on the CPU VisionGRU chunks every map of a large image at the small chunk (the last
     stage's too, however small its map) and a small image's maps at the larger chunk; all give the
     one-call result."""
-    from rv_plugins.backbones import visiongru
+    from rv_plugins.layers import row_chunked
     torch.manual_seed(0)
     model = VisionGRU(SMALL, drop_path_rate=0.0, num_classes=3).eval()
     # each stage judges the image by its first-stage map: 4**i * C0 / Ci of its own map's elements
@@ -337,16 +345,59 @@ def test_auto_chunking_is_decided_per_image_by_the_first_stage_map(monkeypatch):
         with _OpLog() as log:
             model(x)
         assert log.count(SCAN) == one_call
-        monkeypatch.setattr(visiongru, "INFER_CHUNK_ELEMS", 8)              # chunks of one row or less
-        monkeypatch.setattr(visiongru, "INFER_CHUNK_ELEMS_SMALL_IMAGE", 256)
-        monkeypatch.setattr(visiongru, "INFER_LARGE_IMAGE_ELEMS", 1023)     # this image is large
+        monkeypatch.setattr(row_chunked, "INFER_CHUNK_ELEMS", 8)              # chunks of one row or less
+        monkeypatch.setattr(row_chunked, "INFER_CHUNK_ELEMS_SMALL_IMAGE", 256)
+        monkeypatch.setattr(row_chunked, "INFER_LARGE_IMAGE_ELEMS", 1023)     # this image is large
         with _OpLog() as log:
             out = model(x)[-1]
         assert log.count(SCAN) >= 4 * one_call  # every stage chunked (the last map is 1 x 1 x 64: 2 directions)
         torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
-        monkeypatch.setattr(visiongru, "INFER_LARGE_IMAGE_ELEMS", 1024)     # small: only stage 0's map
+        monkeypatch.setattr(row_chunked, "INFER_LARGE_IMAGE_ELEMS", 1024)     # small: only stage 0's map
         with _OpLog() as log:                                               # (512 per image > 256) chunked,
             out = model(x)[-1]                                              # in 2 chunks of 4 rows
         torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
         stage0 = SMALL["depths"][0]
         assert log.count(SCAN) == stage0 * 2 * 2 + (one_call - stage0)     # x 2 directions x 2 chunks
+
+
+# ----------------------------------------------------------------------------- tracing and exporting
+@pytest.mark.parametrize("train", [False, True])
+def test_tracing_takes_the_plain_one_call_path(train, monkeypatch):
+    """torch.jit.trace records one bidirectional scan per block and no Python autograd Function: no row
+    chunks (eval, no autograd, a chunk of 1 element), no projection-recomputing or GELU-recomputing
+    Function (train, autograd), the MinGRU token chunks neither; the traced model gives the eager result."""
+    torch.manual_seed(0)
+    model = set_infer_chunk(VisionGRU(SMALL, drop_path_rate=0.0, img_size=None).train(train), 1)
+    for m in model.modules():
+        if isinstance(m, MinGRU):
+            m.infer_chunk_tokens = 1
+    x = torch.randn(1, 3, 40, 24)
+    export_kernels = registry.export_backend().load()   # what the ops run while a tracer records them
+    calls = []
+    scan = export_kernels.mingru_scan
+    monkeypatch.setattr(export_kernels, "mingru_scan", lambda *args: calls.append(args[3]) or scan(*args))
+    with torch.set_grad_enabled(train):
+        traced = torch.jit.trace(model, x, check_trace=False)
+        graph = str(traced.inlined_graph)
+        assert calls == [True] * sum(SMALL["depths"])       # one bidirectional scan per block
+        assert "rv_plugins::" not in graph                   # plain ATen ops, no opaque kernel call
+        assert "prim::PythonOp" not in graph
+        torch.testing.assert_close(traced(x)[-1], model(x)[-1], atol=1e-5, rtol=1e-5)
+    model.eval()
+    with torch.no_grad(), _OpLog() as log:  # the same model in eager mode does chunk
+        model(x)
+    assert log.count(SCAN) > sum(SMALL["depths"])
+
+
+def test_torch_export_takes_the_plain_one_call_path(monkeypatch):
+    torch.manual_seed(0)
+    model = set_infer_chunk(VisionGRU(SMALL, drop_path_rate=0.0, img_size=None).eval(), 1)
+    x = torch.randn(1, 3, 40, 24)
+    export_kernels = registry.export_backend().load()   # what the ops run while torch.export records them
+    calls = []
+    scan = export_kernels.mingru_scan
+    monkeypatch.setattr(export_kernels, "mingru_scan", lambda *args: calls.append(args[3]) or scan(*args))
+    with torch.no_grad():
+        exported = torch.export.export(model, (x,))
+    assert calls == [True] * sum(SMALL["depths"])          # one bidirectional scan per block, no row chunks
+    assert not [n for n in exported.graph.nodes if "rv_plugins" in str(n.target)]   # plain ATen ops

@@ -199,12 +199,14 @@ def test_one_line_report(tmp_path, caplog, monkeypatch):
     src = _vgru(num_classes=10)
     dst = _vgru(preset="paper", img_size=32)
     with caplog.at_level(logging.INFO, logger="rv_plugins"):
-        report = dst.load_pretrained(src.state_dict())
+        report = dst.load_pretrained(src.state_dict(), partial=True)  # 'released' weights, 'paper' model: asked for
     assert report.missing == ["pos_embed"] and report.unexpected == ["head.weight", "head.bias"]
     line = [r.getMessage() for r in caplog.records if "loaded" in r.getMessage()]
     assert len(line) == 1 and "\n" not in line[0]
     assert f"loaded {report.total - 1}/{report.total} tensors" in line[0]
     assert "missing 1 (pos_embed)" in line[0] and "unexpected 2" in line[0]
+    assert "loaded anyway (partial=True)" in line[0] and "preset='released'" in line[0] and "preset='paper'" in line[0]
+    assert caplog.records[-1].levelname == "WARNING"
 
 
 def test_raises_when_no_tensor_matched(tmp_path):

@@ -105,8 +105,6 @@ class _MMPretrainClassifier(nn.Module):
 OUR_VARIANTS: Dict[str, tuple] = {
     "sequencer2d-s-mingru": ("sequencer2d-s", dict(rnn_type="mingru")),
 }
-# Old test-model names of this tool -> the registry family.
-_TEST_ALIASES = {"test-sequencer": "test-sequencer2d"}
 
 
 def _family_kwargs(family: str, res: int) -> dict:
@@ -128,7 +126,6 @@ def our_model_names() -> List[str]:
 
 def build_ours(name: str, res: int) -> Optional[nn.Module]:
     """Our classifier for ``name`` at resolution ``res``, or None when ``name`` is not ours."""
-    name = _TEST_ALIASES.get(name, name)
     extra = {}
     if name in OUR_VARIANTS:
         name, extra = OUR_VARIANTS[name][0], dict(OUR_VARIANTS[name][1])
@@ -136,8 +133,9 @@ def build_ours(name: str, res: int) -> Optional[nn.Module]:
     family = name[len("test-"):] if test else name.split("-")[0]
     if family not in _registry_families() or not (test or name in _registry_names()):
         return None
+    from rv_plugins.backbones import create_backbone, create_test_backbone
     kwargs = dict(num_classes=1000, drop_path_rate=0.0, **_family_kwargs(family, res), **extra)
-    return _OursClassifier(_create_test(family, **kwargs) if test else _create(name, **kwargs))
+    return _OursClassifier(create_test_backbone(family, **kwargs) if test else create_backbone(name, **kwargs))
 
 
 # The backbone registry (rv_plugins.backbones.registry) is the list of our models.
@@ -149,16 +147,6 @@ def _registry_families() -> List[str]:
 def _registry_names() -> List[str]:
     from rv_plugins.backbones import model_names
     return model_names()
-
-
-def _create(name: str, **kwargs) -> nn.Module:
-    from rv_plugins.backbones import create_backbone
-    return create_backbone(name, **kwargs)
-
-
-def _create_test(family: str, **kwargs) -> nn.Module:
-    from rv_plugins.backbones import create_test_backbone
-    return create_test_backbone(family, **kwargs)
 
 
 # ----------------------------------------------------------------------------- peers (mmpretrain)
@@ -335,15 +323,12 @@ def run_point(name: str, res: int, mode: str, args) -> dict:
 
 # ----------------------------------------------------------------------------- store
 def save(path: str, records: List[dict], command: str, order: List[str]) -> None:
-    """Write ``{"meta": ..., "results": records}`` to ``path`` (the format ``--merge`` and the report read);
-    ``meta["models"]`` = ``order``, the row order of the report's tables."""
+    """Write ``{"meta": ..., "results": records}`` to ``path`` atomically (the format ``--merge`` and the
+    report read); ``meta["models"]`` = ``order``, the row order of the report's tables."""
+    from rv_plugins.engine.atomic import atomic_write
     meta = dict(measure.environment(command), models=list(order), peers=list(PEERS))
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(dict(meta=meta, results=records), f, indent=1)
-    os.replace(tmp, path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write(path, json.dumps(dict(meta=meta, results=records), indent=1), mode="w")
 
 
 # ----------------------------------------------------------------------------- main

@@ -8,8 +8,12 @@ The source may carry torch.compile's ``_orig_mod.`` and DDP's ``module.`` prefix
 ``state_dict`` / ``model``. Renames every key (see ``rv_plugins.utils.visiongru_authors``), swaps the
 minGRU input projection's rows ([candidate; gate] -> our [gate; candidate]) and checks that the result
 loads with ``strict=True`` into ``VisionGRU(arch, preset='released', num_classes=N)`` (the released
-model: minGRU candidate through g, no positional embedding). The output is ``{'state_dict': ...,
-'meta': {...}}``: plain keys (``stem.*``, ``stages.*``, ``head.*``) for ``init_cfg=dict(type='Pretrained',
+model: minGRU candidate through g, no positional embedding). A source that lacks a tensor of that model
+is refused with the missing tensors named (in the authors' names). The output is ``{'state_dict': ...,
+'meta': {...}}``, written atomically (a temporary file in the destination's folder, fsync, rename: a
+full disk or a kill leaves an earlier output intact), its state dict carrying the weights record of
+``preset='released'`` (``rv_plugins.utils.weights_record``: a load into a 'paper' model is refused):
+plain keys (``stem.*``, ``stages.*``, ``head.*``) for ``init_cfg=dict(type='Pretrained',
 ...)`` in our configs or ``VisionGRU(...).load_pretrained``; ``--format mmpretrain`` writes
 ``backbone.*`` and ``head.fc.*`` so mmpretrain's tools (and ``configs/visiongru_ti_in1k.py``) evaluate it
 as it is.
@@ -22,14 +26,16 @@ import argparse
 import importlib
 import os
 import sys
+from collections import OrderedDict
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-from rv_plugins.backbones.visiongru import VisionGRU  # noqa: E402
+from rv_plugins.backbones.visiongru import ARCH_SETTINGS, VisionGRU  # noqa: E402
+from rv_plugins.engine.atomic import atomic_write  # noqa: E402
 from rv_plugins.utils.checkpoint import extract_state_dict, read_checkpoint  # noqa: E402
-from rv_plugins.utils.visiongru_authors import _strip, convert_authors_state_dict  # noqa: E402
+from rv_plugins.utils.visiongru_authors import _strip, authors_key, convert_authors_state_dict  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -46,13 +52,51 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def build_ours(state, arch):
-    """Our released-preset model with ``state`` loaded strictly -> (model in eval mode, num_classes)."""
-    num_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
+def build_ours(state, arch, source: str = "the checkpoint"):
+    """Our released-preset model with ``state`` loaded strictly -> (model in eval mode, num_classes).
+    Raises ``ValueError`` naming the authors' tensors that ``state`` lacks."""
+    head = state.get("head.weight", state.get("head.bias"))
+    num_classes = head.shape[0] if head is not None else 0
+    _check_depths(arch, source)
     model = VisionGRU(arch=arch, preset="released", img_size=None, num_classes=num_classes,
                       drop_path_rate=0.0, out_indices=(3,))
+    missing = [authors_key(k) for k in model.state_dict() if k not in state]
+    if missing:
+        raise ValueError(f"{source} lacks {len(missing)} tensor(s) of the authors' VisionGRU with embed_dims "
+                         f"{arch['embed_dims']}, depths {arch['depths']}: {', '.join(missing[:8])}"
+                         f"{', ...' if len(missing) > 8 else ''}; the file is incomplete or from other code: "
+                         "download or save it again")
     model.load_state_dict(state, strict=True)
     return model.eval(), num_classes
+
+
+def _check_depths(arch, source: str) -> None:
+    """The width of one of the authors' models with other depths: whole blocks are missing (or extra)."""
+    for name, published in ARCH_SETTINGS.items():
+        if published["embed_dims"] != arch["embed_dims"] or published["depths"] == arch["depths"]:
+            continue
+        pairs = list(enumerate(zip(arch["depths"], published["depths"])))
+        missing = [f"snake_gru.layers.{i}.{b}.*" for i, (have, want) in pairs for b in range(have, want)]
+        extra = [f"snake_gru.layers.{i}.{b}.*" for i, (have, want) in pairs for b in range(want, have)]
+        raise ValueError(f"{source} has the width of VisionGRU-{name} but depths {arch['depths']} instead of "
+                         f"{published['depths']} (missing: {', '.join(missing[:6]) or 'none'}; extra: "
+                         f"{', '.join(extra[:6]) or 'none'}); the file is incomplete or from other code")
+
+
+def converted_state_dict(model: VisionGRU, fmt: str):
+    """``model``'s state dict (with its weights record) in the layout of ``fmt`` ('plain' or 'mmpretrain':
+    ``backbone.*`` and ``head.fc.*``, the metadata moved along)."""
+    state = model.state_dict()
+    if fmt == "plain":
+        return state
+
+    def rename(key: str) -> str:
+        return key.replace("head", "head.fc", 1) if key.split(".")[0] == "head" else (
+            f"backbone.{key}" if key else "backbone")
+
+    out = OrderedDict((rename(k), v) for k, v in state.items())
+    out._metadata = OrderedDict((rename(k), v) for k, v in state._metadata.items())
+    return out
 
 
 def verify(src_state, ours, num_classes, args) -> dict:
@@ -80,19 +124,18 @@ def verify(src_state, ours, num_classes, args) -> dict:
 def main(argv=None):
     args = parse_args(argv)
     src_state = extract_state_dict(read_checkpoint(args.src), args.src)
-    ours_state, arch = convert_authors_state_dict(src_state)
-    ours, num_classes = build_ours(ours_state, arch)
+    try:
+        ours_state, arch = convert_authors_state_dict(src_state)
+        ours, num_classes = build_ours(ours_state, arch, args.src)
+    except ValueError as err:
+        raise SystemExit(f"convert_visiongru_checkpoint: {args.src}: {err}") from None
     print(f"converted {len(ours_state)} tensors, arch {arch}, {num_classes} classes; loads strictly into "
           "VisionGRU(preset='released')")
-    if args.format == "mmpretrain":
-        out = {(k.replace("head.", "head.fc.", 1) if k.startswith("head.") else f"backbone.{k}"): v
-               for k, v in ours_state.items()}
-    else:
-        out = ours_state
+    out = converted_state_dict(ours, args.format)
     meta = dict(arch=arch, preset="released", num_classes=num_classes, source=os.path.abspath(args.src),
                 format=args.format, converter="tools/convert_visiongru_checkpoint.py")
     os.makedirs(os.path.dirname(os.path.abspath(args.dst)), exist_ok=True)
-    torch.save({"state_dict": out, "meta": meta}, args.dst)
+    atomic_write(args.dst, lambda f: torch.save({"state_dict": out, "meta": meta}, f))
     print(f"wrote {args.dst}")
     if args.verify:
         figures = verify(src_state, ours, num_classes, args)

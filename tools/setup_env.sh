@@ -58,9 +58,9 @@ step "test and benchmark tools (pytest, timm, matplotlib)" \
 step "rv_plugins (editable)" \
   "$(have "import rv_plugins, os; assert os.path.realpath(os.path.dirname(rv_plugins.__file__)) == os.path.realpath('$ROOT/rv_plugins')") && $PY -m pip show rv_plugins >/dev/null" \
   "${PIP[@]}" --no-deps --no-build-isolation -e "$ROOT"
-step "mmengine hook for 'rv_plugins::' config scopes (.pth in site-packages)" \
-  "test -f \"\$($PY -c 'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])')/rv_plugins_mmengine_scope.pth\"" \
-  "$PY" -m rv_plugins._mmengine_scope --install
+step "mmengine hook for 'rv_plugins::' config scopes (.pth in site-packages; an outdated one is rewritten)" \
+  "\"$PY\" -m rv_plugins.openmmlab.scope --check" \
+  "$PY" -m rv_plugins.openmmlab.scope --install
 step "compiled CPU scan kernel (rv_plugins/ops/csrc, cached by torch)" \
   "$(have "from rv_plugins.ops import cpu_kernel; cpu_kernel.load()")" \
   "$PY" -c "from rv_plugins.ops import cpu_kernel; cpu_kernel.load(verbose=True)"

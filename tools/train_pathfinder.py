@@ -32,6 +32,7 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # run from a checkout
 
+from rv_plugins.layers.hgru import GATE_BIAS_RULES  # noqa: E402
 from rv_plugins.openmmlab import runner as mr  # noqa: E402
 from rv_plugins.solvers.fixed_point import MODES  # noqa: E402
 from rv_plugins.utils.measure import PeakRSS  # noqa: E402
@@ -58,6 +59,9 @@ def parse_args(argv=None):
                         help="cosine: decay the learning rate to 0 over --iters")
     parser.add_argument("--channels", type=int, default=25)
     parser.add_argument("--kernel-size", type=int, default=5)
+    parser.add_argument("--gate-bias-rule", choices=GATE_BIAS_RULES, default="log_uniform",
+                        help="hGRU gate-bias init: log U(1, 7) (the authors' documented intent, default) or "
+                             "U(1, 7) (what their Pathfinder code runs)")
     parser.add_argument("--lcp-lambda", type=float, default=0.9)
     parser.add_argument("--lcp-weight", type=float, default=10.0,
                         help="LCP weight; 10 with --lcp-reduction mean is the authors' Pathfinder "
@@ -103,7 +107,7 @@ def cfg_options(args) -> Dict:
         "model.backbone.channels": args.channels, "model.backbone.kernel_size": args.kernel_size,
         "model.backbone.lcp_lambda": args.lcp_lambda, "model.backbone.lcp_weight": args.lcp_weight,
         "model.backbone.lcp_reduction": args.lcp_reduction, "model.backbone.input_scale": args.input_scale,
-        "model.backbone.target_prior": args.target_prior,
+        "model.backbone.target_prior": args.target_prior, "model.backbone.gate_bias_rule": args.gate_bias_rule,
         "model.class_weight": [1.0, args.target_weight],
         "train_dataloader.batch_size": args.batch_size,
         "train_dataloader.sampler.shuffle": False,

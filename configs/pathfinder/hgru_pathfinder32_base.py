@@ -13,7 +13,8 @@
 #       --input-scale 3 --target-prior 0.02     (its defaults: --lcp-reduction mean --lcp-weight 10)
 # is this recipe with the training images in order (train_dataloader.sampler.shuffle=False; here they
 # are shuffled) and no validation loop (tests/test_pathfinder.py pins the difference).
-custom_imports = dict(imports=['rv_plugins.mmseg', 'rv_plugins.engine.hooks'], allow_failed_imports=False)
+custom_imports = dict(imports=['rv_plugins.mmseg', 'rv_plugins.openmmlab.prepared_runner'], allow_failed_imports=False)
+runner_type = 'PreparedRunner'  # resume choice + work-dir lock from any tools/train.py (see prepared_runner)
 default_scope = 'mmseg'
 
 image_size = 32
@@ -32,7 +33,10 @@ model = dict(
                   # (their COCO choice) would be ~40,000x stronger on a 16x25x32x32 state
                   lcp_lambda=0.9, lcp_weight=10.0, lcp_reduction='mean',
                   input_scale=3.0,        # 1-px lines: stronger drive (see PathfinderHGRU)
-                  target_prior=0.02),     # read-out starts at the ~2 % target frequency
+                  target_prior=0.02,      # read-out starts at the ~2 % target frequency
+                  # gate biases log U(1, 7), the authors' documented intent; 'uniform' = U(1, 7), what
+                  # their code runs (models/hgrucleanSEG.py: `.log()` not in place)
+                  gate_bias_rule='log_uniform'),
     class_weight=None,
     test_steps=None)
 

@@ -15,8 +15,10 @@ A subclass (see ``docs/adding_a_backbone.md``) sets
 This class then gives ``forward`` (input check, :meth:`_embed`, the stage loop that stops after the last
 stage in ``out_indices``), ``forward_head``, ``strides`` / ``feature_info`` (timm style),
 ``frozen_stages`` / ``norm_eval`` (frozen parts and, with ``norm_eval``, normalisation layers stay in
-eval mode through ``train()``), ``init_cfg`` loading and the checkpoint-loading hook that resizes
-positional embeddings. Only BatchNorm has state that eval mode freezes; LayerNorm/GroupNorm are listed
+eval mode through ``train()``), ``init_cfg`` loading, the checkpoint-loading hook that resizes
+positional embeddings, and the weights record (:mod:`rv_plugins.utils.weights_record`: the arch, plus
+what a subclass's :meth:`weights_record` adds, travels in every checkpoint of the model and is checked
+when one is loaded). Only BatchNorm has state that eval mode freezes; LayerNorm/GroupNorm are listed
 so that ``norm_eval`` means the same whatever norm a user swaps in.
 """
 import numbers
@@ -25,6 +27,8 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from rv_plugins.utils.weights_record import RecordsWeights
+
 __all__ = ["HierarchicalBackbone"]
 
 
@@ -32,7 +36,7 @@ class _ArchTypeError(TypeError, ValueError):
     """``arch`` is neither a name nor a dict (a TypeError; a ValueError too, as the models raised before)."""
 
 
-class HierarchicalBackbone(nn.Module):
+class HierarchicalBackbone(RecordsWeights, nn.Module):
     num_stages = 4
     # canonical arch name -> arch dict (per-stage lists), and alias -> canonical name
     arch_zoo: Mapping[str, Mapping[str, Any]] = {}
@@ -158,6 +162,7 @@ class HierarchicalBackbone(nn.Module):
         return self._forward_stages(self._embed(x))
 
     def _forward_stages(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        self._check_stem_layout(x)
         outs = {}
         box = [x]
         del x  # the map is handed from stage to stage in ``box``: no frame here holds it while a stage runs
@@ -168,6 +173,15 @@ class HierarchicalBackbone(nn.Module):
             box = [y]
             del y
         return tuple(outs[i] for i in self.out_indices)
+
+    def _check_stem_layout(self, x: torch.Tensor) -> None:
+        """A stem that returns ``(B, C0, h, w)`` in a model with ``maps_channels_last = True`` would fail
+        inside the first block (a LayerNorm or conv over the wrong axis); say what is wrong instead."""
+        c0 = self.embed_dims[0]
+        if self.maps_channels_last and x.dim() == 4 and x.shape[1] == c0 and x.shape[-1] != c0:
+            raise ValueError(f"{type(self).__name__}: the stem returned {tuple(x.shape)}, channels first, but the "
+                             f"model sets maps_channels_last = True; return (B, H, W, C) from the stem (e.g. "
+                             f".permute(0, 2, 3, 1)) or set maps_channels_last = False")
 
     def forward_head(self, feats: Union[torch.Tensor, Sequence[torch.Tensor]]) -> torch.Tensor:
         """Last-stage map ``(B, embed_dims[-1], h, w)`` (or ``forward``'s tuple, last entry used; already
@@ -182,25 +196,33 @@ class HierarchicalBackbone(nn.Module):
         return self.head(x.mean(dim=(2, 3)))
 
     # ------------------------------------------------------------------ weights
+    def weights_record(self) -> Dict[str, Any]:
+        """Written into every checkpoint of the model (see :mod:`rv_plugins.utils.weights_record`): the
+        arch (shown, not compared: the tensors' shapes tell archs apart). Subclasses add the settings
+        that change what the same tensors compute."""
+        return {"arch": self.arch}
+
     def load_pretrained(self, checkpoint, prefix: Optional[str] = None, strict: bool = False,
-                        map_location="cpu"):
+                        map_location="cpu", partial: bool = False):
         """Load a checkpoint (path, URL or state dict) with :func:`rv_plugins.utils.checkpoint.load_pretrained`:
         prefixes detected, positional embeddings resized, a one-line report (returned), and an error when
-        none of this model's tensors is in it."""
+        none of this model's tensors is in it, or (unless ``partial=True``) most are not or the
+        checkpoint's weights record differs from this model's."""
         from rv_plugins.utils.checkpoint import load_pretrained
-        return load_pretrained(self, checkpoint, prefix=prefix, strict=strict, map_location=map_location)
+        return load_pretrained(self, checkpoint, prefix=prefix, strict=strict, map_location=map_location,
+                               partial=partial)
 
     def _apply_init_cfg(self):
-        """Honour ``self.init_cfg``: ``None`` or ``dict(type='Pretrained', checkpoint=..., prefix=...)``
-        (anything else raises: the plain classes have no other initialisers). Subclasses call it at the
-        end of ``init_weights``."""
+        """Honour ``self.init_cfg``: ``None`` or ``dict(type='Pretrained', checkpoint=..., prefix=...,
+        partial=False)`` (anything else raises: the plain classes have no other initialisers). Subclasses
+        call it at the end of ``init_weights``."""
         from rv_plugins.utils.checkpoint import check_pretrained_cfg
         cfg = getattr(self, "init_cfg", None)
         check_pretrained_cfg(cfg, type(self).__name__)
         if cfg is None:
             return None
         return self.load_pretrained(cfg["checkpoint"], prefix=cfg.get("prefix"),
-                                    map_location=cfg.get("map_location", "cpu"))
+                                    map_location=cfg.get("map_location", "cpu"), partial=cfg.get("partial", False))
 
     def resize_pos_embeds_(self, state_dict: Dict[str, torch.Tensor], prefix: str = "") -> List[str]:
         """In place: each positional embedding of ``state_dict`` (``prefix + name`` for ``name`` in

@@ -9,9 +9,12 @@ and keep ``min_separation`` pixels from the other contours (relaxed step by step
 layout cannot be found; ``PathfinderSample.relaxed`` tells).
 
 Everything is deterministic in ``(seed, index)`` and drawn with numpy + Pillow; matplotlib is
-needed only by :func:`save_sample_grid` (imported there).
+needed only by :func:`save_sample_grid` (imported there). Every argument is checked when it is given
+(a ``PathfinderConfig`` is built, a dataset made, a sample asked for): a value outside its range, NaN,
+or a fraction where a count is meant raises ``ValueError`` naming the argument and the valid range.
 """
 import math
+import numbers
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -39,7 +42,12 @@ class PathfinderConfig:
         max_turn_deg: curvature, the largest turn between two consecutive dashes.
         marker_radius: radius of the marker disk (default ``max(1.5, 1.5 * dash_width)``).
         min_separation: clearance between different contours (default ``2 * dash_width``).
-        max_attempts: layouts tried before a constraint is relaxed.
+        max_attempts: layouts tried before a constraint is relaxed (>= 1).
+
+    Valid ranges (checked at construction): ``image_size`` an integer >= 8, ``length`` >= 1,
+    ``dash_width`` >= 1, ``num_distractors`` / ``clutter_dashes`` >= 0 and ``max_attempts`` >= 1
+    integers; ``dash_length`` > 0, ``dash_gap`` / ``marker_radius`` / ``min_separation`` >= 0 and
+    ``0 <= max_turn_deg <= 180`` finite numbers; ``None`` for a size picks its default.
     """
 
     image_size: int = 128
@@ -54,12 +62,23 @@ class PathfinderConfig:
     min_separation: Optional[float] = None
     max_attempts: int = 30
 
+    def __post_init__(self):
+        for name, minimum in (("image_size", 8), ("length", 1), ("num_distractors", 0), ("clutter_dashes", 0),
+                              ("max_attempts", 1)):
+            check_integer("PathfinderConfig", name, getattr(self, name), minimum)
+        if self.dash_width is not None:
+            check_integer("PathfinderConfig", "dash_width", self.dash_width, 1, "or None for max(1, S / 64)")
+        for name, minimum, strict, default in (("dash_length", 0.0, True, "max(2, S / 24)"),
+                                               ("dash_gap", 0.0, False, "0.6 dash_length"),
+                                               ("marker_radius", 0.0, False, "1.5 dash_width"),
+                                               ("min_separation", 0.0, False, "2 dash_width")):
+            if getattr(self, name) is not None:
+                _check_real(name, getattr(self, name), minimum, strict, f"or None for {default}")
+        _check_real("max_turn_deg", self.max_turn_deg, 0.0, False, "up to 180", maximum=180.0)
+
     def resolved(self) -> "PathfinderConfig":
         """A copy with every ``None`` size replaced by its image-size-dependent default."""
         size = self.image_size
-        if size < 8 or self.length < 1:
-            raise ValueError(f"PathfinderConfig: image_size={size} must be >= 8 and length="
-                             f"{self.length} >= 1")
         dash = self.dash_length if self.dash_length is not None else max(2, round(size / 24))
         width = self.dash_width if self.dash_width is not None else max(1, round(size / 64))
         return replace(
@@ -70,6 +89,22 @@ class PathfinderConfig:
                                 else max(1.5, 1.5 * width)),
             min_separation=float(self.min_separation if self.min_separation is not None
                                  else 2 * width))
+
+
+def check_integer(owner: str, name: str, value, minimum: int, hint: str = "") -> int:
+    """``value`` if it is an integer (not a bool) ``>= minimum``, else ``ValueError`` naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{owner}: {name}={value!r}; need an integer >= {minimum}{' ' + hint if hint else ''}")
+    return int(value)
+
+
+def _check_real(name: str, value, minimum: float, strict: bool, hint: str, maximum: float = math.inf) -> float:
+    ok = (not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+          and (value > minimum if strict else value >= minimum) and value <= maximum)
+    if not ok:
+        raise ValueError(f"PathfinderConfig: {name}={value!r}; need a finite number "
+                         f"{'>' if strict else '>='} {minimum:g} ({hint})")
+    return float(value)
 
 
 @dataclass
@@ -171,8 +206,9 @@ def _place_contour(rng: np.random.Generator, cfg: PathfinderConfig, others: _Occ
             if segments is not None:
                 return segments, relaxed
     raise RuntimeError(f"Pathfinder: could not fit a {cfg.length}-dash contour of dash length "
-                       f"{cfg.dash_length} in a {cfg.image_size}px image even unconstrained; "
-                       "raise max_turn_deg or shorten dash_length / dash_gap")
+                       f"{cfg.dash_length} and gap {cfg.dash_gap} in a {cfg.image_size}px image in "
+                       f"{cfg.max_attempts} attempts per constraint level, even unconstrained; raise "
+                       "max_turn_deg or max_attempts, or shorten length / dash_length / dash_gap")
 
 
 def render_pathfinder(cfg: PathfinderConfig, rng: np.random.Generator) -> PathfinderSample:
@@ -212,8 +248,10 @@ def render_pathfinder(cfg: PathfinderConfig, rng: np.random.Generator) -> Pathfi
 
 
 def pathfinder_sample(cfg: PathfinderConfig, seed: int, index: int) -> PathfinderSample:
-    """The sample number ``index`` of the stream ``seed`` (same arguments, same pixels)."""
-    return render_pathfinder(cfg, np.random.default_rng([int(seed), int(index)]))
+    """The sample number ``index`` of the stream ``seed`` (same arguments, same pixels); both integers >= 0."""
+    seed = check_integer("pathfinder_sample", "seed", seed, 0)
+    index = check_integer("pathfinder_sample", "index", index, 0)
+    return render_pathfinder(cfg, np.random.default_rng([seed, index]))
 
 
 class PathfinderDataset(Dataset):
@@ -227,8 +265,9 @@ class PathfinderDataset(Dataset):
                  seed: int = 0, channels: int = 1):
         if channels not in (1, 3):
             raise ValueError(f"PathfinderDataset: channels={channels}; use 1 (grey) or 3 (RGB)")
-        self.num_samples, self.config = int(num_samples), config.resolved()
-        self.seed, self.channels = int(seed), channels
+        self.num_samples = check_integer("PathfinderDataset", "num_samples", num_samples, 0)
+        self.seed = check_integer("PathfinderDataset", "seed", seed, 0)
+        self.config, self.channels = config.resolved(), channels
 
     def __len__(self) -> int:
         return self.num_samples

@@ -5,7 +5,8 @@
     MODEL.ROI_MASK_HEAD.HGRU     recurrent mask head (``ROI_MASK_HEAD.NAME: "HGRUMaskHead"``)
         CELL ["pathfinder"; "coco" = the C-RBP authors' COCO cell and read-out],
         STEPS [20], TEST_STEPS [0 = STEPS], SOLVER_MODE ["crbp"], NEUMANN_TERMS [15; 0 = STEPS],
-        NEUMANN_NORM_CAP [0.0 = off; the authors' code: 1.0], LCP_LAMBDA [0.9; their code: 0.95],
+        NEUMANN_NORM_CAP [0.0 = off; the authors' code: 1.0], NEUMANN_RULE ["stop"; "skip" = the
+        authors' COCO RBPFun: skip a violating term, keep iterating], LCP_LAMBDA [0.9; their code: 0.95],
         LCP_WEIGHT [1e-3], LCP_REDUCTION ["sum"], CHANNELS [256], KERNEL_SIZE [3],
         INPUT_KERNEL_SIZE [1], NORM ["group"], NORM_GROUPS [32], SHARE_KERNELS [False],
         READOUT_NORM ["SyncBN"; "coco" only; a Detectron2 norm name, "" = none]
@@ -60,8 +61,6 @@ __all__ = ["add_rv_config", "get_cfg", "RVCfgNode", "ZOO_PREFIX", "backbone_conf
 # Constructor arguments that are not config keys: the adapter sets them (in_channels from the input,
 # out_indices from OUT_FEATURES, init_cfg from PRETRAINED; no classifier in a detector), arch is ARCH.
 ADAPTER_ARGS = ("arch", "in_channels", "out_indices", "init_cfg", "num_classes")
-# Values that meant None before the nodes were generated: MODEL.VISIONGRU.IMG_SIZE 0 (no positional embedding).
-LEGACY_NONE = {("visiongru", "img_size"): 0}
 
 
 def node_name(entry: BackboneEntry) -> str:
@@ -128,11 +127,13 @@ def backbone_kwargs(entry: BackboneEntry, node, in_channels: int, out_indices: S
         if name.upper() not in node:  # a node made before the key existed: the constructor's default
             continue
         value = node[name.upper()]
-        if _accepts_none(entry, name) and (value == "" or (LEGACY_NONE.get((entry.name, name)) == value
-                                                           and type(value) is int)):
+        default, none_ok = entry.constructor_defaults()[name], _accepts_none(entry, name)
+        if none_ok and value == "":
             value = None
-        kwargs[name] = tuple(value) if isinstance(value, list) and isinstance(
-            entry.constructor_defaults()[name], tuple) else value
+        elif none_ok and type(value) is int and value == 0 and type(default) is int and default > 0:
+            raise ValueError(f"{where}.{name.upper()}=0: give a positive value, or \"\" for None "
+                             f"(0 does not mean None; the default is {default})")
+        kwargs[name] = tuple(value) if isinstance(value, list) and isinstance(default, tuple) else value
     path = node.get("PRETRAINED", "")
     kwargs["init_cfg"] = dict(type="Pretrained", checkpoint=path) if path else None
     return kwargs
@@ -151,7 +152,8 @@ def add_rv_config(cfg: _D2CfgNode) -> _D2CfgNode:
     hgru.TEST_STEPS = 0
     hgru.SOLVER_MODE = "crbp"
     hgru.NEUMANN_TERMS = 15       # the authors' mask_head.py: neumann_iterations = 15; 0 = STEPS
-    hgru.NEUMANN_NORM_CAP = 0.0   # 0 = off; the authors' RBPFun stops when ||sum|| > 1.0
+    hgru.NEUMANN_NORM_CAP = 0.0   # 0 = off; the authors' RBPFun drops a term that takes ||sum|| over 1.0
+    hgru.NEUMANN_RULE = "stop"    # "skip": their RBPFun (our COCO configs); "stop": unnamed = as before
     hgru.LCP_LAMBDA = 0.9         # the paper; the authors' code: tau = 0.95 (rnns.py CBP_penalty)
     hgru.LCP_WEIGHT = 1e-3        # the authors' XI: 0.001 (configs/BASE-RCNN-RFPN-CBP*.yaml)
     hgru.LCP_REDUCTION = "sum"    # CBP_penalty returns vj_penalty.sum()

@@ -2,7 +2,8 @@
 
 Select it with ``MODEL.ROI_MASK_HEAD.NAME: "HGRUMaskHead"`` and configure it under
 ``MODEL.ROI_MASK_HEAD.HGRU`` (see ``rv_plugins.detectron2.config``); ``HGRU.CELL: "coco"`` is the
-C-RBP authors' COCO head, ``"pathfinder"`` (the default) this package's first head. The mask loss
+C-RBP authors' COCO head, ``"pathfinder"`` (the default) this package's first head, or any cell
+registered in :data:`rv_plugins.heads.cells.MASK_HEAD_CELLS`. The mask loss
 and the inference are Detectron2's own (``mask_rcnn_loss`` / ``mask_rcnn_inference`` of
 ``BaseMaskRCNNHead``); training adds ``loss_mask_lcp`` (the weighted Lipschitz-constant penalty)
 in the LCP modes ``'cbptt'`` / ``'crbp'``.
@@ -28,6 +29,7 @@ from detectron2.modeling.roi_heads.mask_head import (ROI_MASK_HEAD_REGISTRY, Bas
 from detectron2.structures import Instances
 from detectron2.utils.events import get_event_storage
 
+from rv_plugins.heads.cells import MASK_HEAD_CELLS
 from rv_plugins.heads.hgru_mask_head import HGRUMaskPredictor
 from rv_plugins.solvers import SolverInfo
 
@@ -60,19 +62,22 @@ class HGRUMaskHead(BaseMaskRCNNHead):
                  channels: int = 256, kernel_size: int = 3, input_kernel_size: int = 1,
                  solver_mode: str = "crbp", steps: int = 20, test_steps: Optional[int] = None,
                  neumann_terms: Optional[int] = 15, neumann_norm_cap: Optional[float] = None,
-                 lcp_lambda: float = 0.9, lcp_weight: float = 1e-3, lcp_reduction: str = "sum",
+                 neumann_rule: str = "stop", lcp_lambda: float = 0.9, lcp_weight: float = 1e-3,
+                 lcp_reduction: str = "sum",
                  norm: str = "group", norm_groups: int = 32, share_kernels: bool = False,
                  readout_norm: str = "SyncBN", **kwargs):
         super().__init__(**kwargs)
         readout = None
-        if cell == "coco":  # a Detectron2 norm name ("" = none), as the authors' OUTPUTNORM
+        spec = MASK_HEAD_CELLS.get(cell)  # an unknown name: the predictor's error lists the registered ones
+        if spec is not None and spec.readout_norm:  # a Detectron2 norm name ("" = none), as the authors' OUTPUTNORM
             readout = get_norm(readout_norm, channels) if readout_norm else "none"
         self.predictor = HGRUMaskPredictor(
             in_channels=input_shape.channels, num_classes=num_classes, cell=cell, channels=channels,
             kernel_size=kernel_size, input_kernel_size=input_kernel_size, solver_mode=solver_mode,
             steps=steps, neumann_terms=neumann_terms, neumann_norm_cap=neumann_norm_cap,
-            lcp_lambda=lcp_lambda, lcp_weight=lcp_weight, lcp_reduction=lcp_reduction, norm=norm,
-            norm_groups=norm_groups, share_kernels=share_kernels, readout_norm=readout)
+            neumann_rule=neumann_rule, lcp_lambda=lcp_lambda, lcp_weight=lcp_weight,
+            lcp_reduction=lcp_reduction, norm=norm, norm_groups=norm_groups, share_kernels=share_kernels,
+            readout_norm=readout)
         self.predictor.solver.logger = logging.getLogger("detectron2.rv_plugins.mask_head")
         self.test_steps = test_steps
         self.last_info: Optional[SolverInfo] = None
@@ -94,7 +99,8 @@ class HGRUMaskHead(BaseMaskRCNNHead):
             cell=h.CELL, channels=h.CHANNELS, kernel_size=h.KERNEL_SIZE,
             input_kernel_size=h.INPUT_KERNEL_SIZE, solver_mode=h.SOLVER_MODE, steps=h.STEPS,
             test_steps=h.TEST_STEPS or None, neumann_terms=h.NEUMANN_TERMS or None,
-            neumann_norm_cap=h.NEUMANN_NORM_CAP or None, lcp_lambda=h.LCP_LAMBDA,
+            neumann_norm_cap=h.NEUMANN_NORM_CAP or None, neumann_rule=h.NEUMANN_RULE,
+            lcp_lambda=h.LCP_LAMBDA,
             lcp_weight=h.LCP_WEIGHT, lcp_reduction=h.LCP_REDUCTION, norm=h.NORM,
             norm_groups=h.NORM_GROUPS, share_kernels=h.SHARE_KERNELS, readout_norm=h.READOUT_NORM,
         )

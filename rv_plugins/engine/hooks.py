@@ -3,24 +3,35 @@
 Importing this module registers the hook in mmengine's root ``HOOKS`` registry, so every scope (mmseg,
 mmpretrain, ...) finds it. A config uses it with::
 
-    custom_imports = dict(imports=['rv_plugins.mmseg', 'rv_plugins.engine.hooks'], allow_failed_imports=False)
+    custom_imports = dict(imports=['rv_plugins.mmseg', 'rv_plugins.openmmlab.prepared_runner'],
+                          allow_failed_imports=False)
+    runner_type = 'PreparedRunner'
     default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook', by_epoch=False, interval=100,
                                          max_keep_ckpts=1))
 
-It takes CheckpointHook's arguments and changes four things (local folders only; for other storage
-back-ends it behaves as CheckpointHook and warns once):
+It takes CheckpointHook's arguments and changes how checkpoints are written (local folders only; for
+other storage back-ends it behaves as CheckpointHook and warns once):
 
 * a checkpoint is written to a hidden temporary file next to its final name, fsynced and renamed;
   ``last_checkpoint`` is replaced the same way and only ever names a complete file;
 * checkpoints beyond ``max_keep_ckpts`` are deleted only after the new one is complete (mmengine deletes
   first, so a kill during the save can leave no checkpoint at all);
-* ``resume=True`` without a path resumes from the newest checkpoint that is complete (not blindly the one
-  ``last_checkpoint`` names), logs every file it skips and why, and says so when there is nothing to
-  resume; with a path, an incomplete file is refused with the reason;
-* the work dir is locked for the run (``train.lock``, see ``rv_plugins.engine.checkpointing``): a second
-  run in the same work dir stops with a message naming the first.
+* temporary files and outdated checkpoints left by a killed run are removed when training starts.
 
-Temporary files left by a killed run are removed when the next run starts.
+Choosing the checkpoint to resume from and locking the work dir are the run preparation's
+(:class:`rv_plugins.openmmlab.prepared_runner.PreparedRunner`, which every run of our tools and every
+config with ``runner_type='PreparedRunner'`` is built with). For a Runner built without it (a config that
+names this hook but no ``runner_type``, run by a toolkit's own ``tools/train.py``), the hook checks
+what the preparation would have done, through the public ``runner.cfg``:
+
+* ``resume`` without a path: mmengine follows ``last_checkpoint`` blindly; if that is not the newest
+  usable checkpoint the run stops with the reason and the fix (``runner_type='PreparedRunner'``);
+  ``resume`` with a path that is not a usable training checkpoint stops with the reason;
+* the work-dir lock is taken when training starts if this process does not hold it yet
+  (``lock_work_dir=False`` turns that off).
+
+On every resume (prepared or not), a checkpoint whose model weights or optimizer do not fit this run's
+(another model's checkpoint) stops the run with what differs, before anything is loaded.
 """
 import os
 import os.path as osp
@@ -29,12 +40,49 @@ import re
 from mmengine.dist import is_main_process
 from mmengine.fileio import LocalBackend
 from mmengine.hooks import CheckpointHook
+from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
-from mmengine.runner import BaseLoop
+from mmengine.runner import find_latest_checkpoint
 
-from rv_plugins.engine import checkpointing as ck
+from rv_plugins.engine import atomic, lock
+from rv_plugins.engine.resume import (MMENGINE_RESUME_KEYS, checkpoint_problem, find_resume_checkpoint,
+                                     out_dir_checkpoints)
 
-__all__ = ["AtomicCheckpointHook"]
+__all__ = ["AtomicCheckpointHook", "resume_mismatch"]
+
+
+def _shapes(state_dict) -> dict:
+    return {re.sub(r"^module\.", "", k): tuple(getattr(v, "shape", ())) for k, v in state_dict.items()}
+
+
+def _param_groups(state) -> list:
+    """Every optimizer's ``param_groups`` sizes in an (OptimWrapper or OptimWrapperDict) state dict."""
+    if not isinstance(state, dict):
+        return []
+    if "param_groups" in state:
+        return [[len(g.get("params", ())) for g in state["param_groups"]]]
+    return [sizes for key in sorted(state) for sizes in _param_groups(state[key])]
+
+
+def resume_mismatch(checkpoint: dict, model, optim_wrapper) -> str:
+    """What about ``checkpoint`` does not fit ``model`` / ``optim_wrapper`` (``""`` when it fits)."""
+    problems = []
+    saved = _shapes(checkpoint.get("state_dict", {}))
+    own = _shapes(model.state_dict())
+    missing, unexpected = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
+    shape = sorted(k for k in set(own) & set(saved) if own[k] != saved[k])
+    if missing or unexpected or shape:
+        problems.append(
+            f"its weights are not this model's ({len(missing)} of the model's {len(own)} tensors missing, "
+            f"{len(unexpected)} unexpected, {len(shape)} of another shape; e.g. "
+            + ", ".join([f"missing {k}" for k in missing[:2]] + [f"unexpected {k}" for k in unexpected[:2]]
+                        + [f"{k} {saved[k]} here, {own[k]} in the model" for k in shape[:2]]) + ")")
+    if "optimizer" in checkpoint and hasattr(optim_wrapper, "state_dict"):
+        ours, theirs = _param_groups(optim_wrapper.state_dict()), _param_groups(checkpoint["optimizer"])
+        if theirs and ours != theirs:
+            problems.append(f"its optimizer has parameter groups of sizes {theirs}, this run's {ours} "
+                            f"(another model or another optim_wrapper / paramwise_cfg)")
+    return "; ".join(problems)
 
 
 @HOOKS.register_module()
@@ -46,40 +94,61 @@ class AtomicCheckpointHook(CheckpointHook):
         self.lock_work_dir = lock_work_dir
         self._locked_here = False
         self._warned_remote = False
+        self._resuming_from = None
 
-    # -- run start: lock, choose the checkpoint to resume from ---------------------------------------
+    # -- run start: check the resume of a run that was not prepared ---------------------------------
     def before_run(self, runner) -> None:
-        if self.lock_work_dir and is_main_process() and isinstance(getattr(runner, "_train_loop", None), BaseLoop):
-            if not ck.holds_work_dir_lock(runner.work_dir):  # tools/train.py locks before the runner
-                ck.acquire_work_dir_lock(runner.work_dir, log=runner.logger.warning)
-                self._locked_here = True
-        resume = getattr(runner, "_resume", False)
-        if not resume or not hasattr(runner, "_load_from"):
+        self._resuming_from = None
+        if not runner.cfg.get("resume"):
             return
-        if runner._load_from is None:
-            out_dir = self.out_dir if isinstance(self.out_dir, str) else None
-            extra = [osp.join(out_dir, osp.basename(runner.work_dir.rstrip(os.sep)))] if out_dir else []
-            path = ck.find_resume_checkpoint(runner.work_dir, extra, log=lambda m: (
-                runner.logger.info if m.startswith("resume: resuming") else runner.logger.warning)(m))
-            if path is None:
-                runner._resume = False  # mmengine would log "...latest checkpoint None." and start anyway
-            else:
-                runner._load_from = path
-        elif "://" not in str(runner._load_from):
-            why = ck.checkpoint_problem(str(runner._load_from))
+        load_from = runner.cfg.get("load_from")
+        if load_from is None:  # Runner.from_cfg without PreparedRunner: mmengine reads last_checkpoint
+            extra = out_dir_checkpoints(runner.work_dir, self.out_dir)
+            ours = find_resume_checkpoint(runner.work_dir, extra, log=runner.logger.info,
+                                          required=MMENGINE_RESUME_KEYS)
+            theirs = find_latest_checkpoint(runner.work_dir)  # None without last_checkpoint, "" if empty
+            if (osp.abspath(theirs) if theirs else theirs) != ours:
+                newest = f"the newest usable checkpoint of {runner.work_dir} is {ours}" if ours else \
+                    f"{runner.work_dir} has no checkpoint to resume from"
+                instead = f", or resume from that file: --resume {ours}" if ours else \
+                    ", or remove last_checkpoint to train from scratch"
+                raise RuntimeError(
+                    f"resume: mmengine would resume from {theirs!r} (what last_checkpoint names), but {newest} "
+                    f"(see the lines above). This Runner was built without rv_plugins' run preparation: add "
+                    f"runner_type='PreparedRunner' and 'rv_plugins.openmmlab.prepared_runner' (in custom_imports) "
+                    f"to the config, or train with rv_plugins' tools/train.py{instead}.")
+            self._resuming_from = ours
+        elif "://" not in str(load_from):
+            why = checkpoint_problem(str(load_from), MMENGINE_RESUME_KEYS)
             if why is not None:
                 raise ValueError(
-                    f"--resume {runner._load_from}: cannot resume from this file: {why}. Name another "
-                    f"checkpoint, or give --resume without a path to use the newest complete one of "
-                    f"{runner.work_dir}.")
+                    f"--resume {load_from}: cannot resume from this file: {why}. Name another checkpoint, "
+                    f"or give --resume without a path to use the newest usable one of {runner.work_dir}.")
+            self._resuming_from = str(load_from)
+
+    def after_load_checkpoint(self, runner, checkpoint) -> None:
+        """On a resume, refuse a checkpoint whose model or optimizer is not this run's (before loading)."""
+        source, self._resuming_from = self._resuming_from, None
+        if source is None:
+            return
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        problem = resume_mismatch(checkpoint, model, runner.optim_wrapper)
+        if problem:
+            raise ValueError(
+                f"--resume {source}: this checkpoint was not saved by a run of this config: {problem}. Resume "
+                f"only continues a run of the same model and optimizer; to start a new run from its weights, "
+                f"give it as load_from (--cfg-options load_from={source}) without --resume.")
 
     def after_run(self, runner) -> None:
         if self._locked_here:
-            ck.release_work_dir_lock(runner.work_dir)
+            lock.release_work_dir_lock(runner.work_dir)
             self._locked_here = False
 
-    # -- training start: clean what a killed run left -----------------------------------------------
+    # -- training start: the lock of a run that was not prepared; clean what a killed run left ------
     def before_train(self, runner) -> None:
+        if self.lock_work_dir and is_main_process() and not lock.holds_work_dir_lock(runner.work_dir):
+            lock.acquire_work_dir_lock(runner.work_dir, log=runner.logger.warning)
+            self._locked_here = True
         super().before_train(runner)
         if not self._is_local() or not is_main_process():
             return
@@ -87,7 +156,7 @@ class AtomicCheckpointHook(CheckpointHook):
             if not osp.isdir(d):
                 continue
             for name in os.listdir(d):
-                if ck.is_temporary(name) and not name.startswith(f".{ck.LOCK_NAME}"):
+                if atomic.is_temporary(name) and not name.startswith(f".{lock.LOCK_NAME}"):
                     os.unlink(osp.join(d, name))
                     runner.logger.info(f"removed {osp.join(d, name)}, an unfinished file of a killed run")
         if self.max_keep_ckpts > 0 and self.keep_ckpt_ids:
@@ -125,7 +194,7 @@ class AtomicCheckpointHook(CheckpointHook):
             runner.message_hub.update_info("keep_ckpt_ids", list(keep))  # the checkpoint records itself
         filename = self.filename_tmpl.format(step)
         final = osp.join(self.out_dir, filename)
-        tmp = ck.temporary_path(final)
+        tmp = atomic.temporary_path(final)
         self.last_ckpt = final
         runner.message_hub.update_info("last_ckpt", final)
 
@@ -139,12 +208,12 @@ class AtomicCheckpointHook(CheckpointHook):
             raise
         if not is_main_process():
             return
-        ck.replace_atomically(tmp, final)                       # complete under its final name
-        ck.atomic_write(osp.join(runner.work_dir, "last_checkpoint"), final, mode="w")
-        for old in outdated:                                    # only now the outdated ones go
+        atomic.replace_atomically(tmp, final)                       # complete under its final name
+        atomic.atomic_write(osp.join(runner.work_dir, "last_checkpoint"), final, mode="w")
+        for old in outdated:                                        # only now the outdated ones go
             path = osp.join(self.out_dir, self.filename_tmpl.format(old))
             if osp.isfile(path):
                 os.unlink(path)
         if outdated:
-            ck.fsync_dir(self.out_dir)
+            atomic.fsync_dir(self.out_dir)
         runner.logger.info(f"checkpoint complete: {final}")

@@ -1,7 +1,9 @@
 """Recurrent Mask R-CNN mask predictor: an hGRU run to a fixed point replaces the 4-conv stack.
 
 Plain PyTorch (no toolkit imports); ``rv_plugins.detectron2.mask_head`` wraps it for Detectron2.
-Two cells (``cell=``), for ROI features ``x`` of shape ``(N, C_in, S, S)`` (``S = 14`` in Mask R-CNN):
+The cell is looked up by name in :data:`rv_plugins.heads.cells.MASK_HEAD_CELLS` (a new cell is one
+registration there; ``docs/adding_a_recurrent_cell.md``). The two registered here, for ROI features
+``x`` of shape ``(N, C_in, S, S)`` (``S = 14`` in Mask R-CNN):
 
 ``'coco'``: the C-RBP authors' COCO head (``c-rbp/panoptic_segmentation``,
 ``RecurrentMaskRCNNConvUpsampleHead`` with ``GALA: True``, ``OUTPUTNORM: SyncBN``)::
@@ -32,17 +34,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rv_plugins.layers.hgru import CocoHGRUCell, HGRUCell
+from rv_plugins.heads.cells import MASK_HEAD_CELLS, CellSettings
 from rv_plugins.solvers.fixed_point import MODES, FixedPointSolver, SolverInfo
+from rv_plugins.utils.weights_record import RecordsWeights
 
 __all__ = ["HGRUMaskPredictor", "CELLS", "READOUT_NORMS"]
 
-CELLS = ("coco", "pathfinder")
+CELLS = MASK_HEAD_CELLS  # the registry itself: the names registered, whenever asked
 READOUT_NORMS = ("batch", "syncbatch", "group", "none")
 
 
 def _readout_norm(norm: Union[str, nn.Module, None], channels: int, groups: int) -> nn.Module:
-    """The read-out normalisation of the ``'coco'`` head: a name in ``READOUT_NORMS`` or a module."""
+    """The read-out normalisation (cells registered with ``readout_norm=True``, e.g. ``'coco'``): a name
+    in ``READOUT_NORMS`` or a module."""
     if isinstance(norm, nn.Module):
         return norm
     if norm == "batch":
@@ -57,26 +61,30 @@ def _readout_norm(norm: Union[str, nn.Module, None], channels: int, groups: int)
                      "an nn.Module")
 
 
-class HGRUMaskPredictor(nn.Module):
+class HGRUMaskPredictor(RecordsWeights, nn.Module):
     """ROI features ``(N, in_channels, S, S)`` -> mask logits ``(N, num_classes, 2S, 2S)`` and a
     :class:`~rv_plugins.solvers.fixed_point.SolverInfo`.
 
     Args:
         in_channels: channels of the ROI features (FPN width, 256 in Mask R-CNN).
         num_classes: mask classes ``K`` (1 for class-agnostic masks).
-        cell: ``'pathfinder'`` (default: this package's head, unchanged, so saved models and
+        cell: a name registered in :data:`~rv_plugins.heads.cells.MASK_HEAD_CELLS`:
+            ``'pathfinder'`` (default: this package's head, unchanged, so saved models and
             configs keep their meaning) or ``'coco'`` (the authors' COCO head; see the module
-            docstring).
-        channels: hGRU channels ``C``; with ``cell='coco'`` it must equal ``in_channels``.
+            docstring), or a cell you registered.
+        channels: hGRU channels ``C``; for a cell that takes the ROI features as its drive
+            (``'coco'``) it must equal ``in_channels``.
         kernel_size: hGRU horizontal kernel size (3 in the paper's Mask R-CNN head).
-        input_kernel_size: 1 or 3, the input projection ``C_in -> C`` (``'pathfinder'`` only).
+        input_kernel_size: 1 or 3, the input projection ``C_in -> C`` (cells with a projection).
         deconv_channels: channels ``D`` of the 2x deconvolution (``None``: ``channels``).
-        readout_norm: ``'coco'`` only: the norm before the deconvolution, a name in
-            ``READOUT_NORMS`` or a module (default ``'batch'``; the authors: SyncBN).
-        solver_mode, steps, neumann_terms, neumann_norm_cap, lcp_lambda, lcp_weight,
+        readout_norm: cells registered with a read-out norm (``'coco'``) only: the norm before
+            the deconvolution, a name in ``READOUT_NORMS`` or a module (default ``'batch'``; the
+            authors: SyncBN).
+        solver_mode, steps, neumann_terms, neumann_norm_cap, neumann_rule, lcp_lambda, lcp_weight,
             lcp_reduction: passed to :class:`FixedPointSolver`. Defaults: the authors' COCO runs
             (15 terms, weight 1e-3, summed; lambda 0.9 as the paper - their code: 0.95; their
-            code also caps the Neumann sum's norm at 1.0, off here by default).
+            code also caps the Neumann sum's norm at 1.0 with its ``'skip'`` rule, off here by
+            default: our COCO configs set both).
         norm, norm_groups: the hGRU's horizontal norms. ``'group'`` (default here and the
             authors' COCO choice) keeps every ROI independent of the others in the batch.
         share_kernels: one inhibition/excitation kernel (``'pathfinder'`` only).
@@ -88,10 +96,13 @@ class HGRUMaskPredictor(nn.Module):
                  lcp_lambda: float = 0.9, lcp_weight: float = 1e-3, norm: str = "group",
                  norm_groups: int = 32, share_kernels: bool = False, cell: str = "pathfinder",
                  readout_norm: Union[str, nn.Module, None] = "batch",
-                 lcp_reduction: str = "sum", neumann_norm_cap: Optional[float] = None):
+                 lcp_reduction: str = "sum", neumann_norm_cap: Optional[float] = None,
+                 neumann_rule: str = "stop"):
         super().__init__()
-        if cell not in CELLS:
-            raise ValueError(f"HGRUMaskPredictor: unknown cell {cell!r}; choose one of {CELLS}")
+        if cell not in MASK_HEAD_CELLS:
+            raise ValueError(f"HGRUMaskPredictor: unknown cell {cell!r}; choose one of {MASK_HEAD_CELLS} "
+                             "or register one (rv_plugins.heads.cells, docs/adding_a_recurrent_cell.md)")
+        spec = MASK_HEAD_CELLS[cell]
         if input_kernel_size not in (1, 3):
             raise ValueError(f"HGRUMaskPredictor: input_kernel_size={input_kernel_size}; use 1 or 3")
         if solver_mode not in MODES:
@@ -102,34 +113,31 @@ class HGRUMaskPredictor(nn.Module):
         if norm == "group" and channels % norm_groups != 0:
             raise ValueError(f"HGRUMaskPredictor: channels ({channels}) must be divisible by "
                              f"norm_groups ({norm_groups}) for norm='group'; change either")
-        if cell == "coco" and channels != in_channels:
-            raise ValueError(f"HGRUMaskPredictor(cell='coco'): channels={channels} but the ROI "
+        if spec.features_as_drive and channels != in_channels:
+            raise ValueError(f"HGRUMaskPredictor(cell={cell!r}): channels={channels} but the ROI "
                              f"features have {in_channels}; this cell takes the ROI features as "
                              f"its drive (no projection), so set channels={in_channels}, or use "
                              "cell='pathfinder' (1x1 projection to any width)")
-        if cell == "coco" and share_kernels:
-            raise ValueError("HGRUMaskPredictor(cell='coco'): share_kernels is a 'pathfinder' "
-                             "option; the authors' COCO cell has separate kernels")
         deconv_channels = channels if deconv_channels is None else deconv_channels
         self.in_channels, self.channels, self.num_classes = in_channels, channels, num_classes
         self.cell_kind = cell
-        if cell == "coco":
-            self.input_proj = None
-            self.cell = CocoHGRUCell(channels, kernel_size, norm=norm, norm_groups=norm_groups,
-                                     gate_bias_range=(1.0, float(max(steps, 2) - 1)))
-            self.readout_norm = _readout_norm(readout_norm, channels, norm_groups)
-        else:
-            self.input_proj = nn.Conv2d(in_channels, channels, input_kernel_size,
-                                        padding=input_kernel_size // 2)
-            self.cell = HGRUCell(channels, kernel_size, share_kernels=share_kernels, norm=norm,
-                                 norm_groups=norm_groups)
-            self.readout_norm = None
+        self.input_proj = None if spec.features_as_drive else nn.Conv2d(
+            in_channels, channels, input_kernel_size, padding=input_kernel_size // 2)
+        self.cell = spec.build(CellSettings(channels=channels, kernel_size=kernel_size, norm=norm,
+                                            norm_groups=norm_groups, share_kernels=share_kernels, steps=steps))
+        self.readout_norm = _readout_norm(readout_norm, channels, norm_groups) if spec.readout_norm else None
         self.solver = FixedPointSolver(mode=solver_mode, steps=steps, neumann_terms=neumann_terms,
-                                       neumann_norm_cap=neumann_norm_cap, lcp_lambda=lcp_lambda,
-                                       lcp_weight=lcp_weight, lcp_reduction=lcp_reduction)
+                                       neumann_norm_cap=neumann_norm_cap, neumann_rule=neumann_rule,
+                                       lcp_lambda=lcp_lambda, lcp_weight=lcp_weight,
+                                       lcp_reduction=lcp_reduction)
         self.deconv = nn.ConvTranspose2d(channels, deconv_channels, kernel_size=2, stride=2)
         self.predictor = nn.Conv2d(deconv_channels, num_classes, 1)
         self.reset_parameters()
+
+    def weights_record(self) -> dict:
+        """Checked on load (see :mod:`rv_plugins.utils.weights_record`): the cell and its norm (BatchNorm
+        and GroupNorm have the same tensors)."""
+        return dict(cell=self.cell_kind, norm=getattr(self.cell, "norm_kind", None))
 
     def reset_parameters(self) -> None:
         """MSRA (He) fan-out init for the projection and deconvolution (as Detectron2's head),

@@ -15,6 +15,8 @@ convolution, ``U1``/``U2`` are 1x1 convolutions, ``norm`` is optional, ``sp`` is
 Defaults follow the authors' Pathfinder code: alpha=0.1, gamma=1, kappa=0.5, omega=0.5, mu=1,
 orthogonal horizontal kernels, gain-gate bias ``log(U(1, 7))`` and mix-gate bias its negative,
 BatchNorm with batch statistics only (eps 1e-3, weight 0.1) on both horizontal convolutions.
+The gate-bias rule is the authors' documented intent; their code runs ``U(1, 7)`` without the log
+(``gate_bias_rule='uniform'``, see :class:`HGRUCell`).
 
 The cell is independent of any task: ``x`` is any constant drive with ``C`` channels and ``h`` any
 state of the same shape (e.g. Pathfinder maps or ``(N, C, 14, 14)`` ROI features).
@@ -30,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 NORMS = ("batch", "group", "none")
+GATE_BIAS_RULES = ("log_uniform", "uniform")
 
 
 def _make_norm(kind: str, channels: int, eps: float, weight_init: float, groups: int) -> nn.Module:
@@ -73,23 +76,36 @@ class HGRUCell(nn.Module):
             ``'group'`` (GroupNorm with ``norm_groups`` groups) or ``'none'``.
         norm_eps, norm_weight_init, norm_groups: settings of that normalisation.
         alpha, gamma, kappa, omega, mu: initial values of the per-channel coefficients.
-        gate_bias_range: the gain-gate bias is ``log(U(low, high))`` per channel; the mix gate
+        gate_bias_range: ``(low, high)`` of the gain-gate bias draw (per channel); the mix gate
             gets its negative.
+        gate_bias_rule: ``'log_uniform'`` (default): ``log(U(low, high))``, the intent the authors
+            document (the paper; the ``.log()`` call in their code) and this package's rule from the
+            start, kept so that training runs and results stay comparable; ``'uniform'``:
+            ``U(low, high)``, what the authors' Pathfinder code actually runs
+            (``c-rbp/pathfinder_experiments``, ``models/hgrucleanSEG.py`` lines 99-101: ``.log()`` is
+            not in place, so its result is dropped). With the defaults the gain gate then starts
+            at ``sigmoid(1..7)`` = 0.73-1.0 instead of ``sigmoid(0..1.95)`` = 0.5-0.88.
     """
 
     def __init__(self, channels: int, kernel_size: int = 15, share_kernels: bool = False,
                  norm: str = "batch", norm_eps: float = 1e-3, norm_weight_init: float = 0.1,
                  norm_groups: int = 1, alpha: float = 0.1, gamma: float = 1.0, kappa: float = 0.5,
                  omega: float = 0.5, mu: float = 1.0,
-                 gate_bias_range: Tuple[float, float] = (1.0, 7.0)):
+                 gate_bias_range: Tuple[float, float] = (1.0, 7.0), gate_bias_rule: str = "log_uniform"):
         super().__init__()
         if channels < 1 or kernel_size < 1:
             raise ValueError(f"HGRUCell: channels ({channels}) and kernel_size ({kernel_size}) "
                              "must be positive integers")
+        if gate_bias_rule not in GATE_BIAS_RULES:
+            raise ValueError(f"HGRUCell: gate_bias_rule={gate_bias_rule!r}; choose one of {GATE_BIAS_RULES} "
+                             "('log_uniform': the authors' documented intent, 'uniform': what their code runs)")
         low, high = gate_bias_range
-        if not 0 < low <= high:
+        if gate_bias_rule == "log_uniform" and not 0 < low <= high:
             raise ValueError(f"HGRUCell: gate_bias_range {gate_bias_range} must satisfy "
                              "0 < low <= high (the bias is log of a uniform sample)")
+        if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+            raise ValueError(f"HGRUCell: gate_bias_range {gate_bias_range} must be finite with low <= high")
+        self.gate_bias_rule = gate_bias_rule
         self.channels, self.kernel_size = channels, kernel_size
         self.share_kernels, self.norm_kind = share_kernels, norm
         self.gate_bias_range = (float(low), float(high))
@@ -106,14 +122,17 @@ class HGRUCell(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Orthogonal horizontal and gate kernels, gate biases ``+-log(U(low, high))``."""
+        """Orthogonal horizontal and gate kernels, gate biases ``+-log(U(low, high))`` (``+-U(low, high)``
+        with ``gate_bias_rule='uniform'``)."""
         nn.init.orthogonal_(self.w_inh)
         if self.w_exc is not None:
             nn.init.orthogonal_(self.w_exc)
         nn.init.orthogonal_(self.gain_gate.weight)
         nn.init.orthogonal_(self.mix_gate.weight)
         with torch.no_grad():
-            self.gain_gate.bias.uniform_(*self.gate_bias_range).log_()
+            self.gain_gate.bias.uniform_(*self.gate_bias_range)
+            if self.gate_bias_rule == "log_uniform":
+                self.gain_gate.bias.log_()
             self.mix_gate.bias.copy_(-self.gain_gate.bias)
 
     def _horizontal(self, inp: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,8 @@ that carry the state through ``h0``; the result equals the one-call path to floa
 Bidirectional use: :class:`BiMinGRU` (a forward and a ``reverse=True`` MinGRU, outputs concatenated) and,
 for layers that run both directions as one op, :func:`bidirectional_in_proj` (the two ``in_proj`` in
 ``mingru_scan``'s bidirectional layout) with :func:`bidirectional_scan` (one ``bidirectional=True``
-call on that projection). Those are the only places besides ``MinGRU.forward`` that know the
+call on that projection); :mod:`rv_plugins.layers.bidirectional_mingru` builds the summed
+bidirectional layer on them. Those are the only places besides ``MinGRU.forward`` that know the
 ``[gate, candidate]`` layout; the gates themselves exist only inside :func:`rv_plugins.ops.mingru_scan`.
 """
 from typing import List, Optional, Tuple
@@ -32,6 +33,7 @@ from rv_plugins.ops import mingru_scan
 from rv_plugins.ops.linear import linear_module
 from rv_plugins.ops.checks import CANDIDATE_ACTIVATIONS  # noqa: F401 - re-exported
 from rv_plugins.ops.gates import g_activation  # noqa: F401 - re-exported
+from rv_plugins.ops.modes import is_tracing_or_exporting
 
 __all__ = ["MinGRU", "BiMinGRU", "token_chunks", "can_scan_together", "bidirectional_in_proj",
            "bidirectional_scan", "CANDIDATE_ACTIVATIONS", "g_activation"]
@@ -78,7 +80,7 @@ class MinGRU(nn.Module):
     def forward(self, x: torch.Tensor, h0: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x: ``(B, L, dim)``; h0: optional ``(B, hidden_dim)`` -> ``(B, L, out_dim)``."""
         chunk = self.infer_chunk_tokens
-        if not self.training and not torch.is_grad_enabled() and x.shape[1] > chunk:
+        if not self.training and not torch.is_grad_enabled() and x.shape[1] > chunk and not is_tracing_or_exporting():
             return self._forward_chunked(x, h0, chunk)
         h = mingru_scan(linear_module(self.in_proj, x), h0, reverse=self.reverse, candidate_act=self.candidate_act,
                         backend=self.backend)
@@ -169,3 +171,4 @@ class BiMinGRU(nn.Module):
     def scan(self, proj: torch.Tensor) -> torch.Tensor:
         """``(N, L, 4 * hidden_dim)`` projection (:meth:`in_proj`'s layout) -> ``(N, L, 2 * hidden_dim)``."""
         return bidirectional_scan(self.fwd, self.bwd, proj)
+

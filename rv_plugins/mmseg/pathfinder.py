@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 from mmseg.registry import DATASETS, MODELS, TRANSFORMS
 
-from rv_plugins.datasets.pathfinder import PathfinderConfig, pathfinder_sample
+from rv_plugins.datasets.pathfinder import PathfinderConfig, check_integer, pathfinder_sample
 from rv_plugins.mmseg.datasets import LoadProceduralSample, ProceduralSegDataset
 from rv_plugins.mmseg.segmentors import RecurrentSegmentor
 from rv_plugins.models.pathfinder_hgru import PathfinderHGRU
@@ -51,10 +51,11 @@ class PathfinderSegDataset(ProceduralSegDataset):
         if unknown:
             raise ValueError(f"PathfinderSegDataset: unknown pathfinder_cfg keys {sorted(unknown)}; "
                              f"allowed: {_CONFIG_FIELDS}")
-        self.pathfinder_config = PathfinderConfig(image_size=int(image_size), length=int(length),
-                                                  num_distractors=int(num_distractors),
-                                                  **geometry).resolved()
+        self.pathfinder_config = PathfinderConfig(image_size=image_size, length=length,  # checked there
+                                                  num_distractors=num_distractors, **geometry).resolved()
         self.channels = int(channels)
+        for name, value, minimum in (("num_samples", num_samples, 1), ("seed", seed, 0)):
+            check_integer("PathfinderSegDataset", name, value, minimum)
         super().__init__(num_samples=num_samples, seed=seed, **kwargs)
 
     def sample_spec(self, index: int) -> dict:

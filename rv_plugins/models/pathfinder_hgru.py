@@ -13,9 +13,10 @@ from torch import nn
 
 from rv_plugins.layers.hgru import GaborConv2d, HGRUCell
 from rv_plugins.solvers.fixed_point import FixedPointSolver, SolverInfo
+from rv_plugins.utils.weights_record import RecordsWeights
 
 
-class PathfinderHGRU(nn.Module):
+class PathfinderHGRU(RecordsWeights, nn.Module):
     """Gabor input layer + hGRU + per-pixel read-out; ``forward(img) -> (logits, info)``.
 
     Args:
@@ -37,6 +38,9 @@ class PathfinderHGRU(nn.Module):
             instead of 50/50 (with ~1 % target pixels, calibration otherwise takes the first
             hundreds of iterations).
         cell_kwargs: further :class:`HGRUCell` arguments (``norm``, ``share_kernels``, ...).
+
+    Checkpoints record ``norm`` and ``input_scale`` (same tensors, other results: a load into a model
+    with other values is refused, see :mod:`rv_plugins.utils.weights_record`).
     """
 
     def __init__(self, in_channels: int = 1, channels: int = 25, kernel_size: int = 15,
@@ -60,6 +64,11 @@ class PathfinderHGRU(nn.Module):
             with torch.no_grad():
                 self.readout[1].bias.copy_(torch.tensor(
                     [0.0, math.log(target_prior / (1 - target_prior))]))
+
+    def weights_record(self) -> dict:
+        """What the state-dict keys do not show: the hGRU's norm (BatchNorm and GroupNorm have the same
+        tensors) and the image scale the weights were trained at."""
+        return dict(norm=self.cell.norm_kind, input_scale=self.input_scale)
 
     def forward(self, img: torch.Tensor, steps: Optional[int] = None
                 ) -> Tuple[torch.Tensor, SolverInfo]:

@@ -10,7 +10,8 @@ state (``torch.serialization.add_safe_globals``), once per process, and is calle
 - the adapters ``rv_plugins.mmseg`` / ``rv_plugins.mmpretrain`` when imported (every config imports
   one through ``custom_imports``), so the toolkits' own ``tools/train.py --resume``,
   ``tools/test.py``, ``init_model`` and inferencers read our checkpoints;
-- :func:`rv_plugins.openmmlab.runner.build_runner` (resume in our ``tools/train.py``);
+- :class:`rv_plugins.openmmlab.prepared_runner.PreparedRunner` (resume in our ``tools/train.py`` and in the
+  toolkits' own scripts for configs with ``runner_type='PreparedRunner'``);
 - :func:`rv_plugins.utils.checkpoint.read_checkpoint`, when mmengine is loaded or an
   mmengine checkpoint is met.
 

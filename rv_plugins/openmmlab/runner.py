@@ -1,17 +1,19 @@
-"""What ``tools/train.py`` and ``tools/test.py`` share: config loading, dataset checks, mmengine fixes.
+"""What ``tools/train.py`` and ``tools/test.py`` share: config loading, dataset checks, building the runner.
 
 Entry points, in the order the tools call them:
 
 - :func:`setup_launcher_env`, :func:`load_config` (``Config.fromfile`` with the ``rv_plugins::``
-  rule of :mod:`rv_plugins.openmmlab.scope` in place, then ``--cfg-options``),
-  :func:`default_work_dir`;
+  rule of :mod:`rv_plugins.openmmlab.scope` in place, so ``rv_plugins::<name>.py`` is a config path
+  too, then ``--cfg-options``), :func:`default_work_dir`;
 - :func:`check_datasets`: a missing or empty data folder fails before the Runner is built, with an
   error that names the folder and how to get the data;
-- :func:`use_atomic_checkpoints`: mmengine's ``CheckpointHook`` becomes ``AtomicCheckpointHook``;
-- :func:`build_runner`: mmengine's Runner (or the config's ``runner_type``) with the fixes for
-  CPU-only distributed runs (:func:`init_cpu_process_group`) and torch >= 2.6 weights-only loading
-  of mmengine's checkpoints;
+- :func:`build_runner`: every run is a :class:`~rv_plugins.openmmlab.prepared_runner.PreparedRunner`,
+  i.e. goes through the one run preparation (:mod:`rv_plugins.openmmlab.preparation`: work dir, atomic
+  checkpoints, the checkpoint to resume from) and takes the work-dir lock when training starts;
 - :func:`is_main_rank`.
+
+:func:`use_atomic_checkpoints` (the hook swap of the preparation) and :data:`RUN_ERRORS` (the errors a
+tool prints as ``error: <message>``) come from :mod:`rv_plugins.openmmlab.preparation`.
 
 Toolkit-agnostic: the config's ``default_scope`` (mmseg or mmpretrain) decides the registries.
 Importing this module imports no toolkit; the functions import mmengine when called.
@@ -20,8 +22,10 @@ import os
 import os.path as osp
 from typing import Optional
 
-__all__ = ["DATA_HINTS", "load_config", "check_datasets", "init_cpu_process_group", "build_runner",
-           "use_atomic_checkpoints", "is_main_rank", "default_work_dir", "setup_launcher_env"]
+from rv_plugins.openmmlab.preparation import RUN_ERRORS, RunPreparationError, use_atomic_checkpoints
+
+__all__ = ["DATA_HINTS", "RUN_ERRORS", "load_config", "check_datasets", "build_runner", "use_atomic_checkpoints",
+           "is_main_rank", "default_work_dir", "setup_launcher_env"]
 
 DATA_HINTS = {
     "ADE20KDataset": ("ADE20K (ADEChallengeData2016): download ADEChallengeData2016.zip from the MIT "
@@ -33,14 +37,16 @@ DATA_HINTS = {
 
 
 def load_config(path: str, cfg_options: Optional[dict] = None):
-    """``Config.fromfile`` with our ``rv_plugins::`` scope rule in place."""
+    """``Config.fromfile`` with our ``rv_plugins::`` scope rule in place (``path`` may be
+    ``rv_plugins::<name>.py``), then ``cfg_options`` merged."""
     from mmengine.config import Config
 
     from rv_plugins.openmmlab import scope
 
     scope.patch_now()
-    if not osp.isfile(path):
-        raise FileNotFoundError(f"config file {path!r} does not exist")
+    if "::" not in path and not osp.isfile(path):
+        raise FileNotFoundError(f"config file {path!r} does not exist (give a config file, or "
+                                f"rv_plugins::<name>.py for one shipped with rv_plugins)")
     cfg = Config.fromfile(path)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
@@ -107,58 +113,27 @@ def check_datasets(cfg, which=("train_dataloader", "val_dataloader", "test_datal
                     raise ValueError(f"{key}: the {kind} annotation file {osp.abspath(path)!r} is empty. {fix}")
 
 
-def init_cpu_process_group(launcher: str) -> None:
-    """CPU-only distributed runs (e.g. ``torch.distributed.run`` on a machine without a GPU).
-
-    mmengine 0.10.7's ``pytorch`` launcher always calls ``torch.cuda.set_device`` and fails without a
-    GPU; its Runner skips its own ``init_dist`` when a process group exists, so on a CPU-only machine we
-    create the gloo group from torchrun's environment first (and :func:`build_runner` wraps the model in
-    DDP without ``device_ids``, which CPU modules require). With a GPU nothing changes.
-    """
-    import torch
-    import torch.distributed as dist
-
-    if launcher != "pytorch" or torch.cuda.is_available() or dist.is_initialized():
-        return
-    dist.init_process_group(backend="gloo")
-
-
 def build_runner(cfg):
-    """mmengine's Runner (or the config's ``runner_type``), after our compatibility fixes."""
-    import torch
+    """The Runner of a config, built as every run of our tools is: a
+    :class:`~rv_plugins.openmmlab.prepared_runner.PreparedRunner` (the run preparation, the work-dir lock
+    when training starts, the CPU-only distributed fixes). A config whose ``runner_type`` names another
+    Runner class is refused (it would skip the preparation), unless that class derives from PreparedRunner."""
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
-    from rv_plugins.openmmlab.checkpoints import allow_mmengine_checkpoints
+    from rv_plugins.openmmlab.prepared_runner import PreparedRunner
 
-    launcher = cfg.get("launcher", "none")
-    init_cpu_process_group(launcher)
-    if launcher != "none" and not torch.cuda.is_available():
-        wrapper = cfg.get("model_wrapper_cfg") or dict(type="MMDistributedDataParallel")
-        cfg.model_wrapper_cfg = dict(wrapper, device_ids=None)
-    runner = Runner.from_cfg(cfg) if "runner_type" not in cfg else RUNNERS.build(cfg)
-    allow_mmengine_checkpoints()  # torch >= 2.6 weights-only loading of mmengine's own checkpoints (resume)
-    return runner
-
-
-def use_atomic_checkpoints(cfg) -> bool:
-    """Swap mmengine's plain ``CheckpointHook`` for ``AtomicCheckpointHook`` (same arguments; see
-    ``rv_plugins.engine.hooks``): every config trained with our tools gets kill-safe checkpoints,
-    resume from the newest complete one and a work-dir lock. Returns whether the hook is ours."""
-    import rv_plugins.engine.hooks  # noqa: F401  (registers the hook)
-
-    hooks = cfg.get("default_hooks")
-    if hooks is None:
-        cfg.default_hooks = hooks = {}
-    ckpt = hooks.get("checkpoint", "missing")
-    if ckpt == "missing":  # mmengine would add CheckpointHook(interval=1) by epoch
-        hooks["checkpoint"] = ckpt = dict(type="CheckpointHook", interval=1)
-    if ckpt is None:
-        return False
-    kind = ckpt.get("type")
-    if kind in ("CheckpointHook", "mmengine.CheckpointHook"):
-        ckpt["type"] = "AtomicCheckpointHook"
-    return ckpt.get("type") == "AtomicCheckpointHook"
+    kind = cfg.get("runner_type", "PreparedRunner")
+    cls = RUNNERS.get(kind) if isinstance(kind, str) else kind
+    if cls is Runner:
+        cls = PreparedRunner
+    if cls is None or not (isinstance(cls, type) and issubclass(cls, PreparedRunner)):
+        raise RunPreparationError(
+            f"runner_type={kind!r}: rv_plugins' tools build every run with PreparedRunner (run preparation, "
+            f"kill-safe checkpoints, the work-dir lock), which {kind!r} is not. Remove runner_type from the "
+            f"config, derive that class from rv_plugins.openmmlab.prepared_runner.PreparedRunner, or run the "
+            f"toolkit's own tools/train.py.")
+    return cls.from_cfg(cfg)
 
 
 def is_main_rank() -> bool:
@@ -170,7 +145,8 @@ def is_main_rank() -> bool:
 
 
 def default_work_dir(config_path: str) -> str:
-    return osp.join("work_dirs", osp.splitext(osp.basename(config_path))[0])
+    """``work_dirs/<config name>`` (the name without a ``scope::`` prefix)."""
+    return osp.join("work_dirs", osp.splitext(osp.basename(config_path.split("::")[-1]))[0])
 
 
 def setup_launcher_env(launcher: str, local_rank: int) -> None:

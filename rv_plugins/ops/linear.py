@@ -20,6 +20,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import has_torch_function
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 __all__ = ["linear", "linear_module", "has_forward_hooks", "set_cpu_linear", "cpu_linear", "onednn_available",
@@ -64,12 +65,26 @@ def cpu_linear() -> str:
     return "onednn" if _choice == "onednn" and onednn_available() else "aten"
 
 
-def _takes_onednn(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+def _plain_cpu(t: torch.Tensor, dtype: torch.dtype) -> bool:
+    return t.device.type == "cpu" and t.layout == torch.strided and t.dtype == dtype
+
+
+def _takes_onednn(x, weight, bias) -> bool:
+    """Whether oneDNN gives exactly ``F.linear``'s answer: the shapes ``F.linear`` takes without broadcasting
+    (``weight`` ``(out, in)``, ``x`` ``(..., in)``, ``bias`` ``None`` or ``(out,)`` with unit stride: oneDNN
+    reads the bias as dense and would misread a 0-d, ``(1, out)``, expanded or strided one), plain dense CPU
+    tensors of one float32/bfloat16 dtype, no autograd, autocast, tracing or dispatch mode. Every other call
+    takes ``F.linear``, so it gets ``F.linear``'s answer or ``F.linear``'s error."""
+    if not (isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor)
+            and (bias is None or isinstance(bias, torch.Tensor))):
+        return False
     return (_choice == "onednn" and not torch.is_grad_enabled()
-            and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
-            and weight.dtype == x.dtype and weight.device.type == "cpu"
-            and (bias is None or (bias.dtype == x.dtype and bias.device.type == "cpu"))
-            and weight.dim() == 2 and x.dim() >= 1 and x.numel() > 0
+            and x.dtype in (torch.float32, torch.bfloat16) and _plain_cpu(x, x.dtype)
+            and _plain_cpu(weight, x.dtype) and weight.dim() == 2
+            and x.dim() >= 1 and x.shape[-1] == weight.shape[1] and x.numel() > 0 and weight.numel() > 0
+            and (bias is None or (_plain_cpu(bias, x.dtype) and bias.shape == weight.shape[:1]
+                                  and bias.stride() == (1,)))
+            and not has_torch_function((x, weight) if bias is None else (x, weight, bias))
             and not torch.is_autocast_enabled("cpu")
             and not torch.compiler.is_compiling() and not torch.jit.is_tracing() and not torch.jit.is_scripting()
             and _get_current_dispatch_mode() is None

@@ -46,7 +46,7 @@ class Backend:
     kernels: Union[str, Any]
     devices: Tuple[str, ...] = ()
     priority: int = 0
-    available: Optional[Callable[[], bool]] = None
+    available: Union[None, bool, Callable[[], bool]] = None
     composite: bool = False
     _loaded: Any = field(default=None, repr=False)
 
@@ -57,7 +57,9 @@ class Backend:
         return self._loaded
 
     def is_available(self) -> bool:
-        return self.available is None or bool(self.available())
+        if self.available is None or isinstance(self.available, bool):
+            return self.available is not False
+        return bool(self.available())
 
     def check_device(self, device: torch.device) -> None:
         """Raise a clear error when this backend cannot run on ``device``."""
@@ -75,17 +77,18 @@ class Backend:
 
 _BACKENDS: Dict[str, Backend] = {}
 _COMPOSITE = set()  # names of the composite backends
+_TORCH_ALIAS_MEMBERS = ("cpu-kernel", "chunked")
 _EXPORT_BACKEND = ["reference"]
 
 
 def register_backend(name: str, kernels: Union[str, Any], devices: Tuple[str, ...] = (), priority: int = 0,
-                     available: Optional[Callable[[], bool]] = None, composite: bool = False,
+                     available: Union[None, bool, Callable[[], bool]] = None, composite: bool = False,
                      replace: bool = False) -> Backend:
     """Add a backend to the table (see the module docstring for what ``kernels`` provides).
 
     ``devices``: device types on which ``backend=None`` may choose it (the available backend of highest
-    ``priority`` wins); other devices can still ask for it by name. ``available``: ``() -> bool`` asked
-    before choosing or running it (e.g. "the compiler could build it"). ``replace=True`` overwrites a
+    ``priority`` wins); other devices can still ask for it by name. ``available``: a bool, or ``() -> bool``
+    asked before choosing or running it (e.g. "the compiler could build it"). ``replace=True`` overwrites a
     backend of that name (otherwise a second registration is an error).
     """
     if not isinstance(name, str) or not name or name == TORCH_ALIAS:
@@ -127,9 +130,11 @@ def default_backend(device: torch.device) -> str:
     best = None
     for b in _BACKENDS.values():
         if device.type in b.devices and not b.composite and (best is None or b.priority > best.priority):
-            if b.is_available():
+            # the alias's members are not asked (the alias resolves inside the op; asking would build the
+            # CPU kernel here, and torch.compile traces this function)
+            if b.name in _TORCH_ALIAS_MEMBERS or b.is_available():
                 best = b
-    return TORCH_ALIAS if best is None or best.name in ("cpu-kernel", "chunked") else best.name
+    return TORCH_ALIAS if best is None or best.name in _TORCH_ALIAS_MEMBERS else best.name
 
 
 def resolve(name: Optional[str], device: torch.device) -> Backend:
@@ -174,4 +179,4 @@ register_backend("chunked", "rv_plugins.ops.chunked", devices=("cpu", "cuda"), p
 register_backend("cpu-kernel", "rv_plugins.ops.cpu_kernel", devices=("cpu",), priority=10,
                  available=_cpu_kernel_available)
 register_backend("triton", "rv_plugins.ops.triton_scan", devices=("cuda",), priority=10,
-                 available=lambda: importlib.util.find_spec("triton") is not None)
+                 available=importlib.util.find_spec("triton") is not None)

@@ -28,9 +28,13 @@ is wrong when (a) the forward did not reach one (large ``fixed_point_residual``)
 ``sum_k g J^k`` does not converge within the terms allowed (``J`` not contractive along ``g``).
 The solver then sets ``info.rbp_unreliable`` with ``info.rbp_unreliable_reason`` and logs a
 rate-limited warning (``logging``, logger ``rv_plugins.solvers.fixed_point`` unless
-``solver.logger`` is replaced). The series stops on a term that does not decrease (``>=``), so a
-map with ``|J| = 1`` along ``g`` (e.g. ``F = w h`` with ``|w| = 1``) cannot loop forever, and it
-never runs more than ``neumann_terms`` products.
+``solver.logger`` is replaced); so does a NaN/Inf loss gradient (``neumann_stop='nonfinite_gradient'``;
+``on_nonfinite_gradient='raise'`` raises instead). The series stops on a term that does not decrease
+(``>=``), so a map with ``|J| = 1`` along ``g`` (e.g. ``F = w h`` with ``|w| = 1``) cannot loop
+forever, and it never runs more than ``neumann_terms`` products (:mod:`rv_plugins.solvers.neumann`
+also has the authors' COCO rule, ``neumann_rule='skip'``). A transition whose output does not depend
+on ``h`` through autograd cannot be differentiated in ``h``: the RBP and LCP modes raise an error
+saying so.
 
 Usage::
 
@@ -45,120 +49,21 @@ steps (no LCP, ``info.lcp is None``).
 """
 import logging
 import math
-import numbers
-import time
-from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import nn
 
-MODES = ("bptt", "cbptt", "rbp", "crbp")
-NEUMANN_STOPS = ("max_terms", "tolerance", "growth", "norm_cap", "zero_gradient")
+from rv_plugins.solvers.info import NEUMANN_STOPS, RateLimitedWarning, SolverInfo
+from rv_plugins.solvers.neumann import NEUMANN_RULES, neumann_series
+from rv_plugins.solvers.settings import MODES, NONFINITE_GRADIENT_ACTIONS, SolverSettings, real_setting
+
+__all__ = ["FixedPointSolver", "SolverInfo", "lipschitz_penalty", "MODES", "NEUMANN_STOPS", "NEUMANN_RULES",
+           "NONFINITE_GRADIENT_ACTIONS", "RateLimitedWarning", "Transition"]
 
 Transition = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 LOGGER = logging.getLogger(__name__)
-
-
-@dataclass
-class SolverInfo:
-    """What one solver call did. Neumann fields stay ``None`` until ``backward`` reaches ``h``.
-
-    Attributes:
-        mode, steps: the mode and the number of applications of F.
-        fixed_point_residual: ``||h_N - h_{N-1}|| / ||h_N||`` (a float, no graph).
-        lcp: the unweighted penalty ``reduce(relu(1^T J - lambda)^2)`` (a tensor with a graph), or None.
-        weighted_lcp: ``lcp_weight * lcp`` to add to the loss, or None.
-        jacobian_colsum_max: ``max(1^T J)``, the largest column sum seen by the LCP, or None.
-        neumann_terms: vector-Jacobian products added to ``g`` by the RBP backward (last backward).
-        neumann_residual: ``||g J^(K+1)|| / ||u||`` of that backward, ``u = sum_{k<=K} g J^k``:
-            the relative residual ``||g + u J - u|| / ||u||`` of the linear system ``u (I - J) = g``
-            (when stopped by ``neumann_tol`` the last added term stands in for ``g J^(K+1)``).
-        neumann_stop: why the series stopped, one of ``NEUMANN_STOPS``: ``'max_terms'`` (used
-            ``neumann_terms``), ``'tolerance'`` (a term fell below ``neumann_tol * ||g||``),
-            ``'growth'`` (a term was not smaller than the previous one: the series diverges along
-            ``g``), ``'norm_cap'`` (the sum would exceed ``neumann_norm_cap``, the authors' rule),
-            ``'zero_gradient'`` (``g = 0``).
-        neumann_error_estimate: estimated relative error ``||u* - u|| / ||u||`` of the truncated
-            series, from the ratio ``r`` of its last two terms (geometric tail ``t / (1 - r)``);
-            ``inf`` when ``r >= 1``. A heuristic: exact for ``J = c I``.
-        rbp_unreliable: True when RBP's gradient should not be trusted (RBP modes only): the
-            forward's residual exceeded ``residual_threshold``, the series stopped on growth, or
-            its error estimate exceeded ``neumann_error_threshold``. Set by the forward and/or
-            the backward.
-        rbp_unreliable_reason: what triggered it (the warning's text), or None.
-    """
-
-    mode: str
-    steps: int
-    fixed_point_residual: float
-    lcp: Optional[torch.Tensor] = None
-    weighted_lcp: Optional[torch.Tensor] = None
-    jacobian_colsum_max: Optional[float] = None
-    neumann_terms: Optional[int] = None
-    neumann_residual: Optional[float] = None
-    neumann_stop: Optional[str] = None
-    neumann_error_estimate: Optional[float] = None
-    rbp_unreliable: bool = False
-    rbp_unreliable_reason: Optional[str] = None
-
-    def log_scalars(self, prefix: str = "", *, forward: bool = True, backward: bool = True) -> Dict[str, float]:
-        """The solver's diagnostics as ``{prefix + name: float}`` for a training log: the one naming
-        scheme of the mmseg segmentor and the Detectron2 head (names are the attributes').
-
-        ``forward``: ``fixed_point_residual``, and ``lcp`` (unweighted, detached) and
-        ``jacobian_colsum_max`` when the mode computes them. ``backward``: once the RBP backward has
-        filled them, ``neumann_terms``, ``neumann_residual`` and ``rbp_unreliable`` (1.0 when flagged).
-        None of the names contains ``loss`` (mmengine would add such keys to the loss).
-        """
-        out = {}
-        if forward:
-            out["fixed_point_residual"] = float(self.fixed_point_residual)
-            if self.lcp is not None:
-                out["lcp"] = float(self.lcp.detach())
-            if self.jacobian_colsum_max is not None:
-                out["jacobian_colsum_max"] = float(self.jacobian_colsum_max)
-        if backward and self.neumann_terms is not None:
-            out["neumann_terms"] = float(self.neumann_terms)
-            out["neumann_residual"] = float(self.neumann_residual)
-            out["rbp_unreliable"] = float(self.rbp_unreliable)
-        return {prefix + name: value for name, value in out.items()}
-
-    def backward_scalars(self) -> Dict[str, float]:
-        """``log_scalars(forward=False)``: the RBP backward's diagnostics, ``{}`` until a backward
-        filled them."""
-        return self.log_scalars(forward=False)
-
-    def flag_unreliable(self, reason: str) -> None:
-        """Set ``rbp_unreliable`` and append ``reason`` to ``rbp_unreliable_reason``."""
-        self.rbp_unreliable = True
-        self.rbp_unreliable_reason = (reason if self.rbp_unreliable_reason is None
-                                      else f"{self.rbp_unreliable_reason}; {reason}")
-
-
-class RateLimitedWarning:
-    """Log a warning at most once per ``interval_s`` seconds; the next one that is let through
-    says how many were held back. ``clock`` is injectable for tests."""
-
-    def __init__(self, interval_s: float = 60.0, clock: Callable[[], float] = time.monotonic):
-        self.interval_s, self.clock = float(interval_s), clock
-        self._last: Optional[float] = None
-        self.suppressed = 0
-
-    def __call__(self, logger: logging.Logger, message: str) -> bool:
-        """Log ``message`` on ``logger`` unless one was logged less than ``interval_s`` ago;
-        returns whether it was logged."""
-        now = self.clock()
-        if self._last is not None and now - self._last < self.interval_s:
-            self.suppressed += 1
-            return False
-        if self.suppressed:
-            message += (f" ({self.suppressed} similar warning(s) in the last "
-                        f"{now - self._last:.0f} s not shown)")
-        logger.warning(message)
-        self._last, self.suppressed = now, 0
-        return True
 
 
 def _transition_name(transition) -> str:
@@ -185,20 +90,6 @@ def _check_finite(h: torch.Tensor, step: int, steps: int, mode: str) -> None:
             "mode ('cbptt'/'crbp') or a smaller lcp_lambda, or run fewer steps")
 
 
-def _real(name: str, value, minimum: float = 0.0, allow_inf: bool = False,
-          strict: bool = False) -> float:
-    """``value`` as a float ``>= minimum`` (``> minimum`` if ``strict``), finite unless ``allow_inf``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"FixedPointSolver: {name}={value!r}; need a number")
-    value = float(value)
-    if math.isnan(value) or (math.isinf(value) and not allow_inf) or value < minimum or (
-            strict and value == minimum):
-        bound = f"> {minimum}" if strict else f">= {minimum}"
-        raise ValueError(f"FixedPointSolver: {name}={value!r}; need a "
-                         f"{'' if allow_inf else 'finite '}number {bound}")
-    return value
-
-
 def lipschitz_penalty(h_next: torch.Tensor, h_prev: torch.Tensor, lam: float,
                       reduction: str = "sum") -> Tuple[torch.Tensor, torch.Tensor]:
     """LCP of one step ``h_next = F(x, h_prev)``: ``relu(1^T dF/dh - lam)^2`` reduced.
@@ -207,7 +98,9 @@ def lipschitz_penalty(h_next: torch.Tensor, h_prev: torch.Tensor, lam: float,
     ``= 1^T J`` shaped like ``h_prev``; both keep a graph to F's parameters (``create_graph``).
     ``reduction='sum'`` is the authors' COCO choice, ``'mean'`` their Pathfinder one.
     """
-    colsum, = torch.autograd.grad(h_next, h_prev, torch.ones_like(h_next), create_graph=True)
+    colsum, = torch.autograd.grad(h_next, h_prev, torch.ones_like(h_next), create_graph=True, allow_unused=True)
+    if colsum is None:
+        raise _state_not_used("the LCP (lipschitz_penalty)")
     excess = torch.relu(colsum - lam).pow(2)
     if reduction == "sum":
         return excess.sum(), colsum
@@ -216,7 +109,7 @@ def lipschitz_penalty(h_next: torch.Tensor, h_prev: torch.Tensor, lam: float,
     raise ValueError(f"lipschitz_penalty: unknown reduction {reduction!r}; use 'sum' or 'mean'")
 
 
-class FixedPointSolver:
+class FixedPointSolver(SolverSettings):
     """Iterate ``h <- F(x, h)`` ``steps`` times and pick how gradients are computed.
 
     Args:
@@ -227,8 +120,12 @@ class FixedPointSolver:
         neumann_tol: stop the series once a term's norm is below ``neumann_tol * ||g||`` (>= 0).
         stop_on_growth: stop (and drop the term) when a term's norm is not smaller than the
             previous one's, i.e. the series does not converge along ``g`` (as the authors).
-        neumann_norm_cap: the authors' extra rule: stop (and drop the term) when the norm of the
-            accumulated sum would exceed this absolute bound (their code: 1.0); ``None``: off.
+        neumann_norm_cap: the authors' extra rule: drop the term when the norm of the accumulated
+            sum would exceed this absolute bound (their code: 1.0); ``None``: off.
+        neumann_rule: what a term that breaks one of the three rules above does (``NEUMANN_RULES``):
+            ``'stop'`` ends the series (the authors' Pathfinder code); ``'skip'`` leaves it out,
+            keeps iterating to ``neumann_terms`` and returns the sum as it stood at the last skipped
+            term (the authors' COCO code). See :mod:`rv_plugins.solvers.neumann` for the sources.
         lcp_lambda: the Lipschitz target ``lambda`` (finite, >= 0; the paper 0.9, the authors'
             COCO code 0.95).
         lcp_weight: factor of ``info.weighted_lcp`` (finite, >= 0).
@@ -240,6 +137,10 @@ class FixedPointSolver:
         neumann_error_threshold: a backward whose ``neumann_error_estimate`` exceeds this flags
             ``info.rbp_unreliable`` (``inf``: never; growth always flags).
         warn_interval_s: at most one unreliability warning per this many seconds per solver.
+        on_nonfinite_gradient: a NaN/Inf loss gradient reaching the state in an RBP mode always sets
+            ``info.rbp_unreliable`` with ``neumann_stop='nonfinite_gradient'``; ``'warn'`` then logs
+            the (rate-limited) warning and passes the gradient on unchanged, ``'raise'`` raises
+            ``FloatingPointError`` from ``backward``.
     """
 
     def __init__(self, mode: str = "crbp", steps: int = 20, neumann_terms: Optional[int] = None,
@@ -247,7 +148,8 @@ class FixedPointSolver:
                  neumann_norm_cap: Optional[float] = None, lcp_lambda: float = 0.9,
                  lcp_weight: float = 1.0, lcp_reduction: str = "sum", check_finite: bool = True,
                  residual_threshold: float = 0.05, neumann_error_threshold: float = 0.1,
-                 warn_interval_s: float = 60.0):
+                 warn_interval_s: float = 60.0, neumann_rule: str = "stop",
+                 on_nonfinite_gradient: str = "warn"):
         if mode not in MODES:
             raise ValueError(f"FixedPointSolver: unknown mode {mode!r}; choose one of {MODES}")
         if lcp_reduction not in ("sum", "mean"):
@@ -258,90 +160,16 @@ class FixedPointSolver:
         self.neumann_tol = neumann_tol
         self.stop_on_growth = bool(stop_on_growth)
         self.neumann_norm_cap = neumann_norm_cap
+        self.neumann_rule = neumann_rule
+        self.on_nonfinite_gradient = on_nonfinite_gradient
         self.lcp_lambda, self.lcp_weight, self.lcp_reduction = lcp_lambda, lcp_weight, lcp_reduction
         self.check_finite = check_finite
-        self.residual_threshold = _real("residual_threshold", residual_threshold, allow_inf=True,
-                                        strict=True)
-        self.neumann_error_threshold = _real("neumann_error_threshold", neumann_error_threshold,
-                                             allow_inf=True, strict=True)
-        self.warner = RateLimitedWarning(_real("warn_interval_s", warn_interval_s, allow_inf=True))
+        self.residual_threshold = real_setting("residual_threshold", residual_threshold, allow_inf=True,
+                                               strict=True)
+        self.neumann_error_threshold = real_setting("neumann_error_threshold", neumann_error_threshold,
+                                                    allow_inf=True, strict=True)
+        self.warner = RateLimitedWarning(real_setting("warn_interval_s", warn_interval_s, allow_inf=True))
         self.logger: logging.Logger = LOGGER
-
-    # validated settings (checked again whenever they are reassigned) -----------------------
-    @staticmethod
-    def _valid_steps(steps, mode: str) -> int:
-        minimum = 2 if mode in ("rbp", "crbp") else 1
-        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < minimum:
-            raise ValueError(f"FixedPointSolver(mode={mode!r}): steps={steps!r}; need an integer "
-                             f">= {minimum}")
-        return int(steps)
-
-    @property
-    def steps(self) -> int:
-        return self._steps
-
-    @steps.setter
-    def steps(self, value) -> None:
-        self._steps = self._valid_steps(value, self.mode)
-
-    @property
-    def neumann_terms(self) -> Optional[int]:
-        return self._neumann_terms
-
-    @neumann_terms.setter
-    def neumann_terms(self, value) -> None:
-        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)
-                                  or value < 0):
-            raise ValueError(f"FixedPointSolver: neumann_terms={value!r}; need an integer >= 0 "
-                             "(0: one-step gradient) or None (as many as steps)")
-        self._neumann_terms = None if value is None else int(value)
-
-    @property
-    def neumann_tol(self) -> float:
-        return self._neumann_tol
-
-    @neumann_tol.setter
-    def neumann_tol(self, value) -> None:
-        self._neumann_tol = _real("neumann_tol", value)
-
-    @property
-    def neumann_norm_cap(self) -> Optional[float]:
-        return self._neumann_norm_cap
-
-    @neumann_norm_cap.setter
-    def neumann_norm_cap(self, value) -> None:
-        self._neumann_norm_cap = None if value is None else _real("neumann_norm_cap", value,
-                                                                  strict=True)
-
-    @property
-    def lcp_lambda(self) -> float:
-        return self._lcp_lambda
-
-    @lcp_lambda.setter
-    def lcp_lambda(self, value) -> None:
-        self._lcp_lambda = _real("lcp_lambda", value)
-
-    @property
-    def lcp_weight(self) -> float:
-        return self._lcp_weight
-
-    @lcp_weight.setter
-    def lcp_weight(self, value) -> None:
-        self._lcp_weight = _real("lcp_weight", value)
-
-    @property
-    def uses_lcp(self) -> bool:
-        return self.mode in ("cbptt", "crbp")
-
-    @property
-    def uses_rbp(self) -> bool:
-        return self.mode in ("rbp", "crbp")
-
-    def __repr__(self) -> str:
-        return (f"FixedPointSolver(mode={self.mode!r}, steps={self.steps}, "
-                f"neumann_terms={self.neumann_terms}, neumann_norm_cap={self.neumann_norm_cap}, "
-                f"lcp_lambda={self.lcp_lambda}, lcp_weight={self.lcp_weight}, "
-                f"lcp_reduction={self.lcp_reduction!r})")
 
     # running -----------------------------------------------------------------------------
     def __call__(self, transition: Transition, x: torch.Tensor, h0: torch.Tensor,
@@ -421,79 +249,75 @@ class FixedPointSolver:
 
     def _attach_implicit_backward(self, h: torch.Tensor, h_prev: torch.Tensor,
                                   info: SolverInfo, steps: int) -> torch.Tensor:
-        """Return a view of ``h`` whose incoming gradient is mapped to ``g (I - J)^-1``.
+        """Return a view of ``h`` whose incoming gradient is mapped to ``g (I - J)^-1``
+        (:func:`rv_plugins.solvers.neumann.neumann_series` with this solver's settings).
 
         The hook sits on a view, so gradients that reach ``h`` from the LCP's graph (which may
-        use ``h`` as a saved output) are not passed through the Neumann series. At most
-        ``max_terms + 1`` vector-Jacobian products run (the last one measures the residual).
+        use ``h`` as a saved output) are not passed through the Neumann series.
         """
         max_terms = steps if self.neumann_terms is None else self.neumann_terms
-        cap, tol, on_growth = self.neumann_norm_cap, self.neumann_tol, self.stop_on_growth
+
+        def vjp(term: torch.Tensor) -> torch.Tensor:
+            product, = torch.autograd.grad(h, h_prev, term, retain_graph=True, allow_unused=True)
+            if product is None:
+                raise _state_not_used("RBP", self.mode)
+            return product
 
         def implicit_gradient(grad: torch.Tensor) -> torch.Tensor:
-            total, term = grad.clone(), grad
-            grad_norm = term_norm = float(grad.norm())
-            before_norm = math.nan  # norm of the term before `term` (for the tail estimate)
-            used, next_norm, stop = 0, 0.0, "zero_gradient"
-            while grad_norm > 0.0:  # ends: every pass adds a term or breaks, and used <= max_terms
-                next_term, = torch.autograd.grad(h, h_prev, term, retain_graph=True)
-                next_norm = float(next_term.norm())
-                if not math.isfinite(next_norm):
-                    raise FloatingPointError(
-                        f"FixedPointSolver(mode={self.mode!r}): Neumann term {used + 1} of the RBP "
-                        "backward is non-finite; J is not contractive - use mode='crbp' (LCP) or "
-                        "fewer neumann_terms")
-                if used >= max_terms:
-                    stop = "max_terms"
-                    break  # next_term is the first term left out
-                if on_growth and next_norm >= term_norm:
-                    stop = "growth"
-                    break
-                if cap is not None and float((total + next_term).norm()) > cap:
-                    stop = "norm_cap"
-                    break
-                total.add_(next_term)
-                before_norm, term, term_norm, used = term_norm, next_term, next_norm, used + 1
-                if next_norm <= tol * grad_norm:
-                    stop = "tolerance"
-                    break
-            total_norm = max(float(total.norm()), 1e-30)
-            info.neumann_terms, info.neumann_stop = used, stop
-            info.neumann_residual = next_norm / total_norm if grad_norm > 0.0 else 0.0
-            info.neumann_error_estimate = self._tail_estimate(
-                stop, next_norm, term_norm, before_norm) / total_norm
-            if stop == "growth":
+            if not math.isfinite(float(grad.norm())):
+                return self._nonfinite_gradient(grad, info)
+            try:
+                result = neumann_series(vjp, grad, max_terms=max_terms, tol=self.neumann_tol,
+                                        stop_on_growth=self.stop_on_growth, norm_cap=self.neumann_norm_cap,
+                                        rule=self.neumann_rule)
+            except FloatingPointError as err:
+                raise FloatingPointError(f"FixedPointSolver(mode={self.mode!r}): {err}") from None
+            info.neumann_terms, info.neumann_stop = result.terms, result.stop
+            info.neumann_residual, info.neumann_error_estimate = result.residual, result.error_estimate
+            if result.growing_term is not None:
+                index, norm, previous = result.growing_term
+                kept = ("stopped" if self.neumann_rule == "stop" else
+                        "skipped it ('skip' rule) and returned")
                 self._unreliable(info, (
-                    f"the Neumann series stopped after {used} term(s): term {used + 1} "
-                    f"({next_norm:.3g}) is not smaller than term {used} ({term_norm:.3g}), so J is "
-                    "not contractive along the gradient and the series does not converge; use "
-                    "mode='crbp' (LCP) or BPTT"))
-            elif info.neumann_error_estimate > self.neumann_error_threshold:
-                why = (f"neumann_norm_cap={cap:g} cut it" if stop == "norm_cap" else
+                    f"the Neumann series {kept} after {result.terms} term(s): term {index} ({norm:.3g}) is "
+                    f"not smaller than term {index - 1} ({previous:.3g}), so J is not contractive along "
+                    "the gradient and the series does not converge; use mode='crbp' (LCP) or BPTT"))
+            elif result.error_estimate > self.neumann_error_threshold:
+                why = (f"neumann_norm_cap={self.neumann_norm_cap:g} cut it" if result.stop == "norm_cap" else
                        f"J contracts too slowly for neumann_terms={max_terms}; allow more terms "
                        "or use mode='crbp' (LCP)")
                 self._unreliable(info, (
-                    f"the Neumann series ({used} term(s), stopped by {stop}) has an estimated "
-                    f"relative error of {info.neumann_error_estimate:.3g} > "
+                    f"the Neumann series ({result.terms} term(s), stopped by {result.stop}) has an "
+                    f"estimated relative error of {result.error_estimate:.3g} > "
                     f"{self.neumann_error_threshold:g}: {why}"))
-            return total
+            return result.gradient
 
         out = h.view_as(h)
         out.register_hook(implicit_gradient)
         return out
 
-    @staticmethod
-    def _tail_estimate(stop: str, next_norm: float, term_norm: float, before_norm: float) -> float:
-        """Norm estimate of the terms the series left out, assuming a geometric tail.
+    def _nonfinite_gradient(self, grad: torch.Tensor, info: SolverInfo) -> torch.Tensor:
+        """A NaN/Inf gradient reached the state: no series (it would be NaN); flag, then warn and
+        pass it on unchanged (as BPTT would: AMP's grad scaler skips such steps), or raise."""
+        info.neumann_terms, info.neumann_stop = 0, "nonfinite_gradient"
+        info.neumann_residual = info.neumann_error_estimate = math.nan
+        bad = "NaN" if bool(torch.isnan(grad).any()) else "Inf"
+        reason = (f"the loss gradient reaching the solver's state holds {bad} (no Neumann series was run; "
+                  "the gradient is passed on unchanged): the loss or the layers after the solver are "
+                  "not finite - check the loss, lower the learning rate, or under fp16 autocast let "
+                  "the grad scaler skip the step")
+        info.flag_unreliable(reason)
+        if self.on_nonfinite_gradient == "raise":
+            raise FloatingPointError(f"FixedPointSolver(mode={self.mode!r}, on_nonfinite_gradient='raise'): "
+                                     f"{reason}")
+        self.warner(self.logger, f"FixedPointSolver(mode={self.mode!r}): RBP gradient unreliable: {reason}")
+        return grad
 
-        ``next_norm`` is the norm of the first term left out (for ``'tolerance'``: of the last
-        term added), ``term_norm`` / ``before_norm`` those of the last two terms added."""
-        if stop == "zero_gradient":
-            return 0.0
-        if stop == "growth":
-            return math.inf
-        if stop == "tolerance":  # the remainder after the last added term, ratio of the last two
-            ratio = term_norm / before_norm if before_norm > 0 else 0.0
-            return 0.0 if ratio == 0.0 else (math.inf if ratio >= 1 else next_norm * ratio / (1 - ratio))
-        ratio = next_norm / term_norm if term_norm > 0 else math.inf
-        return math.inf if ratio >= 1 else next_norm / (1 - ratio)
+
+def _state_not_used(what: str, mode: Optional[str] = None) -> RuntimeError:
+    owner = "FixedPointSolver" if mode is None else f"FixedPointSolver(mode={mode!r})"
+    return RuntimeError(
+        f"{owner}: the transition's output does not depend on its state h through "
+        f"autograd (it ignores h, or cuts it off: h.detach(), h.data, torch.no_grad() or a round trip "
+        f"through numpy inside F); {what} differentiates F with respect to h. Make F(x, h) differentiable "
+        "in h, or use mode='bptt' for a transition that does not read its state")

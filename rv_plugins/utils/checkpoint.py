@@ -4,8 +4,12 @@
 model's tensors in it (strips ``module.`` / ``_orig_mod.`` and, when it fits, ``backbone.`` or a given
 prefix; unpacks ``state_dict`` / ``model`` containers), bicubic-resizes positional embeddings to the
 model's grid (as the models' ``forward`` does), loads, and reports in one line how many tensors were
-loaded, resized, missing, unexpected and shape-mismatched. It raises when none of the model's tensors
-matched, so a wrong file, arch or prefix never passes as "loaded".
+loaded, resized, missing, unexpected and shape-mismatched, and whether the checkpoint's weights record
+(:mod:`rv_plugins.utils.weights_record`: the preset and the like) was checked. It raises when none of
+the model's tensors matched, so a wrong file, arch or prefix never passes as "loaded"; and, unless
+``partial=True`` asks for it, when most of the model is not in the checkpoint (fewer than half of its
+tensors, or of its values, loaded) or the checkpoint's record says its weights mean something else
+here (e.g. VisionGRU 'paper' weights in a 'released' model).
 
 :func:`read_checkpoint` turns torch's errors for empty, truncated and non-checkpoint files into ones
 that name the problem. :func:`allow_mmengine_checkpoints` makes mmengine's own checkpoints (which
@@ -25,6 +29,8 @@ from typing import Dict, List, Mapping, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from rv_plugins.utils.weights_record import RecordsWeights, record_mismatch, records_in
 
 __all__ = ["LoadReport", "read_checkpoint", "extract_state_dict", "load_pretrained",
            "allow_mmengine_checkpoints", "mmengine_checkpoint_globals", "resize_pos_embed",
@@ -157,26 +163,37 @@ def _check_loaded(obj, source: str) -> dict:
                      "of tensors (model.state_dict())")
 
 
-def extract_state_dict(ckpt: Mapping, source: str = "checkpoint") -> Dict[str, torch.Tensor]:
-    """Unpack ``{'state_dict': ...}`` / ``{'model': ...}`` containers -> ``{name: tensor}``
-    (``module.`` / ``_orig_mod.`` wrapper prefixes stripped; non-tensor entries dropped)."""
+def _state_container(ckpt: Mapping) -> Mapping:
+    """The mapping that holds the tensors: ``ckpt`` or its ``state_dict`` / ``model`` / ... entry."""
     state = ckpt
     for _ in range(3):  # e.g. {'model': {'state_dict': ...}}
         inner = next((state[k] for k in CONTAINER_KEYS if isinstance(state.get(k), Mapping)), None)
         if inner is None or any(isinstance(v, torch.Tensor) for v in state.values()):
             break
         state = inner
+    return state
+
+
+def _strip_wrappers(key: str) -> str:
+    """A key without the ``module.`` / ``_orig_mod.`` prefixes of DDP and torch.compile wrappers."""
+    changed = True
+    while changed:
+        changed = False
+        for p in KNOWN_PREFIXES:
+            if key.startswith(p):
+                key, changed = key[len(p):], True
+        key = key.replace("._orig_mod.", ".")
+    return key
+
+
+def extract_state_dict(ckpt: Mapping, source: str = "checkpoint") -> Dict[str, torch.Tensor]:
+    """Unpack ``{'state_dict': ...}`` / ``{'model': ...}`` containers -> ``{name: tensor}``
+    (``module.`` / ``_orig_mod.`` wrapper prefixes stripped; non-tensor entries dropped)."""
+    state = _state_container(ckpt)
     tensors = {}
     for key, value in state.items():
         if isinstance(value, torch.Tensor) and isinstance(key, str):
-            changed = True
-            while changed:
-                changed = False
-                for p in KNOWN_PREFIXES:
-                    if key.startswith(p):
-                        key, changed = key[len(p):], True
-                key = key.replace("._orig_mod.", ".")
-            tensors[key] = value
+            tensors[_strip_wrappers(key)] = value
     if not tensors:
         raise ValueError(f"{source} holds no tensors (top-level keys: {sorted(map(str, ckpt))[:8]}); "
                          "expected a state dict or a dict with one under 'state_dict' or 'model'")
@@ -229,6 +246,7 @@ class LoadReport:
     unexpected: List[str] = field(default_factory=list)
     mismatched: List[str] = field(default_factory=list)
     total: int = 0
+    record: str = ""  # what the weights-record check found (see rv_plugins.utils.weights_record)
 
     def __str__(self) -> str:
         def few(names):
@@ -237,7 +255,8 @@ class LoadReport:
         return (f"loaded {len(self.loaded)}/{self.total} tensors from {self.source}{pre}: "
                 f"resized {len(self.resized)}{few(self.resized)}, missing {len(self.missing)}{few(self.missing)}, "
                 f"unexpected {len(self.unexpected)}{few(self.unexpected)}, "
-                f"shape-mismatched {len(self.mismatched)}{few(self.mismatched)}")
+                f"shape-mismatched {len(self.mismatched)}{few(self.mismatched)}"
+                + (f"; {self.record}" if self.record else ""))
 
 
 def _log(msg: str, warn: bool) -> None:
@@ -254,14 +273,21 @@ def _log(msg: str, warn: bool) -> None:
 
 def load_pretrained(model: nn.Module, checkpoint: Union[str, Mapping], prefix: Optional[str] = None,
                     map_location: Union[str, torch.device] = "cpu", strict: bool = False,
-                    name: Optional[str] = None) -> LoadReport:
+                    name: Optional[str] = None, partial: bool = False) -> LoadReport:
     """Load ``checkpoint`` (path, URL, or a checkpoint/state dict) into ``model``.
 
     Positional embeddings (``*pos_embed`` of shape ``(1, C, h, w)``) of another grid are resized
     bicubically; other tensors of another shape are skipped and reported. Raises ``ValueError`` when
-    no tensor of the model matched, or, with ``strict=True``, when anything is missing, unexpected or
-    mismatched. Logs one line (warning level when something is missing or mismatched).
+    no tensor of the model matched; with ``strict=True``, when anything is missing, unexpected or
+    mismatched; and, unless ``partial=True``, when fewer than half of the model's tensors (or of its
+    values) load, or when the checkpoint's weights record differs from the model's (see
+    :mod:`rv_plugins.utils.weights_record`). ``partial=True`` is the explicit request to load whatever
+    fits, e.g. to start a changed model from these weights. Logs one line (warning level when
+    something is missing or mismatched, or when a record differed).
     """
+    if strict and partial:
+        raise ValueError("load_pretrained: strict=True asks for every tensor, partial=True for whatever fits; "
+                         "pass one of them")
     name = name or type(model).__name__
     source = checkpoint if isinstance(checkpoint, str) else "the given state dict"
     ckpt = read_checkpoint(checkpoint, map_location) if isinstance(checkpoint, str) else checkpoint
@@ -294,9 +320,57 @@ def load_pretrained(model: nn.Module, checkpoint: Union[str, Mapping], prefix: O
             "tools/convert_visiongru_checkpoint.py; a prefix: set init_cfg's prefix (e.g. 'backbone.')")
     if strict and (report.missing or report.unexpected or report.mismatched):
         raise ValueError(f"{name}: strict load failed: {report}")
+    differs = _check_records(model, _state_container(ckpt), used_prefix, name, source, partial, report)
+    if not partial:
+        _refuse_mostly_unmatched(own, report, name, source)
     model.load_state_dict(to_load, strict=False)
-    _log(f"{name}: {report}", warn=bool(report.missing or report.mismatched))
+    _log(f"{name}: {report}", warn=bool(report.missing or report.mismatched or differs))
     return report
+
+
+_PARTIAL_HINT = ("to load what fits on purpose (e.g. to start a changed model from these weights), pass "
+                 "partial=True (init_cfg: dict(type='Pretrained', checkpoint=..., partial=True))")
+
+
+def _check_records(model: nn.Module, container: Mapping, used_prefix: str, name: str, source: str,
+                   partial: bool, report: LoadReport) -> bool:
+    """Compare the checkpoint's weights records with the model's; fill ``report.record``. Raises on a
+    difference unless ``partial``; returns whether one was found."""
+    recording = [(path, m) for path, m in model.named_modules() if isinstance(m, RecordsWeights)]
+    if not recording:
+        return False
+    saved = records_in(container, _strip_wrappers)
+    root = used_prefix[:-1] if used_prefix.endswith(".") else used_prefix
+    problems, checked = [], 0
+    for path, module in recording:
+        record = saved.get(".".join(p for p in (root, path) if p))
+        if record is not None:
+            checked += 1
+            problem = record_mismatch(module, record, where=f"{name}.{path}" if path else name)
+            if problem:
+                problems.append(problem)
+    if problems and not partial:
+        raise ValueError(f"{'; '.join(problems)}. Build the model with the checkpoint's settings; {_PARTIAL_HINT}")
+    if problems:
+        report.record = f"weights record differs, loaded anyway (partial=True): {'; '.join(problems)}"
+    elif checked:
+        report.record = "weights record checked: settings match"
+    else:
+        report.record = (f"no weights record in {source}: its settings (e.g. a VisionGRU preset) could not be "
+                         "checked")
+    return bool(problems)
+
+
+def _refuse_mostly_unmatched(own: Mapping[str, torch.Tensor], report: LoadReport, name: str, source: str) -> None:
+    """Raise when fewer than half of the model's tensors, or of its values, were found."""
+    values = sum(t.numel() for t in own.values())
+    loaded_values = sum(own[k].numel() for k in report.loaded)
+    if 2 * len(report.loaded) >= len(own) and 2 * loaded_values >= values:
+        return
+    raise ValueError(
+        f"{name}: only {len(report.loaded)} of its {len(own)} tensors ({100.0 * loaded_values / max(values, 1):.1f}% "
+        f"of its values) were found in {source} ({report}): these are not this model's weights (another arch, "
+        f"preset or model?); {_PARTIAL_HINT}")
 
 
 # --------------------------------------------------------------------------- init_cfg
@@ -305,15 +379,18 @@ def is_pretrained_cfg(cfg) -> bool:
 
 
 def check_pretrained_cfg(cfg, owner: str) -> None:
-    """A plain class's ``init_cfg``: ``None`` or ``dict(type='Pretrained', checkpoint=..., prefix=...)``."""
+    """A plain class's ``init_cfg``: ``None`` or ``dict(type='Pretrained', checkpoint=..., prefix=...,
+    map_location=..., partial=...)``."""
     if cfg is None:
         return
     if not is_pretrained_cfg(cfg) or not cfg.get("checkpoint"):
         raise ValueError(f"{owner}: init_cfg={cfg!r}: the plain class honours only "
                          "dict(type='Pretrained', checkpoint=PATH_OR_URL, prefix=OPTIONAL); other "
                          "initialisers (e.g. TruncNormal) need the mmseg/mmpretrain adapters")
-    unknown = set(cfg) - {"type", "checkpoint", "prefix", "map_location"}
+    unknown = set(cfg) - {"type", "checkpoint", "prefix", "map_location", "partial"}
     if unknown:
         raise ValueError(f"{owner}: init_cfg has unknown keys {sorted(unknown)}; use type, checkpoint, "
-                         "prefix, map_location")
+                         "prefix, map_location, partial")
+    if not isinstance(cfg.get("partial", False), bool):
+        raise ValueError(f"{owner}: init_cfg partial={cfg['partial']!r}; use True (load whatever fits) or False")
 

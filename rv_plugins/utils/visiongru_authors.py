@@ -22,7 +22,7 @@ from typing import Dict, Mapping, Tuple
 
 import torch
 
-__all__ = ["convert_authors_state_dict", "authors_arch", "is_authors_state_dict"]
+__all__ = ["convert_authors_state_dict", "authors_arch", "is_authors_state_dict", "authors_key"]
 
 _STEM = {"tokenizer.conv1": "stem.conv1.conv", "tokenizer.norm1": "stem.conv1.norm",
          "tokenizer.conv2": "stem.conv2.conv", "tokenizer.norm2": "stem.conv2.norm"}
@@ -58,7 +58,13 @@ def is_authors_state_dict(state: Mapping[str, torch.Tensor]) -> bool:
 def authors_arch(state: Mapping[str, torch.Tensor]) -> Dict[str, list]:
     """``dict(embed_dims=[...], depths=[...])`` read off the checkpoint (Ti: 72.., [2, 2, 8, 2])."""
     keys = _strip(state)
-    c0 = keys["tokenizer.conv2.weight"].shape[0]
+    width_from = next((k for k in ("tokenizer.conv2.weight", "tokenizer.norm2.weight", "tokenizer.conv2.bias")
+                       if k in keys), None)
+    if width_from is None:
+        raise ValueError("the authors' checkpoint lacks the stem's second convolution and norm "
+                         "(tokenizer.conv2.*, tokenizer.norm2.*), which give the model width; the file is "
+                         "incomplete: download or save it again")
+    c0 = keys[width_from].shape[0]
     depths = [0, 0, 0, 0]
     for key in keys:
         m = _BLOCK_RE.match(key)
@@ -66,6 +72,24 @@ def authors_arch(state: Mapping[str, torch.Tensor]) -> Dict[str, list]:
             stage, block = int(m.group(1)), int(m.group(2))
             depths[stage] = max(depths[stage], block + 1)
     return dict(embed_dims=[c0, 2 * c0, 4 * c0, 8 * c0], depths=depths)
+
+
+def authors_key(key: str) -> str:
+    """Our key -> the authors' name for the same tensor (for messages about missing tensors)."""
+    base, _, kind = key.rpartition(".")
+    theirs = {v: k for k, v in _STEM.items()}
+    if base in theirs:
+        return f"{theirs[base]}.{kind}"
+    if base == "head":
+        return f"fc.{kind}"
+    m = re.match(r"^stages\.(\d)\.downsample\.(conv|norm)$", base)
+    if m:
+        return f"snake_gru.{m.group(2)}{m.group(1)}.{kind}"
+    m = re.match(r"^stages\.(\d+)\.blocks\.(\d+)\.(.+)$", base)
+    block = {v: k for k, v in _BLOCK.items()}
+    if m and m.group(3) in block:
+        return f"snake_gru.layers.{m.group(1)}.{m.group(2)}.{block[m.group(3)]}.{kind}"
+    return key
 
 
 def convert_authors_state_dict(state: Mapping[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], Dict[str, list]]:

@@ -1,0 +1,85 @@
+"""The wheel installs like a package: console scripts, the tools under ``rv_plugins/.mim/tools``, the configs.
+
+Builds a wheel from a copy of this checkout (``pip wheel --no-deps --no-build-isolation``), installs it
+with ``pip install --no-deps --target`` into a throw-away folder (this environment provides torch and
+the toolkits), and runs the console scripts from a folder outside the repository with that folder
+first on ``PYTHONPATH``.
+"""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = {"rv-train": "train.py", "rv-test": "test.py", "rv-train-net": "train_net.py",
+           "rv-convert-visiongru": "convert_visiongru_checkpoint.py"}
+_SKIP = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.egg-info", "build", "dist", "work_dirs", "output",
+                               ".pytest_cache", "data", "bench_results", "*.pth")
+
+
+def _run(cmd, cwd, env=None, timeout=600):
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("wheel")
+    src = tmp / "src"
+    shutil.copytree(REPO, src, symlinks=True, ignore=_SKIP)  # the .mim links stay links, as in a checkout
+    built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(src),
+                  "-w", str(tmp / "wheels")], cwd=str(tmp))
+    assert built.returncode == 0, built.stderr[-3000:]
+    (wheel,) = (tmp / "wheels").glob("rv_plugins-*.whl")
+    site = tmp / "site"
+    done = _run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+                cwd=str(tmp))
+    assert done.returncode == 0, done.stderr[-3000:]
+    outside = tmp / "elsewhere"
+    outside.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(site), OMP_NUM_THREADS="1")
+    return dict(site=site, wheel=wheel, cwd=str(outside), env=env)
+
+
+@pytest.mark.slow
+def test_wheel_carries_the_tools_the_configs_and_the_kernel_sources(installed):
+    import zipfile
+    names = zipfile.ZipFile(installed["wheel"]).namelist()
+    for tool in SCRIPTS.values():
+        assert f"rv_plugins/.mim/tools/{tool}" in names, tool
+    assert "rv_plugins/.mim/tools/analysis/erf.py" in names
+    assert "rv_plugins/.mim/configs/upernet_visiongru_ti_synthetic.py" in names
+    assert any(n.startswith("rv_plugins/ops/csrc/") and n.endswith(".cpp") for n in names)
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    text = zipfile.ZipFile(installed["wheel"]).read(entry_points).decode()
+    for script, tool in SCRIPTS.items():
+        assert f"{script} = rv_plugins.cli:{tool[:-3]}" in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_console_scripts_run_outside_the_repository(installed, script):
+    if script == "rv-train-net":
+        pytest.importorskip("detectron2")
+    exe = installed["site"] / "bin" / script
+    res = _run([str(exe), "--help"], cwd=installed["cwd"], env=installed["env"])
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    assert "usage:" in res.stdout and SCRIPTS[script] in res.stdout.split("\n")[0], res.stdout[:500]
+
+
+@pytest.mark.slow
+def test_installed_package_resolves_its_own_configs_and_tools(installed):
+    res = _run([sys.executable, "-c", (
+        "import rv_plugins, rv_plugins.cli as cli\n"
+        "from rv_plugins.openmmlab import scope\n"
+        "scope.patch_now()\n"
+        "from mmengine.config import Config\n"
+        "cfg = Config.fromfile('rv_plugins::pathfinder/hgru_crbp_pathfinder32.py', import_custom_modules=False)\n"
+        "print(rv_plugins.__file__); print(cli.tool_path('train')); print(cfg.filename)\n")],
+        cwd=installed["cwd"], env=installed["env"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    site = str(installed["site"])
+    package, tool, config = res.stdout.split()
+    assert package.startswith(site) and tool.startswith(site) and config.startswith(site), res.stdout
+    assert tool.endswith("rv_plugins/.mim/tools/train.py") and os.path.isfile(tool) and not os.path.islink(tool)
