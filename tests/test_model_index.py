@@ -101,9 +101,8 @@ def test_inference_model_takes_a_name_a_config_path_and_a_model(tmp_path):
         assert isinstance(result["pred_class"], str)
     np.testing.assert_allclose(results[0]["pred_scores"], results[1]["pred_scores"], rtol=1e-5, atol=1e-7)
 
-    by_path = mmpretrain.inference_model(os.path.join(REPO, "configs", "sequencer2d_s_in1k.py"), image,
-                                         pretrained=False)
-    assert by_path["pred_scores"].shape == (1000,)
+    for path in (os.path.join(REPO, "configs", "sequencer2d_s_in1k.py"), "rv_plugins::sequencer2d_s_in1k.py"):
+        assert mmpretrain.inference_model(path, image, pretrained=False)["pred_scores"].shape == (1000,)
     by_index_name = mmpretrain.inference_model("sequencer2d-s_8xb256_in1k", image, pretrained=False)
     assert by_index_name["pred_scores"].shape == (1000,)
 

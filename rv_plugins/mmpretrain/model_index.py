@@ -24,6 +24,7 @@ from typing import List, Optional
 from mmengine.config import Config
 
 from rv_plugins.backbones.registry import BACKBONES
+from rv_plugins.openmmlab import scope
 from rv_plugins.openmmlab.scope import configs_dir
 
 __all__ = ["MODEL_INDEX", "register_model_index", "install_inference_model", "model_index_names"]
@@ -69,8 +70,9 @@ def _task_of_ours(model) -> Optional[str]:
         from mmpretrain.models import ImageClassifier
         ours = isinstance(model, ImageClassifier) and _runs_our_backbone(type(getattr(model, "backbone", None)))
         return CLASSIFICATION if ours else None
-    if isinstance(model, (str, PathLike)) and str(model).endswith(".py") and os.path.isfile(model):
-        model = Config.fromfile(model)
+    if isinstance(model, (str, PathLike)) and str(model).endswith(".py") and (
+            os.path.isfile(model) or str(model).startswith(scope.PREFIX)):
+        model = Config.fromfile(model)  # a file, or one of ours as 'rv_plugins::<config>.py'
     if isinstance(model, Config):
         spec = model.get("model", {})
         kind = str(spec.get("type", "")).split(".")[-1]

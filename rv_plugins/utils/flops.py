@@ -28,6 +28,10 @@ totals. What is counted:
   counts the same for its recurrence, ``B*L*D`` with ``D`` its output width (``H``, or ``2H``
   bidirectional); its gates are element-wise and not counted (as when they were separate ops).
   Both are reported under ``SCAN_KEY``.
+
+The formulas are written once (``rnn_macs``, ``scan_macs``); :mod:`rv_plugins.utils.jit_flops` gives them to
+the toolkits' tracing counters (mmengine's ``get_model_complexity_info``, fvcore / Detectron2's
+``FlopCountAnalysis``), which the adapters register them with.
 """
 import math
 from collections import defaultdict
