@@ -250,9 +250,6 @@ def describe_circle(graph: Dict[str, Dict[str, int]], component: List[str]) -> s
     return " -> ".join(hops + [path[-1]])
 
 
-# The one circle known today: ops/triton_scan.py imports scan.py's helpers, scan.py imports triton_scan
-# lazily. The ops rewrite removes it; the marked test below then passes and must lose its marker.
-
 def test_the_circle_finder_finds_a_circle():
     graph = {"a": {"b": 1}, "b": {"c": 2}, "c": {"a": 3}, "d": {"a": 4}}
     assert import_circles(graph) == [["a", "b", "c"]]

@@ -14,7 +14,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = {"rv-train": "train.py", "rv-test": "test.py", "rv-train-net": "train_net.py",
-           "rv-convert-visiongru": "convert_visiongru_checkpoint.py"}
+           "rv-convert-visiongru": "convert_visiongru_checkpoint.py", "rv-export-onnx": "export_onnx.py"}
 _SKIP = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.egg-info", "build", "dist", "work_dirs", "output",
                                ".pytest_cache", "data", "bench_results", "*.pth")
 

@@ -195,11 +195,11 @@ def test_pathfinder_table_merges_training_and_reevaluation_reports():
     assert sorted(key[-1] for key in rows) == ["mean x 10", "sum x 1"]
 
 
-def test_readme_pathfinder_tables_are_the_ones_the_committed_reports_give():
+def test_pathfinder_tables_are_the_ones_the_committed_reports_give():
     """The tables are regenerated from the committed reports, not typed: the first runs (LCP summed,
     weight 1; docs/pathfinder_results/*_N*.json) in docs/pathfinder.md, and the current table
     (the LCP modes re-run with the authors' mean x 10 in docs/pathfinder_results/mean10/, beside the
-    unchanged BPTT/RBP runs) in README.md and docs/pathfinder.md."""
+    unchanged BPTT/RBP runs) in docs/crbp.md and docs/pathfinder.md."""
     import glob
     import os
     from tool_loader import load_tool
@@ -212,7 +212,7 @@ def test_readme_pathfinder_tables_are_the_ones_the_committed_reports_give():
     assert first and len(current) > len(first) // 2, "docs/pathfinder_results/ lacks reports"
     tool = load_tool("pathfinder_table")
     first_text, current_text = tool.main(first), tool.main(current)
-    for doc, texts in (("README.md", [current_text]),
+    for doc, texts in ((os.path.join("docs", "crbp.md"), [current_text]),
                        (os.path.join("docs", "pathfinder.md"), [first_text, current_text])):
         with open(os.path.join(repo, doc)) as handle:
             content = handle.read()

@@ -7,6 +7,7 @@ Reference figures are the paper's (Tatsunami & Taki, NeurIPS 2022): Table 1 para
 S, M, L at 224x224 and Table 2e for the GRU and tanh-RNN variants of S.
 """
 import math
+import warnings
 
 import pytest
 import torch
@@ -217,3 +218,24 @@ def test_backbone_errors():
         Sequencer2D(dict(depths=[1, 1], embed_dims=[8], patch_sizes=[7, 2]))
     with pytest.raises(ValueError, match=r"missing \['patch_sizes'\], unknown \['widths'\]"):
         Sequencer2D(dict(depths=[1], embed_dims=[8], widths=[2]))
+
+
+@pytest.mark.parametrize("rnn_type", RNN_TYPES)
+@pytest.mark.parametrize("grid_rounding", ["ceil", "floor"])
+def test_traced_at_one_size_is_right_at_another(rnn_type, grid_rounding):
+    """torch.jit.trace at one size, run at others: the traced padding and RNNs follow the input (traced at
+    224^2 they were frozen: (1, C, 11, 13) at 160 x 192 where eager gives (1, C, 12, 14))."""
+    torch.manual_seed(0)
+    model = Sequencer2D(arch=dict(depths=[1, 1, 1, 1], embed_dims=[16, 32, 32, 32], patch_sizes=[7, 2, 1, 1]),
+                        rnn_type=rnn_type, grid_rounding=grid_rounding).eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on Python values
+        size = 224 if rnn_type == "lstm" else 112  # the reported case; smaller traces keep the others fast
+        traced = torch.jit.trace(model, torch.randn(1, 3, size, size), check_trace=False)
+        for shape in [(1, 3, 160, 192), (2, 3, 99, 301)]:
+            x = torch.randn(*shape)
+            expected, got = model(x)[0], traced(x)[0]
+            assert got.shape == expected.shape
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+        if grid_rounding == "ceil":  # ceil(ceil(n / 7) / 2)
+            assert tuple(traced(torch.randn(1, 3, 160, 192))[0].shape) == (1, 32, 12, 14)

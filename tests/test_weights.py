@@ -53,7 +53,7 @@ def test_presets_released_is_default_and_paper_differs():
 
 
 def test_released_tiny_has_the_authors_parameter_count():
-    # 30,216,952: the authors' released VisionGRU-Ti (shared/NOTES.md)
+    # 30,216,952: the authors' released VisionGRU-Ti (NOTES.md)
     assert sum(p.numel() for p in VisionGRU("tiny", num_classes=1000).parameters()) == 30_216_952
 
 

@@ -1,6 +1,6 @@
 """An independent re-implementation of the VisionGRU authors' released model, for the conversion tests.
 
-Written from the facts in ``shared/NOTES.md`` (their module names and key layout, their algorithm),
+Written from the facts in ``NOTES.md`` ("What the papers' own code does") (their module names and key layout, their algorithm),
 not from rv_plugins' code and not copied from theirs: it shares nothing with ``rv_plugins`` so that a
 conversion that passes here reproduces *their* model.
 

@@ -1,8 +1,8 @@
 """Benchmark ``rv_plugins.ops.linear_scan`` and ``mingru_scan`` against the alternatives and the memory floor.
 
-    python tools/benchmark_scan.py --threads 1     # this CPU, one thread (the figures in the README)
+    python tools/benchmark_scan.py --threads 1     # this CPU, one thread (the figures in docs/scan_ops.md)
     python tools/benchmark_scan.py --device cuda   # same code on a GPU (adds the Triton backend)
-    python tools/benchmark_scan.py --json out.json --repeats 7 --kernels
+    python tools/benchmark_scan.py --json out.json --repeats 7 --kernels main
     python tools/benchmark_scan.py --threads 1 --clock cpu --shapes none --repeats 11   # fused table alone
 
 For each shape it times the forward and the forward+backward of every method and prints medians (ms)
@@ -16,8 +16,10 @@ unfused path it replaces (``sigmoid(-gate)``, ``sigmoid(gate) * cand``, ``linear
 the default backend; its floor is cloning the op's own inputs and outputs once (forward: ``proj``
 and ``h``; forward+backward: ``proj``, ``h``, ``grad_h`` and ``grad_proj``).
 
-``--kernels``: registers, spills and shared memory of every Triton kernel compiled for sm_80 and
-sm_90 (``rv_plugins.ops.triton_compile``; no GPU needed).
+``--kernels main|all``: the sm_90 compile report of the Triton kernels (``rv_plugins.ops.triton_compile``; no
+GPU needed): registers, spills, shared memory, 16-byte vector loads, asynchronous copies and the programs
+and bytes of loads an SM can hold, at the configuration of ``L = 65536, D = 144`` (``main``) or at every
+configuration the launchers can pick (``all``, a few minutes).
 """
 import argparse
 import json
@@ -155,7 +157,7 @@ def markdown_fused(results, device_desc):
                          f"{fused * 1e3:.2f} ({fused / floor:.2f}×) | {unfused * 1e3:.2f} ({unfused / floor:.2f}×) | "
                          f"{unfused / fused:.2f}× |")
     lines.append("")
-    for r in results:  # issue 12's targets for the fused op's forward+backward
+    for r in results:  # the fused op's targets for forward+backward
         t = r["times"]
         speedup = t["unfused"]["fwd_bwd"] / t["fused"]["fwd_bwd"]
         floor = t["fused"]["fwd_bwd"] / t["floor"]["fwd_bwd"]
@@ -166,12 +168,16 @@ def markdown_fused(results, device_desc):
 
 
 def markdown_kernels(rows):
-    lines = ["", "Triton kernels compiled for sm_80 / sm_90 (registers per thread, spill stack bytes, shared "
-             "memory bytes, warps; the compile-time constants of `rv_plugins/ops/triton_compile.py`).", "",
-             "| kernel | sm | dtype | registers | spill stack B | shared B | warps |", "|---|---|---|---|---|---|---|"]
+    lines = ["", "Triton kernels compiled for sm_90 as the runtime JIT specialises them (`rv_plugins/ops/triton_compile.py`): "
+             "registers per thread, spill (stack) bytes, shared memory, 16-byte vector loads, cp.async/TMA copies, "
+             "programs per SM by registers/warps/shared memory and the tile loads they hold in flight.", "",
+             "| kernel | dtype | tile (L×D, steps) | warps | alignment | registers | spill B | shared B | vector loads | "
+             "async copies | programs/SM | KiB in flight/SM |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| `{r['kernel']}` | {r['sm']} | {r['dtype']} | {r.get('registers', '?')} | "
-                     f"{r.get('stack_bytes', '?')} | {r['shared_bytes']} | {r['num_warps']} |")
+        lines.append(f"| `{r['kernel']}` | {r['dtype']} | {r['block_l']}×{r['block_d']}, {r['steps']} | {r['num_warps']} | "
+                     f"{r['specialization']} | {r['registers']} | {r['stack_bytes'] + r['local_bytes']} | "
+                     f"{r['shared_bytes']} | {r['vector_loads']} | {r['async_copies']} | {r['programs_per_sm']} | "
+                     f"{r['bytes_in_flight_per_sm'] // 1024} |")
     return "\n".join(lines)
 
 
@@ -206,7 +212,8 @@ def main(argv=None):
                    "for the fused table alone)")
     p.add_argument("--fused-shapes", default="", help="B×L×H shapes of the fused minGRU table, e.g. 8x3136x144 "
                    "(default: 8x3136x144; 'none' to skip)")
-    p.add_argument("--kernels", action="store_true", help="also compile every Triton kernel and report its resources")
+    p.add_argument("--kernels", choices=["main", "all"], help="also compile the Triton kernels for sm_90 and report "
+                   "their resources: at the main configuration or at every one the launchers can pick")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
     p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                    help="wall: elapsed time; cpu: CPU time of the calling thread (with --threads 1 on the CPU all "
@@ -239,7 +246,7 @@ def main(argv=None):
     kernels = []
     if args.kernels:
         from rv_plugins.ops.triton_compile import compile_all_in_subprocess
-        kernels = compile_all_in_subprocess()
+        kernels = compile_all_in_subprocess(main_only=args.kernels == "main")
     command = "python tools/benchmark_scan.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if results:
         print(markdown(results, desc, command.strip()))

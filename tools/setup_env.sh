@@ -52,9 +52,9 @@ step "Detectron2 v0.6 (pure Python, from the pb1-detectron2 sdist) + dependencie
 step "panopticapi-lite (--no-deps: its pins conflict)" \
   "$(have "from panopticapi.evaluation import pq_compute")" \
   "${PIP[@]}" --no-deps "panopticapi-lite==0.2.0"
-step "test and benchmark tools (pytest, timm, matplotlib)" \
-  "$(have "import pytest, timm, matplotlib")" \
-  "${PIP[@]}" pytest "timm==1.0.*" matplotlib
+step "test and benchmark tools (pytest, timm, matplotlib, onnxruntime, onnxscript)" \
+  "$(have "import pytest, timm, matplotlib, onnxruntime, onnxscript")" \
+  "${PIP[@]}" pytest "timm==1.0.*" matplotlib "onnxruntime==1.31.1" "onnxscript==0.7.2"
 step "rv_plugins (editable)" \
   "$(have "import rv_plugins, os; assert os.path.realpath(os.path.dirname(rv_plugins.__file__)) == os.path.realpath('$ROOT/rv_plugins')") && $PY -m pip show rv_plugins >/dev/null" \
   "${PIP[@]}" --no-deps --no-build-isolation -e "$ROOT"

@@ -15,7 +15,7 @@ tools (:func:`model_names`, :func:`create_backbone`) and the contract test suite
 
 Names: a *family* is the lower-case class name (``"visiongru"``, ``"sequencer2d"``); a *model name* is
 ``family-arch`` with the arch's public short name (``"visiongru-ti"``, ``"sequencer2d-s"``), the names
-the tools and the README use.
+the tools and the docs use.
 """
 import dataclasses
 import importlib

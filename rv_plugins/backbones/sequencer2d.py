@@ -32,6 +32,7 @@ from rv_plugins.backbones.registry import register_backbone
 from rv_plugins.layers.blocks import run_blocks
 from rv_plugins.layers.drop_path import DropPath
 from rv_plugins.layers.mlp import Mlp
+from rv_plugins.ops.modes import is_tracing_or_exporting
 
 __all__ = ["Sequencer2D", "Sequencer2DBlock", "PatchConv", "PatchEmbed", "Downsample", "ARCH_SETTINGS", "ARCH_ALIASES", "convert_timm_state_dict"]
 
@@ -49,8 +50,16 @@ _ARCH_KEYS = ("depths", "embed_dims", "patch_sizes", "hidden_dims", "mlp_ratios"
 
 
 def _pad_to_multiple(x: torch.Tensor, p: int) -> torch.Tensor:
-    """Zero-pad a ``(B, C, H, W)`` map at the bottom/right so that ``H`` and ``W`` divide by ``p``."""
-    ph, pw = -x.shape[2] % p, -x.shape[3] % p
+    """Zero-pad a ``(B, C, H, W)`` map at the bottom/right so that ``H`` and ``W`` divide by ``p``.
+
+    A tracer (``torch.jit.trace``, the ONNX exporters) records the padding even when it is zero: its amounts
+    are then computed from the traced sizes, so the graph pads right at every other input size too (skipped,
+    the padding of a size that ``p`` divides would be missing at every other size). The amounts are written
+    with non-negative operands: ONNX's integer division truncates negative ones.
+    """
+    ph, pw = (p - x.shape[2] % p) % p, (p - x.shape[3] % p) % p
+    if is_tracing_or_exporting():
+        return F.pad(x, (0, pw, 0, ph))
     return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
 
 

@@ -68,7 +68,7 @@ ARCH_SETTINGS: Dict[str, Dict[str, list]] = {
 }
 ARCH_ALIASES = {"ti": "tiny", "t": "tiny", "b": "base"}
 
-# The two published descriptions of VisionGRU differ in two points (README, "Pretrained weights"):
+# The two published descriptions of VisionGRU differ in two points (docs/pretrained_weights.md):
 #   'released': the authors' released code and ImageNet weights: minGRU candidate through g(.)
 #               (minGRU-pytorch 0.0.12), no positional embedding. Converted authors' checkpoints
 #               (tools/convert_visiongru_checkpoint.py) need it; it is the default.
@@ -367,7 +367,9 @@ class VisionGRU(HierarchicalBackbone):
     def _pos_embed(self, hw: Tuple[int, int]) -> torch.Tensor:
         """Positional embedding for a stem grid ``hw`` -> ``(1, h, w, C0)``."""
         pe = self.pos_embed
-        if tuple(pe.shape[2:]) != tuple(hw):
+        # a tracer records the resize even to the embedding's own size (an identity): skipped, the traced
+        # graph would add the unresized embedding at every other size
+        if tuple(pe.shape[2:]) != tuple(hw) or is_tracing_or_exporting():
             pe = F.interpolate(pe, size=hw, mode="bicubic", align_corners=False)
         return pe.permute(0, 2, 3, 1)
 

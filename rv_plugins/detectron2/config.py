@@ -28,9 +28,8 @@
         one list per arch-table entry [[] = the arch's], e.g. ``PATCH_SIZES``, ``DEPTHS``,
         ``EMBED_DIMS`` (replacing that list of ARCH),
         PRETRAINED ['' = none: backbone weights, loaded by rv_plugins' loader when the model is built].
-        A key whose constructor default is ``None`` accepts ``None`` or ``""`` for it;
-        ``MODEL.VISIONGRU.IMG_SIZE: 0`` still means ``img_size=None`` (its default before the node
-        was generated).
+        A key whose constructor default is ``None`` accepts ``None`` or ``""`` for it (``IMG_SIZE: 0``
+        is an error naming ``""``).
     DATASETS.SYNTHETIC_PANOPTIC_ROOT ['' = none]: folder written by
         ``tools/make_synthetic_coco_panoptic.py``; ``tools/train_net.py`` registers it.
 

@@ -55,6 +55,7 @@ from torch import nn
 from rv_plugins.layers.mingru import BiMinGRU
 from rv_plugins.ops.layout import (from_sequence_by_columns, from_sequence_by_rows, to_sequence_by_columns,
                                    to_sequence_by_rows)
+from rv_plugins.ops.modes import is_tracing_or_exporting
 
 __all__ = ["BiLSTM2D", "BiMinGRU", "RNN_TYPES", "IMPLS", "lstm_cell_batched", "gru_cell_batched",
            "rnn_tanh_cell_batched"]
@@ -181,11 +182,15 @@ class BiLSTM2D(nn.Module):
     # ------------------------------------------------------------------ dispatch
     def resolved_impl(self, device: torch.device) -> str:
         """The implementation ``impl='auto'`` picks on ``device`` now (``'native'`` or ``'fused'``);
-        depends on ``torch.is_grad_enabled()`` for GRU/RNN."""
+        depends on ``torch.is_grad_enabled()`` for GRU/RNN. Under a tracer or exporter LSTM/GRU/RNN always
+        take ``'native'`` (``nn.LSTM``/``GRU``/``RNN``: one op for any length; the fused step loop would be
+        recorded with the traced size's step count)."""
+        if self.rnn_type == "mingru":
+            return "fused" if self.impl == "auto" else self.impl
+        if is_tracing_or_exporting():  # a traced step loop would hold the traced size's step count
+            return "native"
         if self.impl != "auto":
             return self.impl
-        if self.rnn_type == "mingru":
-            return "fused"
         if self.rnn_type == "lstm" or torch.device(device).type != "cpu" or torch.is_grad_enabled():
             return "native"
         return "fused"  # GRU / RNN inference on the CPU

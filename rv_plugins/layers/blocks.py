@@ -40,10 +40,14 @@ class _Recompute(torch.autograd.Function):
         refuse_double_backward("recompute_in_backward", "the layer's recompute")
         x, *params = ctx.saved_tensors
         x = x.detach().requires_grad_(ctx.needs_input_grad[1])
-        with torch.enable_grad(), _autocast_like(*ctx.autocast):
-            y = ctx.fn(x)
+        with torch.enable_grad():
+            with _autocast_like(*ctx.autocast):
+                y = ctx.fn(x)
+            # the gradients of <y, grad>, i.e. those for grad_outputs=grad (torch.autograd.grad with a tensor
+            # grad_outputs imports torch's symbolic-shapes module, and sympy, on its first use)
+            inner = (y * grad.to(y.dtype)).sum()
         wanted = [t for t, need in zip([x, *params], ctx.needs_input_grad[1:]) if need]
-        found = iter(torch.autograd.grad(y, wanted, grad, allow_unused=True))
+        found = iter(torch.autograd.grad(inner, wanted, allow_unused=True))
         return (None, *[next(found) if need else None for need in ctx.needs_input_grad[1:]])
 
 

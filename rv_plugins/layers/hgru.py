@@ -57,7 +57,7 @@ def _same_conv2d(inp: torch.Tensor, weight: torch.Tensor,
                  bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """'Same'-padded k x k convolution ``(B, C_in, H, W) -> (B, C_out, H, W)`` (zero padding
     ``(k - 1) // 2`` before and ``k // 2`` after, as PyTorch's ``padding='same'``)."""
-    k = weight.shape[-1]
+    k = int(weight.shape[-1])  # a plain int: a tracer's size value is no valid conv padding
     if k % 2 == 1:
         return F.conv2d(inp, weight, bias, padding=k // 2)
     before, after = (k - 1) // 2, k // 2

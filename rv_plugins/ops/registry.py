@@ -155,7 +155,8 @@ def resolve(name: Optional[str], device: torch.device) -> Backend:
 
 def set_export_backend(name: str) -> None:
     """The composite backend the public ops take while a model is traced or exported
-    (:func:`rv_plugins.ops.modes.is_tracing_or_exporting`); ``"reference"`` until another is set."""
+    (:func:`rv_plugins.ops.modes.is_tracing_or_exporting`); ``"parallel"`` (:mod:`rv_plugins.ops.parallel`:
+    vectorised steps per level, fast in onnxruntime, right at every traced size) unless another is set."""
     if not get_backend(name).composite:
         raise ValueError(f"set_export_backend: {name!r} is not a composite backend (differentiable PyTorch code)")
     _EXPORT_BACKEND[0] = name
@@ -175,8 +176,10 @@ def _cpu_kernel_available() -> bool:
 
 
 register_backend("reference", "rv_plugins.ops.reference", composite=True)
+register_backend("parallel", "rv_plugins.ops.parallel", composite=True)  # export-friendly: ops/parallel.py
+set_export_backend("parallel")
 register_backend("chunked", "rv_plugins.ops.chunked", devices=("cpu", "cuda"), priority=0)
 register_backend("cpu-kernel", "rv_plugins.ops.cpu_kernel", devices=("cpu",), priority=10,
                  available=_cpu_kernel_available)
-register_backend("triton", "rv_plugins.ops.triton_scan", devices=("cuda",), priority=10,
+register_backend("triton", "rv_plugins.ops.triton_kernels", devices=("cuda",), priority=10,
                  available=importlib.util.find_spec("triton") is not None)

@@ -1,13 +1,27 @@
-"""Ahead-of-time compilation of every Triton kernel in ``rv_plugins.ops`` for a chosen GPU, without a GPU.
+"""Ahead-of-time compilation of every Triton kernel of ``rv_plugins.ops.triton_kernels``, without a GPU.
 
-``triton.compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", capability, 32))`` runs
-the whole pipeline (Triton IR -> LLVM -> PTX -> ``ptxas`` -> cubin) on a CPU-only machine. The tests
-compile every kernel for sm_80 and sm_90 in float32 and bfloat16; the scan benchmark reports each
-kernel's registers, spills and shared memory (``resource_usage``, read from the cubin with the
-``cuobjdump`` that ships with Triton, or from a loaded kernel when a GPU is present).
+``triton.compile(ASTSource(fn, signature, constexprs, attrs), target=GPUTarget("cuda", 90, 32))`` runs the
+whole pipeline (Triton IR -> TTGIR -> LLVM -> PTX -> ``ptxas`` -> cubin) on a CPU-only machine. To report
+what really runs, each kernel is compiled as the runtime JIT would compile it (``triton/runtime/jit.py``
+``specialize_impl`` + ``backends/compiler.py`` ``get_arg_specialization``): pointers aligned to 16 bytes
+and integer arguments that are multiples of 16 carry ``tt.divisibility = 16`` (what lets the compiler
+emit 16-byte vector loads). The launchers copy any tensor whose data does not start on 16 bytes, so
+every pointer is divisible; of the integers, only the row strides decide the addresses' alignment
+(``D``, ``H``, the projection's strides): ``aligned`` marks those divisible (e.g. ``D = 144``; the
+launchers pick an ``aligned`` configuration exactly then), ``unaligned`` marks none (e.g. ``D = 3``).
+The other integers (``L``, grid sizes) carry no mark: a launch where they are multiples of 16 gets
+the mark, which only adds facts; an integer equal to 1 becomes a constant, which only removes code.
 
-Must run where ``TRITON_INTERPRET`` is unset when ``rv_plugins.ops.triton_scan`` is imported (under the
-interpreter the kernels are not compilable objects): :func:`compile_all_in_subprocess` does that.
+Every ``(configuration, aligned)`` the launchers can pick (``configs.all_configs``) is compiled, with
+every optional feature on (``h0``, reversed, both directions, the ``g`` candidate). :func:`resource_usage` reports
+registers, spill (stack) bytes and shared memory read from the cubin with the ``cuobjdump`` that ships
+with Triton, and from the TTGIR/PTX: the tile layout (whether each thread holds its group's steps, so
+the in-group scan needs no shuffle), 16-byte vector loads, and asynchronous copies (``cp.async``/TMA;
+none: each program loads one tile up front, there is no loop to pipeline — loads of the programs
+resident on an SM are in flight together, see :func:`bytes_in_flight`).
+
+Must run where ``TRITON_INTERPRET`` is unset when the kernels are imported (under the interpreter the
+kernels are not compilable objects): :func:`compile_all_in_subprocess` does that.
 """
 import json
 import os
@@ -15,117 +29,178 @@ import re
 import subprocess
 import sys
 import tempfile
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
-# Argument kinds per kernel: "p" pointer (to the data dtype), "i32", "i64"; constexprs with the
-# values compiled (the largest tiles the launchers use, every optional feature switched on).
-_INT_TYPES = {"stride_pb": "i64", "stride_pt": "i64"}  # every other integer argument is i32
-KERNEL_INTS = {
-    "_scan_fwd_kernel": ("L", "D"),
-    "_scan_bwd_kernel": ("L", "D"),
-    "_mingru_fwd_kernel": ("L", "H", "stride_pb", "stride_pt"),
-    "_mingru_bwd_kernel": ("L", "H", "stride_pb", "stride_pt"),
-    "_chunk_summary_kernel": ("L", "D", "n_chunks"),
-    "_chunk_carry_kernel": ("D", "n_chunks"),
-    "_chunk_replay_kernel": ("L", "D", "n_chunks"),
-}
-KERNEL_CONSTEXPRS = {
-    "_scan_fwd_kernel": dict(HAS_H0=True, REVERSE=True, BLOCK_L=64, BLOCK_D=32),
-    "_scan_bwd_kernel": dict(HAS_H0=True, REVERSE=True, BLOCK_L=64, BLOCK_D=32),
-    "_mingru_fwd_kernel": dict(NDIR=2, REVERSE=False, ACT_G=True, HAS_H0=True, BLOCK_L=32, BLOCK_D=32),
-    "_mingru_bwd_kernel": dict(NDIR=2, REVERSE=False, ACT_G=True, HAS_H0=True, BLOCK_L=32, BLOCK_D=32),
-    "_chunk_summary_kernel": dict(REVERSE=True, CHUNK=256, BLOCK_L=64, BLOCK_D=64),
-    "_chunk_carry_kernel": dict(HAS_H0=True, BLOCK_D=64),
-    "_chunk_replay_kernel": dict(REVERSE=True, CHUNK=256, BLOCK_L=64, BLOCK_D=64),
-}
-_TL_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+import torch
+
+KERNEL_MODULES = ("linear_scan", "mingru")
+_INT_ARGS = {"L", "D", "H", "n_lines", "n_chunks", "n_dblk", "stride_pb", "stride_pt"}
+_ROW_STRIDES = {"D", "H", "stride_pb", "stride_pt"}   # divisible by 16 in an aligned launch
+_POINTERS = {"A", "X", "P", "H0", "OUT", "DH", "DOUT", "DA", "DB", "DP", "DH0", "FLAGS", "VALS"}
+_FLAGS = {"HAS_H0": True, "REVERSE": True, "ACT_G": True, "NDIR": 2}  # every optional feature on
+_TL_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
+DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+SPECIALIZATIONS = ("aligned", "unaligned")
+# H100/H200 (sm_90) per-SM limits used by bytes_in_flight
+SM90 = dict(registers=65536, max_warps=64, max_blocks=32, shared_bytes=228 * 1024)
 
 
-def kernels() -> Dict[str, object]:
-    """Every ``@triton.jit`` kernel (name ending in ``_kernel``) of ``rv_plugins.ops.triton_scan``."""
+def kernels(compilable: bool = True) -> Dict[str, object]:
+    """Every ``@triton.jit`` kernel (name ending in ``_kernel``) of the kernel modules, by name
+    (``compilable=False``: also the interpreter's stand-ins, for their argument names)."""
+    import importlib
     from triton.runtime.jit import JITFunction
-    from . import triton_scan
-    found = {name: obj for name, obj in vars(triton_scan).items() if name.endswith("_kernel")}
-    for name, obj in found.items():
-        if not isinstance(obj, JITFunction):
-            raise RuntimeError(f"{name} is a {type(obj).__name__}, not a compilable JITFunction: import "
-                               "rv_plugins.ops.triton_scan with TRITON_INTERPRET unset (see compile_all_in_subprocess)")
+    found = {}
+    for module_name in KERNEL_MODULES:
+        module = importlib.import_module(f"rv_plugins.ops.triton_kernels.{module_name}")
+        for name, obj in vars(module).items():
+            if name.endswith("_kernel"):
+                if compilable and not isinstance(obj, JITFunction):
+                    raise RuntimeError(f"{name} is a {type(obj).__name__}, not a compilable JITFunction: import the "
+                                       "kernels with TRITON_INTERPRET unset (see compile_all_in_subprocess)")
+                found[name] = obj
     return found
 
 
-def signature(fn, dtype: str):
-    """``(signature, constexprs)`` for ``triton.compile``: ``{arg: "*bf16" | "i32" | "constexpr"}``."""
+def compile_spec(fn, dtype: torch.dtype, config, specialization: str):
+    """``(signature, constexprs, attrs, options)`` for ``triton.compile``, as the runtime JIT specialises
+    a launch of ``fn`` on ``dtype`` tensors with ``config``."""
     import triton.language as tl
-    name = fn.__name__
-    if name not in KERNEL_CONSTEXPRS:
-        raise KeyError(f"no compile spec for Triton kernel {name}; add it to KERNEL_CONSTEXPRS in {__file__}")
-    constexprs = dict(KERNEL_CONSTEXPRS[name], ACC=tl.float32)
-    sig = {}
-    for arg in fn.arg_names:
-        if arg in constexprs:
-            sig[arg] = "constexpr"
-        elif arg in KERNEL_INTS[name]:
-            sig[arg] = _INT_TYPES.get(arg, "i32")
+    from rv_plugins.ops.triton_kernels import launch
+    if specialization not in SPECIALIZATIONS:
+        raise ValueError(f"specialization={specialization!r}; choose one of {SPECIALIZATIONS}")
+    constants = launch.kernel_constants(dtype, config)
+    options = {k: constants.pop(k) for k in ("num_warps", "maxnreg") if k in constants}
+    acc = "fp64" if constants["ACC"] == tl.float64 else "fp32"
+    signature, constexprs, attrs = {}, {}, {}
+    for index, arg in enumerate(fn.arg_names):
+        if arg in constants or arg in _FLAGS:
+            signature[arg] = "constexpr"
+            constexprs[arg] = constants[arg] if arg in constants else _FLAGS[arg]
+            continue
+        if arg in _INT_ARGS:
+            signature[arg] = "i32"
+            divisible = specialization == "aligned" and arg in _ROW_STRIDES
+        elif arg in _POINTERS:
+            signature[arg] = {"FLAGS": "*i32", "VALS": f"*{acc}"}.get(arg, f"*{_TL_NAMES[dtype]}")
+            divisible = True
         else:
-            sig[arg] = f"*{_TL_DTYPES[dtype]}"
-    # state/carry buffers of the chunked scan are float32 whatever the data dtype
-    for arg in ("S_A", "S_B", "CARRY"):
-        if arg in sig:
-            sig[arg] = "*fp32"
-    return sig, {k: v for k, v in constexprs.items() if k in sig}
+            raise KeyError(f"no compile spec for argument {arg!r} of Triton kernel {fn.__name__}; add it to "
+                           f"_INT_ARGS or _POINTERS in {__file__}")
+        if divisible:
+            attrs[(index,)] = [["tt.divisibility", 16]]
+    return signature, constexprs, attrs, options
 
 
-def compile_kernel(fn, dtype: str, capability: int):
-    """Compile ``fn`` for ``sm_<capability>`` (80, 90, ...); returns Triton's compiled kernel."""
+def compile_kernel(fn, dtype: torch.dtype, config, specialization: str = "aligned", capability: int = 90):
+    """Compile ``fn`` for ``sm_<capability>``; returns Triton's compiled kernel."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    sig, constexprs = signature(fn, dtype)
-    return triton.compile(ASTSource(fn, sig, constexprs), target=GPUTarget("cuda", capability, 32))
+    signature, constexprs, attrs, options = compile_spec(fn, dtype, config, specialization)
+    return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=GPUTarget("cuda", capability, 32),
+                          options=options)
 
 
-def resource_usage(compiled) -> Dict[str, int]:
-    """``registers`` (per thread), ``spill_bytes`` and ``shared_bytes`` of a compiled kernel (cubin)."""
-    shared = int(compiled.metadata.shared)
-    out = {"shared_bytes": shared, "num_warps": int(compiled.metadata.num_warps)}
-    cubin = compiled.asm.get("cubin")
-    if cubin is None:
-        return out
+def _cuobjdump_usage(cubin: bytes) -> Dict[str, int]:
     from triton.backends.nvidia.compiler import get_ptxas
     cuobjdump = os.path.join(os.path.dirname(get_ptxas().path), "cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
         text = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
-    m = re.search(r"REG:(\d+)", text)
-    if m:
-        out["registers"] = int(m.group(1))
-    m = re.search(r"STACK:(\d+)", text)
-    if m:
-        out["stack_bytes"] = int(m.group(1))
+    found = {key.lower(): int(value) for key, value in re.findall(r"\b(REG|STACK|LOCAL):(\d+)", text)}
+    if "reg" not in found:
+        raise RuntimeError(f"cuobjdump -res-usage printed no register count:\n{text}")
+    return dict(registers=found["reg"], stack_bytes=found.get("stack", 0), local_bytes=found.get("local", 0))
+
+
+def tile_layout_in_thread(ttgir: str) -> bool:
+    """Whether every 3-D (group, step, channel) layout keeps the step axis inside one thread and warp."""
+    layouts = re.findall(r"#ttg\.blocked<\{sizePerThread = \[\d+, \d+, \d+\], threadsPerWarp = \[(\d+), (\d+), "
+                         r"(\d+)\], warpsPerCTA = \[(\d+), (\d+), (\d+)\]", ttgir)
+    return bool(layouts) and all(int(lanes[1]) == 1 and int(lanes[4]) == 1 for lanes in layouts)
+
+
+def resource_usage(compiled) -> Dict[str, object]:
+    """Registers per thread, spill (stack/local) bytes, shared memory, warps, and what the loads look like."""
+    ptx, ttgir = compiled.asm["ptx"], compiled.asm["ttgir"]
+    out = dict(shared_bytes=int(compiled.metadata.shared), num_warps=int(compiled.metadata.num_warps),
+               **_cuobjdump_usage(compiled.asm["cubin"]))
+    out["vector_loads"] = len(re.findall(r"\bld\.global(?:\.\w+)*\.v[248]\.", ptx))
+    out["scalar_loads"] = len(re.findall(r"\bld\.global(?:\.\w+)*\.(?:b|u|f|s)\d+\s", ptx))
+    out["async_copies"] = len(re.findall(r"\bcp\.async|\bcp\.reduce\.async|\bcp\.async\.bulk", ptx))
+    out["steps_in_thread"] = tile_layout_in_thread(ttgir)
     return out
 
 
-def compile_all(capabilities=(80, 90), dtypes=("float32", "bfloat16")) -> List[dict]:
-    """Compile every kernel for every capability and dtype; one row per compilation with its resources."""
+def bytes_in_flight(row: dict, tile_bytes: int) -> dict:
+    """Programs resident per sm_90 SM (registers, warps, blocks, shared memory) and the bytes of tile
+    loads they can have in flight together (each program issues its whole tile at its start)."""
+    threads = 32 * row["num_warps"]
+    by_regs = SM90["registers"] // (max(row["registers"], 1) * threads)
+    by_shared = SM90["shared_bytes"] // max(row["shared_bytes"], 1)
+    resident = max(0, min(by_regs, SM90["max_warps"] // row["num_warps"], SM90["max_blocks"], by_shared))
+    return dict(programs_per_sm=resident, tile_load_bytes=tile_bytes, bytes_in_flight_per_sm=resident * tile_bytes)
+
+
+def _tile_load_bytes(kernel: str, dtype: torch.dtype, config) -> int:
+    """Bytes a program loads from its tile's operands: a, x (forward scan); a, grad_h, h (backward);
+    gate, cand (minGRU forward); gate twice, cand, grad_h, h (minGRU backward)."""
+    operands = {"_linear_scan_fwd_kernel": 2, "_linear_scan_bwd_kernel": 3, "_mingru_fwd_kernel": 2,
+                "_mingru_bwd_kernel": 5}[kernel]
+    return operands * config.block_l * config.block_d * torch.empty((), dtype=dtype).element_size()
+
+
+def compile_all(dtypes: Sequence[torch.dtype] = DTYPES, capability: int = 90, names: Sequence[str] = (),
+                main_only: bool = False) -> List[dict]:
+    """Compile every kernel (or ``names``) at every ``(configuration, aligned)`` the launchers can pick for
+    each dtype (``main_only``: the one VisionGRU's long sequences get, ``L = 65536, D = 144``); one row
+    per compilation."""
+    from rv_plugins.ops.triton_kernels import configs
     rows = []
     for name, fn in sorted(kernels().items()):
-        for cap in capabilities:
-            for dtype in dtypes:
-                compiled = compile_kernel(fn, dtype, cap)
-                rows.append(dict(kernel=name, sm=cap, dtype=dtype, **resource_usage(compiled)))
+        if names and name not in names:
+            continue
+        for dtype in dtypes:
+            chosen = [(configs.choose(65536, 144, dtype), True)] if main_only else configs.all_configs(dtype)
+            for config, aligned in chosen:
+                specialization = "aligned" if aligned else "unaligned"
+                usage = resource_usage(compile_kernel(fn, dtype, config, specialization, capability))
+                row = dict(kernel=name, sm=capability, dtype=_TL_NAMES[dtype], block_l=config.block_l,
+                           block_d=config.block_d, steps=config.steps, maxnreg=config.maxnreg,
+                           specialization=specialization, **usage)
+                row.update(bytes_in_flight(row, _tile_load_bytes(name, dtype, config)))
+                rows.append(row)
     return rows
 
 
-def compile_all_in_subprocess(capabilities=(80, 90), dtypes=("float32", "bfloat16"), timeout=600) -> List[dict]:
-    """:func:`compile_all` in a fresh interpreter with ``TRITON_INTERPRET`` unset (safe from tests)."""
+def compile_all_in_subprocess(dtypes: Sequence[str] = ("float32", "bfloat16", "float16", "float64"),
+                              capability: int = 90, names: Sequence[str] = (), main_only: bool = False,
+                              timeout: float = 1800, workers: int = 0) -> List[dict]:
+    """:func:`compile_all` in fresh interpreters with ``TRITON_INTERPRET`` unset (safe from tests), the
+    dtypes split over ``workers`` processes (0: one per CPU core, at most 4); ``dtypes`` by name."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    code = ("import json, sys; from rv_plugins.ops.triton_compile import compile_all; "
-            f"print('RESULT' + json.dumps(compile_all({tuple(capabilities)!r}, {tuple(dtypes)!r})))")
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"compiling the Triton kernels failed:\n{proc.stderr[-4000:]}")
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT"))
-    return json.loads(line[len("RESULT"):])
+    workers = max(1, min(workers or os.cpu_count() or 1, 4, len(dtypes)))
+    procs = []
+    for part in (list(dtypes)[i::workers] for i in range(workers)):
+        args = json.dumps(dict(dtypes=part, capability=capability, names=list(names), main_only=main_only))
+        code = ("import json, sys, torch; from rv_plugins.ops.triton_compile import compile_all; "
+                f"a = json.loads({args!r}); a['dtypes'] = [getattr(torch, d) for d in a['dtypes']]; "
+                "print('RESULT' + json.dumps(compile_all(**a)))")
+        procs.append(subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    rows = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=timeout)
+        if proc.returncode != 0:
+            raise RuntimeError(f"compiling the Triton kernels failed:\n{err[-4000:]}")
+        rows += json.loads(next(l for l in out.splitlines() if l.startswith("RESULT"))[len("RESULT"):])
+    return rows
+
+
+def spills(rows: Sequence[dict]) -> List[dict]:
+    """The rows whose kernel spills registers to local memory (stack or local bytes)."""
+    return [r for r in rows if r["stack_bytes"] or r["local_bytes"]]

@@ -45,7 +45,8 @@ Usage::
 
 ``F`` is any ``nn.Module`` or callable taking ``(x, h)`` and returning one tensor shaped like
 ``h``; ``x`` and ``h`` may have any shapes. Under ``torch.no_grad()`` every mode just runs the N
-steps (no LCP, ``info.lcp is None``).
+steps (no LCP, ``info.lcp is None``), and so it does while a tracer or exporter records it (fvcore,
+``torch.jit.trace``, ``torch.export``, ONNX: the LCP's ``autograd.grad`` and the RBP hook are no graph ops).
 """
 import logging
 import math
@@ -54,6 +55,7 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import nn
 
+from rv_plugins.ops.modes import is_tracing_or_exporting
 from rv_plugins.solvers.info import NEUMANN_STOPS, RateLimitedWarning, SolverInfo
 from rv_plugins.solvers.neumann import NEUMANN_RULES, neumann_series
 from rv_plugins.solvers.settings import MODES, NONFINITE_GRADIENT_ACTIONS, SolverSettings, real_setting
@@ -185,7 +187,7 @@ class FixedPointSolver(SolverSettings):
                 "and returns a (h, c) tuple or a sequence; the solver needs F(x, h) -> next state, "
                 "one tensor shaped like h. Wrap it, e.g. keep h and c stacked in one state tensor "
                 "and split it inside a small nn.Module")
-        if not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() or is_tracing_or_exporting():  # a traced graph: the N steps alone
             h_prev, h = self._iterate(transition, x, h0, steps, steps)
             return h, SolverInfo(self.mode, steps, self._residual(h, h_prev))
         if self.mode in ("bptt", "cbptt"):
@@ -230,7 +232,7 @@ class FixedPointSolver(SolverSettings):
                 f"{_describe(out)} at step {step}; it must return the next state as one tensor "
                 f"shaped like h {tuple(h.shape)} (for a cell returning (h, c) or (out, h), return "
                 "only the state, or keep a tuple state stacked in one tensor)")
-        if self.check_finite:
+        if self.check_finite and not is_tracing_or_exporting():  # a traced graph cannot branch on data
             _check_finite(out, step, total_steps, self.mode)
         return out
 
@@ -244,6 +246,8 @@ class FixedPointSolver(SolverSettings):
 
     @staticmethod
     def _residual(h: torch.Tensor, h_prev: torch.Tensor) -> float:
+        if is_tracing_or_exporting():  # a float of the data is no part of a traced graph: not measured
+            return math.nan
         h, h_prev = h.detach(), h_prev.detach()
         return float((h - h_prev).norm() / h.norm().clamp_min(torch.finfo(h.dtype).tiny))
 

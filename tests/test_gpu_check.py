@@ -1,0 +1,69 @@
+"""tools/gpu_check.py rehearsed on the CPU at tiny sizes (Triton interpreted), with stand-ins for the peers
+that are not installed here (same call signatures as fla-core 0.6.0 and accelerated-scan 0.3.1), so the
+prepared GPU run cannot fail on a typo."""
+import json
+import sys
+import types
+
+import pytest
+import torch
+from tool_loader import load_tool
+
+pytest.importorskip("triton")
+pytestmark = [pytest.mark.triton, pytest.mark.usefixtures("one_thread")]
+
+
+def _loop(a, b):
+    """h_t = a_t h_{t-1} + b_t along dim 1 (what every peer computes, in its own layout)."""
+    h, out = torch.zeros_like(b[:, 0]), []
+    for t in range(b.shape[1]):
+        h = a[:, t] * h + b[:, t]
+        out.append(h)
+    return torch.stack(out, 1)
+
+
+@pytest.fixture
+def stand_in_peers(monkeypatch):
+    hgrn = types.ModuleType("fla.ops.hgrn")
+    hgrn.chunk_hgrn = lambda x, g, initial_state=None, output_final_state=False: (_loop(g.exp(), x), None)
+    hgrn.fused_recurrent_hgrn = hgrn.chunk_hgrn
+    scalar = types.ModuleType("accelerated_scan.scalar")
+    scalar.scan = lambda gates, tokens: _loop(gates.transpose(1, 2), tokens.transpose(1, 2)).transpose(1, 2)
+    warp = types.ModuleType("accelerated_scan.warp")
+    warp.scan = scalar.scan
+    for name, module in (("fla", types.ModuleType("fla")), ("fla.ops", types.ModuleType("fla.ops")),
+                         ("fla.ops.hgrn", hgrn), ("accelerated_scan", types.ModuleType("accelerated_scan")),
+                         ("accelerated_scan.scalar", scalar), ("accelerated_scan.warp", warp)):
+        monkeypatch.setitem(sys.modules, name, module)
+
+
+def test_gpu_check_runs_every_section_at_tiny_sizes(tmp_path, stand_in_peers, capsys):
+    tool = load_tool("gpu_check")
+    raw = tool.main(["--tiny", "--out", str(tmp_path)])
+    assert raw["failed"] == {}, raw["failed"]
+    assert set(raw["sections"]) == set(tool.SECTIONS)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    for key in ("date", "device", "scan_fwd_frac_of_copy", "scan_fwdbwd_frac_of_copy", "fused_vs_unfused_fwdbwd",
+                "scan_vs_fla_chunk_hgrn", "visiongru_vs_deit_img_s_1024_bf16", "visiongru_vs_deit_peak_mem_1024_bf16",
+                "visiongru_vs_deit_train_512_bf16"):
+        assert key in summary, key
+    assert summary["scan_fwd_frac_of_copy"]["value"] > 0 and summary["scan_fwd_frac_of_copy"]["dtype"] in (
+        "float32", "bfloat16")
+    assert summary["scan_vs_fla_chunk_hgrn"]["value"] > 0 and summary["fused_vs_unfused_fwdbwd"]["value"] > 0
+    assert summary["visiongru_vs_deit_img_s_1024_bf16"] > 0 and summary["visiongru_vs_deit_train_512_bf16"] > 0
+    assert summary["visiongru_vs_deit_peak_mem_1024_bf16"] is None       # no CUDA peak on the CPU
+    peers = raw["sections"]["peers"]["rows"][0]
+    assert {"fla_chunk_hgrn", "fla_fused_recurrent_hgrn", "accelerated_scan_triton"} <= set(peers)
+    assert raw["sections"]["profile"]["top"], "profiler table empty"
+    assert (tmp_path / "gpu_check.md").read_text().startswith("# GPU check")
+    assert json.loads((tmp_path / "gpu_check.json").read_text())["sections"].keys() == raw["sections"].keys()
+
+
+def test_a_failing_section_is_recorded_and_the_rest_runs(tmp_path, monkeypatch):
+    tool = load_tool("gpu_check")
+    monkeypatch.setattr(tool, "peer_fns", lambda: (_ for _ in ()).throw(RuntimeError("peer exploded")))
+    raw = tool.main(["--tiny", "--out", str(tmp_path), "--sections", "copy", "scan", "peers"])
+    assert "peer exploded" in raw["failed"]["peers"] and set(raw["sections"]) == {"copy", "scan"}
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["failed"] == ["peers"] and summary["scan_vs_fla_chunk_hgrn"] is None
+    assert summary["scan_fwdbwd_frac_of_copy"]["value"] > 0
