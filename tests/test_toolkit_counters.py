@@ -152,3 +152,21 @@ def test_get_model_complexity_info_counts_our_models_like_count_flops(mmengine_c
 @pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
 def test_get_model_complexity_info_at_224(mmengine_counters, name, kwargs, grad):
     _within_one_percent(name, grad, 224, **kwargs)
+
+
+@pytest.mark.parametrize("config, channels, size", [("upernet_visiongru_ti_synthetic.py", 3, 32),
+                                                    ("fpn_sequencer2d_s_synthetic.py", 3, 64),
+                                                    ("pathfinder/hgru_crbp_pathfinder32.py", 1, 32)])
+def test_segmentors_count_like_count_flops(config, channels, size):
+    """mmseg's segmentors through the call docs/tooling.md gives for mmseg's broken get_flops tool."""
+    pytest.importorskip("mmseg")
+    import os
+
+    import rv_plugins.mmseg  # noqa: F401
+    from mmseg.apis import init_model
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    model = init_model(os.path.join(repo, "configs", config), device="cpu")
+    x = torch.rand(1, channels, size, size)
+    ours = count_flops(model, x)["total"]
+    info = mmengine_analysis.get_model_complexity_info(model, inputs=(x,), show_table=False, show_arch=False)
+    assert abs(info["flops"] / ours - 1) < 0.01, (config, info["flops"], ours)
