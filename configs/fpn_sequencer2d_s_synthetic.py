@@ -18,7 +18,10 @@ train_pipeline = [
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackSegInputs'),
 ]
-test_pipeline = [dict(type='LoadSyntheticScene'), dict(type='PackSegInputs')]
+val_pipeline = [dict(type='LoadSyntheticScene'), dict(type='PackSegInputs')]
+# Image files (MMSegInferencer, mmseg.apis.inference_model); the procedural test set renders its scenes in
+# place of these file loaders (rv_plugins.mmseg.datasets.ProceduralSegDataset), as validation does.
+test_pipeline = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'), dict(type='PackSegInputs')]
 dataset = dict(_delete_=True, type='SyntheticScenesDataset', img_size=img_size, num_classes=num_classes)
 train_dataloader = dict(
     batch_size=8, num_workers=0, persistent_workers=False,
@@ -27,8 +30,8 @@ train_dataloader = dict(
 val_dataloader = dict(
     batch_size=8, num_workers=0, persistent_workers=False,
     sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(dataset, num_samples=96, seed=12345, pipeline=test_pipeline))
-test_dataloader = val_dataloader
+    dataset=dict(dataset, num_samples=96, seed=12345, pipeline=val_pipeline))
+test_dataloader = dict(val_dataloader, dataset=dict(val_dataloader['dataset'], pipeline=test_pipeline))
 
 optim_wrapper = dict(optimizer=dict(lr=2e-3), clip_grad=dict(_delete_=True, max_norm=1.0))
 max_iters = 250

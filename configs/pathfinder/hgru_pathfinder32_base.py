@@ -41,7 +41,11 @@ model = dict(
     test_steps=None)
 
 train_pipeline = [dict(type='LoadPathfinderSample'), dict(type='PackSegInputs')]
-test_pipeline = [dict(type='LoadPathfinderSample'), dict(type='PackSegInputs')]
+val_pipeline = [dict(type='LoadPathfinderSample'), dict(type='PackSegInputs')]
+# Grey image files (MMSegInferencer, mmseg.apis.inference_model); the procedural test set renders its samples
+# in place of these file loaders (rv_plugins.mmseg.datasets.ProceduralSegDataset), as validation does.
+test_pipeline = [dict(type='LoadImageFromFile', color_type='grayscale'), dict(type='LoadAnnotations'),
+                 dict(type='PackSegInputs')]
 dataset = dict(type='PathfinderSegDataset', image_size=image_size, num_distractors=2, channels=1)
 train_dataloader = dict(
     batch_size=16, num_workers=0, persistent_workers=False,
@@ -50,8 +54,9 @@ train_dataloader = dict(
 val_dataloader = dict(
     batch_size=16, num_workers=0, persistent_workers=False,
     sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(dataset, num_samples=128, length=train_length, seed=10000, pipeline=test_pipeline))
-test_dataloader = dict(val_dataloader, dataset=dict(val_dataloader['dataset'], length=test_lengths[-1]))
+    dataset=dict(dataset, num_samples=128, length=train_length, seed=10000, pipeline=val_pipeline))
+test_dataloader = dict(val_dataloader, dataset=dict(val_dataloader['dataset'], length=test_lengths[-1],
+                                                     pipeline=test_pipeline))
 val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
 test_evaluator = val_evaluator
 

@@ -5,9 +5,12 @@ key ``SPEC_KEY``) from which a ``Load*`` transform renders ``img`` / ``gt_seg_ma
 ``LoadImageFromFile`` + ``LoadAnnotations`` do for files; the rest of an mmseg pipeline is unchanged.
 
 * :class:`ProceduralSegDataset` (base, not registered): ``num_samples`` entries from the stream
-  ``seed``; a subclass names ``SPEC_KEY`` and implements :meth:`~ProceduralSegDataset.sample_spec`
-  and :meth:`~ProceduralSegDataset.sample_path` (a made-up, unique ``img_path`` for logs and
-  visualisers).
+  ``seed``; a subclass names ``SPEC_KEY`` and ``LOADER`` (its ``Load*`` transform) and implements
+  :meth:`~ProceduralSegDataset.sample_spec` and :meth:`~ProceduralSegDataset.sample_path` (a made-up,
+  unique ``img_path`` for logs and visualisers). File loaders in its pipeline stand for its renderer:
+  ``LoadImageFromFile`` becomes ``LOADER`` and ``LoadAnnotations`` is dropped (the renderer writes the
+  mask), so one test pipeline serves the procedural test set and image files (``MMSegInferencer``,
+  ``mmseg.apis.inference_model``, which read the config's test pipeline).
 * :class:`LoadProceduralSample` (base, not registered): a subclass names ``SPEC_KEY`` /
   ``DATASET`` and implements :meth:`~LoadProceduralSample.render` ``(spec) -> (img, mask)``.
 
@@ -37,6 +40,7 @@ class ProceduralSegDataset(BaseDataset):
     """
 
     SPEC_KEY: str = ""
+    LOADER: str = ""  # registry name of the transform that renders SPEC_KEY (stands in for file loaders)
 
     def __init__(self, num_samples: int = 1000, seed: int = 0, **kwargs):
         if not self.SPEC_KEY:
@@ -45,7 +49,25 @@ class ProceduralSegDataset(BaseDataset):
             raise ValueError(f"{type(self).__name__}: num_samples must be >= 1, got {num_samples}")
         self.num_samples, self.seed = int(num_samples), int(seed)
         kwargs.setdefault("serialize_data", False)
+        kwargs["pipeline"] = self.render_file_loaders(kwargs.get("pipeline", []))
         super().__init__(**kwargs)
+
+    def render_file_loaders(self, pipeline: Sequence) -> list:
+        """``pipeline`` with ``LoadImageFromFile`` replaced by ``LOADER`` and ``LoadAnnotations`` dropped
+        (transform configs only; built transforms are kept as they are)."""
+        out = []
+        for t in pipeline:
+            kind = t.get("type") if isinstance(t, dict) else None
+            kind = getattr(kind, "__name__", kind)
+            if kind == "LoadAnnotations":
+                continue
+            if kind == "LoadImageFromFile":
+                if not self.LOADER:
+                    raise TypeError(f"{type(self).__name__}: a pipeline with LoadImageFromFile needs the dataset's "
+                                    "LOADER (the transform that renders its samples); set LOADER on the class")
+                t = dict(type=self.LOADER)
+            out.append(t)
+        return out
 
     def sample_spec(self, index: int) -> dict:
         """What the loading transform needs to render sample ``index``."""
@@ -91,7 +113,7 @@ class SyntheticScenesDataset(ProceduralSegDataset):
     """``num_samples`` scenes of ``img_size`` (H, W) from the stream ``seed`` (see ``synthetic_scenes``)."""
 
     METAINFO = dict(classes=synthetic_scenes.CLASSES, palette=synthetic_scenes.PALETTE)
-    SPEC_KEY = "synthetic_scene"
+    SPEC_KEY, LOADER = "synthetic_scene", "LoadSyntheticScene"
 
     def __init__(self, num_samples: int = 1000, img_size: Sequence[int] = (128, 128), seed: int = 0,
                  num_classes: int = len(synthetic_scenes.CLASSES), max_objects: int = 5, **kwargs):

@@ -39,7 +39,7 @@ class PathfinderSegDataset(ProceduralSegDataset):
     """
 
     METAINFO = dict(classes=("background", "contour"), palette=[[0, 0, 0], [255, 255, 255]])
-    SPEC_KEY = "pathfinder"
+    SPEC_KEY, LOADER = "pathfinder", "LoadPathfinderSample"
 
     def __init__(self, num_samples: int = 1000, image_size: int = 64, length: int = 6,
                  num_distractors: int = 2, seed: int = 0, channels: int = 1,

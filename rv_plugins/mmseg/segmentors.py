@@ -32,11 +32,19 @@ class RecurrentSegmentor(BaseSegmentor):
         ignore_index: label value left out of the loss.
         test_steps: recurrent steps at test time (None: the training steps).
         data_preprocessor, init_cfg: as for every mmseg segmentor.
+        pretrained, train_cfg: only ``None``, which ``mmseg.apis.init_model`` sets on every segmentor config
+            it builds (load whole-model checkpoints with ``init_model(config, checkpoint)`` or ``load_from``).
     """
 
     def __init__(self, backbone: dict, class_weight: Optional[Sequence[float]] = None,
                  ignore_index: int = 255, test_steps: Optional[int] = None,
-                 data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None):
+                 data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None,
+                 pretrained: Optional[str] = None, train_cfg: Optional[dict] = None):
+        for name, value in (("pretrained", pretrained), ("train_cfg", train_cfg)):
+            if value is not None:
+                raise ValueError(f"RecurrentSegmentor: {name}={value!r} is not supported (accepted as None for "
+                                 "mmseg.apis.init_model); load a whole-model checkpoint with load_from=PATH or "
+                                 "init_model(config, PATH), and set training options on the backbone")
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self.backbone = MODELS.build(backbone)
         self.ignore_index, self.test_steps = ignore_index, test_steps

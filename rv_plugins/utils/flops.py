@@ -28,6 +28,10 @@ totals. What is counted:
   counts the same for its recurrence, ``B*L*D`` with ``D`` its output width (``H``, or ``2H``
   bidirectional); its gates are element-wise and not counted (as when they were separate ops).
   Both are reported under ``SCAN_KEY``.
+
+The formulas are written once (``rnn_macs``, ``scan_macs``); :mod:`rv_plugins.utils.jit_flops` gives them to
+the toolkits' tracing counters (mmengine's ``get_model_complexity_info``, fvcore / Detectron2's
+``FlopCountAnalysis``), which the adapters register them with.
 """
 import math
 from collections import defaultdict
@@ -40,38 +44,57 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import rv_plugins.ops  # noqa: F401  (registers the torch.ops.rv_plugins ops)
 
-__all__ = ["count_flops", "flop_handlers", "SCAN_KEY"]
+__all__ = ["count_flops", "flop_handlers", "SCAN_KEY", "rnn_macs", "rnn_weight_list", "scan_macs"]
 
 aten = torch.ops.aten
 SCAN_KEY = "rv_plugins.linear_scan"
+
+
+# ----------------------------------------------------------------------------- MAC formulas
+# One formula per op, in MACs and on shapes; the FlopCounterMode handlers below (2 units per MAC) and the
+# tracing counters' handles (rv_plugins.utils.jit_flops, 1 per MAC) both call these.
+
+def rnn_tokens(input_shape) -> int:
+    """Tokens an RNN layer processes: ``(T, N, I)`` / ``(N, T, I)`` or packed ``(sum_T, I)``."""
+    return input_shape[0] if len(input_shape) == 2 else input_shape[0] * input_shape[1]
+
+
+def weight_macs(shapes) -> int:
+    """MACs per token of all 2-D weight matrices in ``shapes`` (biases are 1-D and skipped)."""
+    return sum(s[0] * s[1] for s in shapes if s is not None and len(s) == 2)
+
+
+def rnn_macs(input_shape, weight_shapes) -> int:
+    """A recurrent layer call: every weight matrix once per token (``G*H*(I + H)`` per layer and direction)."""
+    return rnn_tokens(input_shape) * weight_macs(weight_shapes)
+
+
+def rnn_weight_list(args):
+    """The flat parameter list among an RNN op's arguments: the list holding 2-D shapes (an LSTM's
+    ``hx`` list holds 3-D ones); ``[]`` when there is none."""
+    for arg in args:
+        if isinstance(arg, (list, tuple)) and any(s is not None and len(s) == 2 for s in arg):
+            return arg
+    return []
+
+
+def scan_macs(shape) -> int:
+    """A linear scan over ``shape`` ``(B, L, D)``: one multiply-add per element and step."""
+    return math.prod(shape)
 
 
 # ----------------------------------------------------------------------------- RNN handlers
 # Handlers get the op's arguments with tensors replaced by their shapes (FlopCounterMode's
 # ``shape_wrapper``) and return FlopCounterMode units: 2 per MAC.
 
-def _rnn_tokens(input_shape) -> int:
-    """Tokens an RNN layer processes: ``(T, N, I)`` / ``(N, T, I)`` or packed ``(sum_T, I)``."""
-    return input_shape[0] if len(input_shape) == 2 else input_shape[0] * input_shape[1]
-
-
-def _weight_macs(shapes) -> int:
-    """MACs per token of all 2-D weight matrices in ``shapes`` (biases are 1-D and skipped)."""
-    return sum(s[0] * s[1] for s in shapes if s is not None and len(s) == 2)
-
-
 def _rnn_op_flop(input_shape, *args, out_shape=None, **kwargs) -> int:
-    """``aten.lstm/gru/rnn_tanh/rnn_relu`` (``.input`` and packed ``.data``): the flat parameter
-    list is the list argument holding 2-D shapes (the ``hx`` list of an LSTM holds 3-D ones)."""
-    for arg in args:
-        if isinstance(arg, (list, tuple)) and any(s is not None and len(s) == 2 for s in arg):
-            return 2 * _rnn_tokens(input_shape) * _weight_macs(arg)
-    return 0
+    """``aten.lstm/gru/rnn_tanh/rnn_relu`` (``.input`` and packed ``.data``)."""
+    return 2 * rnn_macs(input_shape, rnn_weight_list(args))
 
 
 def _mkldnn_rnn_layer_flop(input_shape, w_ih, w_hh, *args, out_shape=None, **kwargs) -> int:
     """One layer and direction of a oneDNN RNN: ``(input, weight_ih, weight_hh, ...)``."""
-    return 2 * _rnn_tokens(input_shape) * _weight_macs([w_ih, w_hh])
+    return 2 * rnn_macs(input_shape, [w_ih, w_hh])
 
 
 def _mkldnn_rnn_layer_backward_flop(input_shape, w_ih, w_hh, *args, out_shape=None, **kwargs) -> int:
@@ -80,7 +103,7 @@ def _mkldnn_rnn_layer_backward_flop(input_shape, w_ih, w_hh, *args, out_shape=No
 
 def _cudnn_rnn_flop(input_shape, weights, *args, out_shape=None, **kwargs) -> int:
     """``_cudnn_rnn`` / ``miopen_rnn``: ``weights`` lists every layer's and direction's matrices."""
-    return 2 * _rnn_tokens(input_shape) * _weight_macs(weights)
+    return 2 * rnn_macs(input_shape, weights)
 
 
 def _cudnn_rnn_backward_flop(input_shape, weights, *args, out_shape=None, **kwargs) -> int:
@@ -99,12 +122,12 @@ def _sdpa_backward_flop(grad_out, query, key, value, *args, out_shape=None, **kw
 # ----------------------------------------------------------------------------- our scan ops
 def _linear_scan_flop(a_shape, *args, out_shape=None, **kwargs) -> int:
     """``rv_plugins::linear_scan(a, b, h0, reverse, backend)``: one multiply-add per element."""
-    return 2 * math.prod(a_shape)
+    return 2 * scan_macs(a_shape)
 
 
 def _mingru_scan_flop(proj_shape, *args, out_shape=None, **kwargs) -> int:
     """``rv_plugins::mingru_scan(proj, ...)``: one multiply-add per output element (the recurrence)."""
-    return 2 * math.prod(out_shape)
+    return 2 * scan_macs(out_shape)
 
 
 SCAN_OPS = {torch.ops.rv_plugins.linear_scan: _linear_scan_flop,
