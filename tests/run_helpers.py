@@ -1,5 +1,6 @@
 """Helpers of the run-safety tests: a process that holds a work-dir lock, waiting on a child process."""
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -37,3 +38,18 @@ def wait_for(predicate, proc, timeout) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+def sigkill_after_progress(proc, progressed, kind, folder, rng, log, progress_s, save_s, max_sleep_s) -> None:
+    """SIGKILL a training run once ``progressed()`` holds (its own save completed), either while a save of
+    it exists only as a temporary file in ``folder`` (``kind == "save"``) or at a random instant up to
+    ``max_sleep_s`` later; ``log()`` gives the run's output for the failure messages."""
+    from rv_plugins.engine import is_temporary
+    assert wait_for(progressed, proc, progress_s), f"the run made no progress:\n{log()[-3000:]}"
+    if kind == "save":
+        hit = wait_for(lambda: any(is_temporary(n) for n in os.listdir(folder)), proc, save_s)
+        assert hit, f"no save observed:\n{log()[-3000:]}"
+    else:
+        time.sleep(rng.uniform(0.0, max_sleep_s))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

@@ -98,15 +98,24 @@ def test_a_traced_scan_is_right_at_every_length_or_refuses(reverse):
         traced(a, b, h0)
 
 
-def test_public_ops_take_the_composite_under_a_tracer():
+def test_public_ops_take_the_composite_while_exporting_and_the_op_in_a_plain_trace():
     class Both(nn.Module):
         def forward(self, a, b, proj):
             return linear_scan(a, b), mingru_scan(proj, bidirectional=True, candidate_act="g")
 
     a, b, _ = _scan_inputs(20, D=4)
     proj = torch.randn(2, 20, 16, dtype=torch.float64)
-    graph = str(torch.jit.trace(Both(), (a, b, proj), check_trace=False).graph)
-    assert "rv_plugins::" not in graph and "aten::mul" in graph
+    with torch.no_grad():
+        exported = torch.export.export(Both(), (a, b, proj))
+    targets = [str(n.target) for n in exported.graph.nodes]
+    assert not [t for t in targets if "rv_plugins" in t] and any("mul" in t for t in targets)
+    # a TorchScript trace keeps the ops (any size, the fast kernels; counters see them)
+    traced = torch.jit.trace(Both(), (a, b, proj), check_trace=False)
+    assert str(traced.graph).count("rv_plugins::") == 2
+    a2, b2, _ = _scan_inputs(33, D=4)
+    proj2 = torch.randn(2, 33, 16, dtype=torch.float64)
+    for got, want in zip(traced(a2, b2, proj2), Both()(a2, b2, proj2)):
+        torch.testing.assert_close(got, want)
 
 
 # ----------------------------------------------------------------------------- ONNX helpers

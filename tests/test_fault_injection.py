@@ -10,7 +10,6 @@ import os
 import os.path as osp
 import random
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import zipfile
 
 import pytest
 import torch
-from run_helpers import start_lock_holder, wait_for
+from run_helpers import sigkill_after_progress, start_lock_holder
 
 from rv_plugins import engine as ck
 from rv_plugins.engine import atomic, resume
@@ -231,16 +230,9 @@ def test_sigkill_at_random_instants_loses_no_checkpoint(tmp_path):
 
         if run < len(kills):
             # kill only after this run has gone past where it started, so every run makes progress
-            progressed = wait_for(lambda: re.search(r"checkpoint complete: \S*iter_(\d+)\.pth", text())
-                                   is not None, proc, 240)
-            assert progressed, f"run {run} made no progress:\n{text()[-3000:]}"
-            if kills[run] == "save":
-                hit = wait_for(lambda: any(ck.is_temporary(n) for n in os.listdir(work_dir)), proc, 120)
-                assert hit, f"run {run}: no save observed:\n{text()[-3000:]}"
-            else:
-                time.sleep(rng.uniform(0.0, 1.5))
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
+            progressed = lambda: re.search(r"checkpoint complete: \S*iter_(\d+)\.pth", text()) is not None  # noqa: E731
+            sigkill_after_progress(proc, progressed, kills[run], work_dir, rng, text, progress_s=240, save_s=120,
+                                   max_sleep_s=1.5)
         else:
             assert proc.wait(timeout=300) == 0, text()[-5000:]
         out = text()

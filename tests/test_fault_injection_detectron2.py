@@ -9,14 +9,12 @@ import logging
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
-from run_helpers import wait_for
+from run_helpers import sigkill_after_progress
 
 pytestmark = pytest.mark.detectron2
 pytest.importorskip("detectron2")
@@ -160,15 +158,8 @@ def test_sigkill_during_detectron2_training_loses_no_checkpoint(tmp_path):
         text = lambda: log_path.read_text(errors="replace")  # noqa: E731
         if run < len(kills):
             # kill after this run has completed a save of its own, so every run makes progress
-            progressed = wait_for(lambda: max(_complete(out_dir) or [-1]) > start, proc, 600)
-            assert progressed, f"run {run} made no progress:\n{text()[-3000:]}"
-            if kills[run] == "save":
-                hit = wait_for(lambda: any(is_temporary(n) for n in os.listdir(out_dir)), proc, 300)
-                assert hit, f"run {run}: no save observed:\n{text()[-3000:]}"
-            else:
-                time.sleep(rng.uniform(0.0, 1.0))
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
+            sigkill_after_progress(proc, lambda: max(_complete(out_dir) or [-1]) > start, kills[run], out_dir, rng,
+                                   text, progress_s=600, save_s=300, max_sleep_s=1.0)
         else:
             assert proc.wait(timeout=900) == 0, text()[-5000:]
         out = text()

@@ -23,7 +23,7 @@ import site
 import subprocess
 import sys
 import sysconfig
-from typing import Dict, List, Set, Tuple
+from typing import Dict, List
 
 import pytest
 

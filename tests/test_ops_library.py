@@ -1,6 +1,5 @@
 """rv_plugins.ops as torch ops: custom-op registration, torch.compile without graph breaks, FLOP counting
 through the op, double backward on every backend, and the scan's edge cases (the reference is the truth)."""
-import os
 
 import pytest
 import torch

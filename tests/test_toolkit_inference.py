@@ -3,7 +3,6 @@
 'image.png')``; the procedural configs' test sets still render their samples."""
 import glob
 import os
-import warnings
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""VisionGRU (Yang Liu et al., 2024, arXiv:2412.18178): a hierarchical backbone of 2DGRU blocks.
+"""VisionGRU (Shicheng Yin et al., 2024, arXiv:2412.18178): a hierarchical backbone of 2DGRU blocks.
 
 Layout (every map inside the network is channels-last ``(B, H, W, C)``)::
 

@@ -12,7 +12,7 @@ import sys
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-__all__ = ["is_tracing_or_exporting", "is_exporting_now", "under_dispatch_mode"]
+__all__ = ["is_tracing_or_exporting", "is_exporting", "is_exporting_now", "under_dispatch_mode"]
 
 
 def _in_onnx_export() -> bool:
@@ -24,6 +24,12 @@ def _in_onnx_export() -> bool:
 def is_tracing_or_exporting() -> bool:
     """Whether the current call is being recorded by a tracer or exporter (not ``torch.compile``)."""
     return torch.jit.is_tracing() or torch.jit.is_scripting() or is_exporting_now() or _in_onnx_export()
+
+
+def is_exporting() -> bool:
+    """An exporter records the model: ``torch.export`` (the ONNX exporter's first strategy) or the legacy ONNX
+    exporter (whose TorchScript trace this is). A plain ``torch.jit.trace`` is not exporting."""
+    return is_exporting_now() or _in_onnx_export()
 
 
 def is_exporting_now() -> bool:

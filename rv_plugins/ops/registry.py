@@ -155,7 +155,7 @@ def resolve(name: Optional[str], device: torch.device) -> Backend:
 
 def set_export_backend(name: str) -> None:
     """The composite backend the public ops take while a model is traced or exported
-    (:func:`rv_plugins.ops.modes.is_tracing_or_exporting`); ``"parallel"`` (:mod:`rv_plugins.ops.parallel`:
+    (:func:`rv_plugins.ops.modes.is_exporting`); ``"parallel"`` (:mod:`rv_plugins.ops.parallel`:
     vectorised steps per level, fast in onnxruntime, right at every traced size) unless another is set."""
     if not get_backend(name).composite:
         raise ValueError(f"set_export_backend: {name!r} is not a composite backend (differentiable PyTorch code)")

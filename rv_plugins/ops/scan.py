@@ -16,8 +16,10 @@ How a call runs:
   kernels run inside the ``torch.library`` custom op ``torch.ops.rv_plugins.linear_scan(a, b, h0,
   reverse, backend)`` (a fake implementation, registered autograd, ``rv_plugins::linear_scan_backward``
   for the backward): the compiler traces one node without graph breaks and counters see the op;
-* while a tracer or exporter records the model (:func:`rv_plugins.ops.modes.is_tracing_or_exporting`),
-  the registry's export backend (plain PyTorch ops) runs instead.
+* a TorchScript trace (``torch.jit.trace``, and so the toolkits' FLOP counters) records the custom op: the
+  traced module runs at any size on the same kernels (it needs ``rv_plugins.ops`` imported to load);
+* while an exporter records the model (``torch.export``, ``torch.onnx.export`` either way:
+  :func:`rv_plugins.ops.modes.is_exporting`), the registry's export backend (plain PyTorch ops) runs.
 
 The backward is the same recurrence run the other way (:mod:`rv_plugins.ops.adjoint`). Under
 ``create_graph=True`` (double backward, e.g. the C-RBP Lipschitz penalty) it is written with
@@ -31,7 +33,7 @@ from torch import Tensor
 from . import registry
 from .adjoint import accumulation_dtype, linear_scan_adjoint
 from .checks import check_linear_scan_inputs
-from .modes import is_exporting_now, is_tracing_or_exporting, under_dispatch_mode
+from .modes import is_exporting, is_exporting_now, under_dispatch_mode
 
 __all__ = ["linear_scan", "linear_scan_kernels_forward", "BACKENDS", "resolve_backend", "backend_name", "route"]
 
@@ -65,11 +67,13 @@ def route(backend: Optional[str]) -> str:
         if is_exporting_now():
             return "export"
         return "composite" if backend is not None and registry.is_composite(backend) else "op"
-    if is_tracing_or_exporting():
+    if is_exporting():
         return "export"
     if backend is not None and registry.is_composite(backend):
         return "composite"
-    return "op" if under_dispatch_mode() else "function"
+    # a TorchScript trace records the custom op (it runs at any size, on the fast kernels, and the
+    # toolkits' tracing FLOP counters see it); dispatch modes see it as one op too
+    return "op" if torch.jit.is_tracing() or under_dispatch_mode() else "function"
 
 
 def _kernels(backend: str, device: torch.device):
