@@ -126,6 +126,17 @@ def test_a_packaged_library_that_does_not_load_falls_back_to_the_jit_build(fresh
     assert "it does not load" in line and "GLIBCXX_3.4.32" in line
 
 
+def test_tuned_skips_the_packaged_build_and_replaces_a_loaded_one(fresh, tmp_path):
+    loads = _packaged(fresh, tmp_path)
+    built = _jit(fresh)
+    assert cpu_kernel.load().kind == "packaged" and len(loads) == 1 and built == []
+    assert cpu_kernel.load(tuned=True).kind == "jit" and cpu_kernel.loaded_from() == "built" and len(built) == 1
+    assert cpu_kernel.load().kind == "jit" and cpu_kernel.load(tuned=True).kind == "jit" and len(built) == 1
+    fresh.setattr(cpu_kernel, "_MODULE", None)
+    fresh.setattr(cpu_kernel, "_import_built", lambda name: _fake("cached"))
+    assert cpu_kernel.load(tuned=True).kind == "cached" and len(built) == 1 and len(loads) == 1
+
+
 def test_an_unreadable_build_record_falls_back_to_the_jit_build(fresh, tmp_path, caplog):
     _packaged(fresh, tmp_path)
     (tmp_path / "_scan_cpu.cpython-311-x86_64-linux-gnu.build.json").write_text("{ truncated")

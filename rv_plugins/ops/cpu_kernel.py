@@ -139,17 +139,19 @@ def _jit_build(name: str, cflags, verbose: bool):
     return _load(name=name, sources=[_SOURCE], verbose=verbose, extra_cflags=cflags, extra_ldflags=build.LDFLAGS)
 
 
-def load(verbose: bool = False):
+def load(verbose: bool = False, tuned: bool = False):
     """Import the extension: this checkout's cached JIT build, else the packaged build where it fits this
     torch and CPU, else a JIT build for this source, flags, torch and path; raises if that build fails.
-    The module's ``build_info`` says which build it is (``"isa"``, ``"torch"``, ``"cflags"``)."""
+    ``tuned=True`` skips the packaged build (building the JIT build once if it is not cached, and switching
+    to it if the packaged one is loaded): on an AVX-512 CPU it runs the fused minGRU scans faster
+    (docs/installation.md). The module's ``build_info`` says which build it is (``"isa"``, ``"torch"``,
+    ``"cflags"``)."""
     global _MODULE, _LOADED_FROM
-    if _MODULE is None:
+    if _MODULE is None or (tuned and _LOADED_FROM == "packaged"):
         cflags = build.CFLAGS + build.simd_flags()
         name = f"rv_plugins_scan_cpu_{build_key(cflags)}"
-        jit_info = {"module": name, "torch": torch.__version__, "isa": "this CPU", "cflags": cflags}
         module, origin = _import_built(name), "cached"
-        if module is None:
+        if module is None and not tuned:
             module, why = _import_packaged()
             origin = "packaged"
             if why is not None:
@@ -158,7 +160,7 @@ def load(verbose: bool = False):
         if module is None:
             module, origin = _jit_build(name, cflags, verbose), "built"
         if origin != "packaged":
-            module.build_info = jit_info
+            module.build_info = {"module": name, "torch": torch.__version__, "isa": "this CPU", "cflags": cflags}
         _MODULE, _LOADED_FROM = module, origin
     return _MODULE
 
