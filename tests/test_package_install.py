@@ -1,11 +1,13 @@
 """The wheel installs like a package: console scripts, the tools under ``rv_plugins/.mim/tools``, the configs.
 
-Builds a wheel from a copy of this checkout (``pip wheel --no-deps --no-build-isolation``), installs it
-with ``pip install --no-deps --target`` into a throw-away folder (this environment provides torch and
-the toolkits), and runs the console scripts from a folder outside the repository with that folder
-first on ``PYTHONPATH``.
+Builds a wheel from a copy of this checkout (``pip wheel --no-deps --no-build-isolation``: the compiled CPU
+kernel goes into it), installs it with ``pip install --no-deps --target`` into a throw-away folder (this
+environment provides torch and the toolkits), and runs the console scripts and a forward from a folder
+outside the repository with that folder first on ``PYTHONPATH``.
 """
+import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -16,7 +18,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = {"rv-train": "train.py", "rv-test": "test.py", "rv-train-net": "train_net.py",
            "rv-convert-visiongru": "convert_visiongru_checkpoint.py", "rv-export-onnx": "export_onnx.py"}
 _SKIP = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.egg-info", "build", "dist", "work_dirs", "output",
-                               ".pytest_cache", "data", "bench_results", "*.pth")
+                               ".pytest_cache", "data", "bench_results", "*.pth", "_scan_cpu.*")
 
 
 def _run(cmd, cwd, env=None, timeout=600):
@@ -39,7 +41,14 @@ def installed(tmp_path_factory):
     outside = tmp / "elsewhere"
     outside.mkdir()
     env = dict(os.environ, PYTHONPATH=str(site), OMP_NUM_THREADS="1")
-    return dict(site=site, wheel=wheel, cwd=str(outside), env=env)
+    env.pop("RV_SCAN_DISABLE_CPU_KERNEL", None)
+    return dict(site=site, wheel=wheel, cwd=str(outside), env=env, src=src, tmp=tmp)
+
+
+def _packaged_kernel_expected():
+    from rv_plugins.ops import cpu_kernel_build as build
+    flags = build.cpu_flags() or set()
+    return platform.machine().lower() in build.PACKAGED_MACHINES and set(build.PACKAGED_CPU_FLAGS) <= flags
 
 
 @pytest.mark.slow
@@ -83,3 +92,60 @@ def test_installed_package_resolves_its_own_configs_and_tools(installed):
     package, tool, config = res.stdout.split()
     assert package.startswith(site) and tool.startswith(site) and config.startswith(site), res.stdout
     assert tool.endswith("rv_plugins/.mim/tools/train.py") and os.path.isfile(tool) and not os.path.islink(tool)
+
+
+@pytest.mark.slow
+def test_wheel_carries_the_compiled_kernel_and_its_build_record(installed):
+    import zipfile
+
+    import torch
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("the kernel is packaged for x86-64 only")
+    wheel = zipfile.ZipFile(installed["wheel"])
+    (library,) = [n for n in wheel.namelist() if n.startswith("rv_plugins/ops/_scan_cpu.") and n.endswith(".so")]
+    record = json.loads(wheel.read(library[:-len(".so")] + ".build.json"))
+    assert record["torch"] == torch.__version__ and record["isa"] == "x86-64-v3"
+    assert "-march=x86-64-v3" in record["cflags"] and {"avx2", "fma"} <= set(record["cpu_flags"])
+    assert not installed["wheel"].name.endswith("-none-any.whl")  # a platform wheel
+
+
+FORWARD = r"""
+import sys, torch
+from rv_plugins.backbones import create_test_backbone
+from rv_plugins.ops import cpu_kernel
+model = create_test_backbone("visiongru").eval()
+with torch.no_grad():
+    out = model(torch.randn(1, 3, 32, 32))
+print("LOADED", cpu_kernel.loaded_from(), cpu_kernel.load().__file__)
+print("EXTENSION_BUILDER_IMPORTED", "torch.utils.cpp_extension" in sys.modules)
+"""
+
+
+@pytest.mark.slow
+def test_a_forward_from_the_installed_wheel_compiles_nothing(installed, tmp_path):
+    if not _packaged_kernel_expected():
+        pytest.skip("this machine gets no packaged kernel (not x86-64-v3)")
+    extensions = tmp_path / "torch_extensions"
+    extensions.mkdir()
+    env = dict(installed["env"], TORCH_EXTENSIONS_DIR=str(extensions))
+    res = _run([sys.executable, "-c", FORWARD], cwd=installed["cwd"], env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in res.stdout.splitlines() if line.startswith(("LOADED", "EXTENSION")))
+    origin, library = lines["LOADED"].split()
+    assert origin == "packaged" and library.startswith(str(installed["site"])), res.stdout
+    assert lines["EXTENSION_BUILDER_IMPORTED"] == "False"
+    assert list(extensions.iterdir()) == []
+    assert "not using the packaged CPU scan kernel" not in res.stderr
+
+
+@pytest.mark.slow
+def test_without_torch_or_when_told_not_to_the_wheel_is_pure_python(installed):
+    env = dict(os.environ, RV_PLUGINS_BUILD_CPU_KERNEL="0")
+    out = installed["tmp"] / "pure"
+    built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-v",
+                  str(installed["src"]), "-w", str(out)], cwd=str(installed["tmp"]), env=env)
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert "not building the CPU scan kernel into the package: RV_PLUGINS_BUILD_CPU_KERNEL=0" in \
+        built.stdout + built.stderr
+    (wheel,) = out.glob("rv_plugins-*.whl")
+    assert wheel.name.endswith("-py3-none-any.whl")

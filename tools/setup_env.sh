@@ -61,7 +61,7 @@ step "rv_plugins (editable)" \
 step "mmengine hook for 'rv_plugins::' config scopes (.pth in site-packages; an outdated one is rewritten)" \
   "\"$PY\" -m rv_plugins.openmmlab.scope --check" \
   "$PY" -m rv_plugins.openmmlab.scope --install
-step "compiled CPU scan kernel (rv_plugins/ops/csrc, cached by torch)" \
-  "$(have "from rv_plugins.ops import cpu_kernel; cpu_kernel.load()")" \
-  "$PY" -c "from rv_plugins.ops import cpu_kernel; cpu_kernel.load(verbose=True)"
+step "compiled CPU scan kernel tuned to this CPU (rv_plugins/ops/csrc, cached by torch)" \
+  "$(have "from rv_plugins.ops import cpu_kernel; cpu_kernel.load(tuned=True)")" \
+  "$PY" -c "from rv_plugins.ops import cpu_kernel; cpu_kernel.load(verbose=True, tuned=True)"
 echo "[setup] environment ready in $(( $(date +%s) - T0 ))s: activate with 'source .venv/bin/activate'"

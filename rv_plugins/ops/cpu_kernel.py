@@ -1,12 +1,19 @@
 """Compiled CPU kernel for the scan (the fast path of the ``"torch"`` backend on the CPU).
 
-A small C++ extension (``csrc/scan_cpu.cpp``), compiled with ``torch.utils.cpp_extension`` on first
-use (about a minute; ``tools/setup_env.sh`` builds it ahead) and cached in
-``$TORCH_EXTENSIONS_DIR`` under a key of its source, flags, torch version and path (:func:`build_key`). Forward and backward are each one sequential pass over ``L`` with the
+A small C++ extension (``csrc/scan_cpu.cpp``). :func:`load` takes, in this order: (a) this checkout's JIT
+build, tuned to the running CPU (AVX-512 where it has it), if it is already in ``$TORCH_EXTENSIONS_DIR``
+under its key of source, flags, torch version and path (:func:`build_key`); (b) the packaged build that
+``setup.py`` compiled into the wheel or editable install (``-march=x86-64-v3``), if it was built against
+the running torch, this CPU has its instructions and the installed source is the one it was built from
+(otherwise one log line says why it is skipped); (c) a JIT build with ``torch.utils.cpp_extension``
+(about a minute, cached as in (a)). Build details: :mod:`.cpu_kernel_build`. (a) and (b) import the
+library directly, without torch's extension builder. If nothing can be built (no C++ compiler),
+``available()`` returns ``False`` (with one warning) and the chunked pure-PyTorch path is used instead.
+
+Forward and backward are each one sequential pass over ``L`` with the
 ``D`` channels of a step in a contiguous, vectorisable inner loop, parallel over ``B`` and blocks of
 ``D`` with ``at::parallel_for``: memory traffic is one read of the inputs and one write of the
-outputs, which is the floor for this op. If no C++ compiler is present, ``available()`` returns
-``False`` (with one warning) and the chunked pure-PyTorch path is used instead.
+outputs, which is the floor for this op.
 
 The fused minGRU kernels (``mingru_forward``/``mingru_backward``) compute the gates in float32 inside
 the scan and visit each row in 16-lane blocks in the direction the walk goes through memory (from the
@@ -17,51 +24,38 @@ overrides). Knobs for tests and measurements: ``RV_MINGRU_CPU_BLOCK`` (channels 
 import hashlib
 import importlib.machinery
 import importlib.util
+import json
+import logging
 import os
+import platform
 import sys
 import warnings
-from typing import Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 
+from . import cpu_kernel_build as build
 from . import envvars
 from .adjoint import accumulation_dtype
 
+logger = logging.getLogger(__name__)
+
 _MODULE = None
+_LOADED_FROM: Optional[str] = None
 _FAILED = False
-_SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "scan_cpu.cpp")
-
-
-def _simd_flags():
-    """AVX2/FMA when this CPU has them (the kernel is built on the machine that runs it): the fused
-    minGRU loops (gates with a polynomial ``exp``) vectorise 16 (AVX-512) or 8 floats wide instead of 4. (They need
-    ``-fno-trapping-math`` to vectorise at all: it lets GCC if-convert the float->int step of ``exp``;
-    results are unchanged, FP exceptions are not used.)"""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return []
-    flags = set(flags)
-    if {"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"} <= flags:  # 16 floats wide
-        return ["-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mprefer-vector-width=512"]
-    return ["-mavx2", "-mfma"] if {"avx2", "fma"} <= flags else []
-
-
-_CFLAGS = ["-O3", "-fopenmp", "-fno-trapping-math"]
-_LDFLAGS = ["-fopenmp"]
+_SOURCE = build.SOURCE
 
 
 def build_key(cflags=None) -> str:
-    """12 hex digits naming one build: the source's bytes, the compiler flags, torch's version and the
+    """12 hex digits naming one JIT build: the source's bytes, the compiler flags, torch's version and the
     source's path. Each key has its own extension name and build folder in torch's extension cache, so
     two checkouts (or a wheel and a checkout) on one machine keep one build each instead of rebuilding
     each other's, and an edited source or another torch gets a fresh build instead of a stale one."""
-    cflags = _CFLAGS + _simd_flags() if cflags is None else cflags
+    cflags = build.CFLAGS + build.simd_flags() if cflags is None else cflags
     digest = hashlib.sha256()
     with open(_SOURCE, "rb") as f:
         digest.update(f.read())
-    for part in (" ".join(cflags), " ".join(_LDFLAGS), torch.__version__, os.path.realpath(_SOURCE)):
+    for part in (" ".join(cflags), " ".join(build.LDFLAGS), torch.__version__, os.path.realpath(_SOURCE)):
         digest.update(b"\0" + part.encode())
     return digest.hexdigest()[:12]
 
@@ -86,33 +80,96 @@ def _cached_build_directory(name: str) -> str:
     return os.path.join(root, name)
 
 
+def _exec_extension(name: str, path: str):
+    loader = importlib.machinery.ExtensionFileLoader(name, path)
+    module = importlib.util.module_from_spec(importlib.util.spec_from_file_location(name, path, loader=loader))
+    loader.exec_module(module)
+    return module
+
+
 def _import_built(name: str):
     """The already built extension ``name`` from torch's cache, or ``None`` when it is not built. The build
     key names exactly this source, these flags, this torch and this path, so a present library is the one
     :func:`load` would build."""
     path = os.path.join(_cached_build_directory(name), f"{name}.so")
-    if not os.path.isfile(path):
+    return _exec_extension(name, path) if os.path.isfile(path) else None
+
+
+def packaged_build_info() -> Optional[Dict]:
+    """The packaged build's record (torch version, ISA level, the CPU flags it needs, ...), or ``None`` when
+    this install has no packaged build (a plain checkout, another architecture, a pure-Python wheel)."""
+    path = _packaged_path()
+    if path is None or not os.path.isfile(build.build_info_path(path)):
         return None
-    loader = importlib.machinery.ExtensionFileLoader(name, path)
-    spec = importlib.util.spec_from_file_location(name, path, loader=loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
+    with open(build.build_info_path(path)) as f:
+        return dict(json.load(f), path=path)
 
 
-def load(verbose: bool = False):
-    """Import the extension, building it the first time for this source, flags, torch and path; raises if
-    the build fails. A cached build is imported directly (a first forward pays no compiler tooling)."""
-    global _MODULE
-    if _MODULE is None:
-        cflags = _CFLAGS + _simd_flags()
+def _packaged_path() -> Optional[str]:
+    """The packaged extension's file for this interpreter (``_scan_cpu.cpython-3XY-<platform>.so`` next to
+    this module), or ``None``."""
+    spec = importlib.util.find_spec(f"{__package__}.{build.PACKAGED_NAME}")
+    return spec.origin if spec is not None and spec.origin else None
+
+
+def _import_packaged() -> Tuple[Optional[object], Optional[str]]:
+    """``(module, None)``, or ``(None, why it was skipped)``; ``(None, None)`` when there is none. Its build
+    record is checked before the library is loaded: a library for another torch or a richer CPU can crash
+    the process instead of raising."""
+    try:
+        info = packaged_build_info()
+    except (OSError, ValueError) as err:
+        return None, f"its build record does not read ({err!r:.200})"
+    if info is None:
+        return None, None
+    why = build.packaged_mismatch(info, torch.__version__, build.cpu_flags(), platform.machine(),
+                                  build.source_digest(_SOURCE))
+    if why is not None:
+        return None, why
+    try:
+        module = _exec_extension(info["module"], info["path"])
+    except (ImportError, OSError) as err:
+        return None, f"it does not load ({err!r:.200})"
+    module.build_info = info
+    return module, None
+
+
+def _jit_build(name: str, cflags, verbose: bool):
+    from torch.utils.cpp_extension import load as _load
+    return _load(name=name, sources=[_SOURCE], verbose=verbose, extra_cflags=cflags, extra_ldflags=build.LDFLAGS)
+
+
+def load(verbose: bool = False, tuned: bool = False):
+    """Import the extension: this checkout's cached JIT build, else the packaged build where it fits this
+    torch and CPU, else a JIT build for this source, flags, torch and path; raises if that build fails.
+    ``tuned=True`` skips the packaged build (building the JIT build once if it is not cached, and switching
+    to it if the packaged one is loaded): on an AVX-512 CPU it runs the fused minGRU scans faster
+    (docs/installation.md). The module's ``build_info`` says which build it is (``"isa"``, ``"torch"``,
+    ``"cflags"``)."""
+    global _MODULE, _LOADED_FROM
+    if _MODULE is None or (tuned and _LOADED_FROM == "packaged"):
+        cflags = build.CFLAGS + build.simd_flags()
         name = f"rv_plugins_scan_cpu_{build_key(cflags)}"
-        _MODULE = _import_built(name)
-        if _MODULE is None:
-            from torch.utils.cpp_extension import load as _load
-            _MODULE = _load(name=name, sources=[_SOURCE], verbose=verbose, extra_cflags=cflags,
-                            extra_ldflags=_LDFLAGS)
+        module, origin = _import_built(name), "cached"
+        if module is None and not tuned:
+            module, why = _import_packaged()
+            origin = "packaged"
+            if why is not None:
+                logger.warning("rv_plugins.ops: not using the packaged CPU scan kernel: %s; compiling one for "
+                               "this machine instead (about a minute, once; cached in torch's extension cache)", why)
+        if module is None:
+            module, origin = _jit_build(name, cflags, verbose), "built"
+        if origin != "packaged":
+            module.build_info = {"module": name, "torch": torch.__version__, "isa": "this CPU", "cflags": cflags}
+        _MODULE, _LOADED_FROM = module, origin
     return _MODULE
+
+
+def loaded_from() -> Optional[str]:
+    """Which build :func:`load` took: ``"cached"`` (this checkout's JIT build, found in the cache),
+    ``"packaged"`` (the wheel's or editable install's), ``"built"`` (compiled by this process), or ``None``
+    before it loaded one."""
+    return _LOADED_FROM
 
 
 def available() -> bool:
