@@ -149,3 +149,36 @@ def test_without_torch_or_when_told_not_to_the_wheel_is_pure_python(installed):
         built.stdout + built.stderr
     (wheel,) = out.glob("rv_plugins-*.whl")
     assert wheel.name.endswith("-py3-none-any.whl")
+
+
+SCOPE_CHILD = r"""
+import json, site, sys
+target, config, packages = sys.argv[1], sys.argv[2], sys.argv[3]
+sys.path.append(packages)                           # the venv's packages, without running its .pth files
+site.addsitedir(target)                             # the installed wheel's folder, .pth files included
+from mmengine.config import Config
+cfg = Config.fromfile(config, import_custom_modules=False)   # no rv_plugins import by the caller
+import rv_plugins
+print("SCOPE " + json.dumps(dict(crop=list(cfg.crop_size), package=rv_plugins.__file__)))
+"""
+
+
+@pytest.mark.slow
+def test_the_installed_wheel_brings_the_config_scope_hook(installed, tmp_path):
+    """pip installs the start-up hook with the wheel: a user's config that names ``rv_plugins::`` bases loads
+    in a fresh interpreter (as in the toolkits' own scripts) without any set-up step."""
+    import zipfile
+    from rv_plugins.openmmlab import scope
+    wheel = zipfile.ZipFile(installed["wheel"])
+    assert wheel.read(scope.PTH_NAME).decode() == scope.PTH_LINE
+    config = tmp_path / "my_upernet.py"
+    config.write_text("_base_ = ['rv_plugins::upernet_visiongru_ti_synthetic.py']\ncrop_size = (48, 48)\n")
+    env = {k: v for k, v in installed["env"].items() if k != "PYTHONPATH"}
+    import sysconfig
+    res = _run([sys.executable, "-S", "-c", SCOPE_CHILD, str(installed["site"]), str(config),
+                sysconfig.get_paths()["purelib"]],
+               cwd=installed["cwd"], env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    line = next(l for l in res.stdout.splitlines() if l.startswith("SCOPE "))
+    out = json.loads(line[len("SCOPE "):])
+    assert out["crop"] == [48, 48] and out["package"].startswith(str(installed["site"])), out
