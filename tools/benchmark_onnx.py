@@ -10,10 +10,12 @@ and compare: ``max|onnx - eager| / max|eager|`` of the output, and the CPU time 
 one inference, eager (``torch.no_grad``, one intra-op thread, the model's own inference path: compiled scan
 kernel, oneDNN GEMMs, row-chunked maps) against onnxruntime, interleaved call by call; medians of
 ``--repeats``. ``hgru-head`` is the C-RBP COCO mask head (256 channels, 20 steps) on ROI features
-``(8, 256, 14, 14)`` (its size does not follow ``--sizes``). Prints the command, a table, and writes
+``(8, 256, 14, 14)`` (its size does not follow ``--sizes``); ``upernet-visiongru-ti`` and ``fpn-sequencer2d-s`` are
+the mmseg segmentors of the ADE20K configs (``mode='tensor'``: seg logits). Prints the command, a table, and writes
 ``--json`` / ``--md`` when given.
 """
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -30,7 +32,10 @@ from torch import nn  # noqa: E402
 from rv_plugins.export import export_onnx, flatten_outputs, onnxruntime_session, relative_error, run_onnx  # noqa: E402
 from rv_plugins.utils.measure import command_line, environment  # noqa: E402
 
-MODELS = ("visiongru-ti", "sequencer2d-s", "hgru-head")
+# the mmseg segmentors (mode='tensor': seg logits at 1/4 of the input), their ADE20K configs, random weights
+SEGMENTORS = {"upernet-visiongru-ti": "configs/upernet_visiongru_ti_ade20k.py",
+              "fpn-sequencer2d-s": "configs/fpn_sequencer2d_s_ade20k.py"}
+MODELS = ("visiongru-ti", "sequencer2d-s", "hgru-head") + tuple(SEGMENTORS)
 
 
 class _Logits(nn.Module):
@@ -57,6 +62,13 @@ def build(name: str, size: int):
     torch.manual_seed(0)
     if name == "hgru-head":
         return _Head().eval(), torch.randn(8, 256, 14, 14)
+    if name in SEGMENTORS:  # through tools/export_onnx.py's builder (what rv-export-onnx exports)
+        spec = importlib.util.spec_from_file_location("export_onnx_tool", os.path.join(ROOT, "tools", "export_onnx.py"))
+        tool = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(tool)
+        model, _ = tool.build_mm(os.path.join(ROOT, SEGMENTORS[name]), None, None, {},
+                                 {"model.backbone.init_cfg": None})
+        return model.eval(), torch.randn(1, 3, size, size)
     from rv_plugins.backbones.registry import create_backbone
     model = _Logits(create_backbone(name, num_classes=1000)).eval()
     if name.startswith("sequencer2d"):  # timm-style zero classifier: give it weights, so logits differ
