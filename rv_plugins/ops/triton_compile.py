@@ -103,8 +103,8 @@ def compile_kernel(fn, dtype: torch.dtype, config, specialization: str = "aligne
 
 
 def _cuobjdump_usage(cubin: bytes) -> Dict[str, int]:
-    from triton.backends.nvidia.compiler import get_ptxas
-    cuobjdump = os.path.join(os.path.dirname(get_ptxas().path), "cuobjdump")
+    from triton import knobs  # Triton >= 3.4; get_ptxas() changed its signature in 3.6
+    cuobjdump = knobs.nvidia.cuobjdump.path
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
