@@ -52,6 +52,8 @@ def test_gpu_check_runs_every_section_at_tiny_sizes(tmp_path, stand_in_peers, ca
     assert summary["scan_vs_fla_chunk_hgrn"]["value"] > 0 and summary["fused_vs_unfused_fwdbwd"]["value"] > 0
     assert summary["visiongru_vs_deit_img_s_1024_bf16"] > 0 and summary["visiongru_vs_deit_train_512_bf16"] > 0
     assert summary["visiongru_vs_deit_peak_mem_1024_bf16"] is None       # no CUDA peak on the CPU
+    assert summary["kernels_match_reference"] is True and raw["sections"]["correct"]["rows"]
+    assert json.loads((tmp_path / "correctness.json").read_text())["ok"] is True
     peers = raw["sections"]["peers"]["rows"][0]
     assert {"fla_chunk_hgrn", "fla_fused_recurrent_hgrn", "accelerated_scan_triton"} <= set(peers)
     assert raw["sections"]["profile"]["top"], "profiler table empty"
@@ -67,3 +69,50 @@ def test_a_failing_section_is_recorded_and_the_rest_runs(tmp_path, monkeypatch):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["failed"] == ["peers"] and summary["scan_vs_fla_chunk_hgrn"] is None
     assert summary["scan_fwdbwd_frac_of_copy"]["value"] > 0
+
+
+def test_hung_kernels_skip_the_sections_that_run_them(tmp_path, monkeypatch):
+    tool = load_tool("gpu_check")
+    correctness = load_tool("gpu_correctness")
+
+    def hang(path, tiny, timeout_s):
+        raise correctness.KernelsHung("did not finish")
+    monkeypatch.setattr(tool, "run_in_child", hang)
+    raw = tool.main(["--tiny", "--out", str(tmp_path), "--sections", "copy", "correct", "scan", "fused"])
+    assert set(raw["sections"]) == {"copy"}
+    assert raw["failed"]["scan"] == raw["failed"]["fused"] == "skipped: our kernels hung in the correctness check"
+    assert json.loads((tmp_path / "summary.json").read_text())["kernels_match_reference"] == "hung"
+
+
+def test_the_child_is_killed_at_its_time_limit(tmp_path):
+    correctness = load_tool("gpu_correctness")
+    with pytest.raises(correctness.KernelsHung, match="did not finish in 0 s"):
+        correctness.run_in_child(str(tmp_path / "c.json"), True, 0.2)   # importing torch alone takes longer
+
+
+def test_the_correctness_check_reports_a_wrong_kernel(monkeypatch):
+    """A Triton scan off by 1e-3 relative is a mismatch (so the GPU verdict can fail)."""
+    import rv_plugins.ops as ops
+    correctness = load_tool("gpu_correctness")
+    real = ops.linear_scan
+
+    def off(a, b, h0=None, reverse=False, backend=None):
+        h = real(a, b, h0, reverse, backend=backend)
+        return h * (1 + 1e-3) if backend == "triton" else h
+    monkeypatch.setattr(ops, "linear_scan", off)
+    rows = correctness.linear_checks(torch.device("cpu"), dict(correctness.TINY, linear=[((1, 13, 5), (torch.float32,))]))
+    assert rows and not any(r["ok"] for r in rows)
+    assert all(1e-4 < r["errors"]["out"] < 2e-3 for r in rows)
+
+
+def test_the_watchdog_ends_a_run_that_runs_too_long(tmp_path):
+    """--hang-s: every thread's stack on stderr, a non-zero exit, and the files of what finished kept."""
+    import os
+    import subprocess
+    tool = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "gpu_check.py")
+    proc = subprocess.run([sys.executable, tool, "--tiny", "--out", str(tmp_path), "--sections", "copy", "profile",
+                           "--hang-s", "0.05"], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1"))
+    assert proc.returncode != 0 and "Timeout" in proc.stderr, proc.stderr[-2000:]
+    if "profile_section" in proc.stderr:   # (on a very slow machine the watchdog may fire before 'copy' ends)
+        assert "copy" in json.loads((tmp_path / "gpu_check.json").read_text())["sections"]

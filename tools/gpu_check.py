@@ -7,13 +7,15 @@ ignored folder ``.whl`` — download them here first, see docs/gpu.md):
         --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD &&
         PYTHONUNBUFFERED=1 python3 tools/gpu_check.py --out $OUT")
 
-then copy the three files from ``$OUT`` into ``docs/benchmarks/gpu_h200/``. On the CPU at tiny sizes (what
+then copy the four files from ``$OUT`` into ``docs/benchmarks/gpu_h200/``. On the CPU at tiny sizes (what
 ``tests/test_gpu_check.py`` runs, so that the GPU run cannot fail on a typo)::
 
     TRITON_INTERPRET=1 python tools/gpu_check.py --tiny --out /tmp/gpu_check
 
 Sections (each guarded: a failing peer or model is recorded under ``failed`` and the rest still runs; the
-JSON is rewritten after every section): ``copy`` (device-to-device clone rate: the ceiling), ``scan``
+JSON is rewritten after every section): ``copy`` (device-to-device clone rate: the ceiling), ``correct``
+(``tools/gpu_correctness.py`` in a child process with a time limit: our kernels and VisionGRU's GPU path
+against independent oracles; if it hangs, the sections that run our kernels are skipped), ``scan``
 (``linear_scan`` 8x65536x144, forward and forward+backward, float32 and bfloat16, as fractions of the copy
 rate for the bytes the op must move: 3 passes forward, 8 forward+backward), ``fused`` (``mingru_scan``
 against gate ops + ``linear_scan``), ``peers`` (fla's ``chunk_hgrn`` / ``fused_recurrent_hgrn`` with
@@ -27,6 +29,7 @@ and memory (ours / theirs); > 1 means faster, or more memory.
 """
 import argparse
 import datetime
+import faulthandler
 import json
 import os
 import sys
@@ -39,15 +42,17 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 import torch  # noqa: E402
 
+from gpu_correctness import run_in_child  # noqa: E402
 from rv_plugins.utils import measure as rvm  # noqa: E402
 
-SECTIONS = ("copy", "scan", "fused", "peers", "models", "profile", "sweep", "warp")
+SECTIONS = ("copy", "correct", "scan", "fused", "peers", "models", "profile", "sweep", "warp")
 FULL = dict(copy_mib=2048, scan=(8, 65536, 144), shapes=[(8, 3136, 144), (1, 65536, 144), (8, 65536, 144)],
-            infer_res=[224, 512, 1024], train_res=[512], profile_res=1024, repeats=10, warmup=2,
+            infer_res=[224, 512, 1024], train_res=[512], profile_res=1024, repeats=10, warmup=2, correct_s=240,
             sweep=[(64, 32, 4, 4), (64, 32, 8, 2), (32, 32, 2, 4), (64, 16, 2, 4), (128, 32, 8, 4), (64, 64, 8, 2),
                    (128, 32, 8, 2)])
 TINY = dict(copy_mib=1, scan=(1, 40, 16), shapes=[(1, 40, 16)], infer_res=[32], train_res=[32], profile_res=32,
-            repeats=1, warmup=0, sweep=[(16, 16, 1, 4)])
+            repeats=1, warmup=0, sweep=[(16, 16, 1, 4)], correct_s=600)
+USES_OUR_KERNELS = ("scan", "fused", "peers", "models", "profile", "sweep")
 PASSES = {"fwd": 3, "fwd_bwd": 8}   # tensors of B*L*D the scan must read or write: a, b, h; + a, h, grad_h, grad_a, grad_b
 
 
@@ -268,6 +273,8 @@ def _model_ratio(rows, mode, res, key):
 def summary(raw):
     """The headline GPU figures, from this run only (None where the section failed or did not run)."""
     s, sec = dict(date=raw["date"], device=raw["device"]), raw["sections"]
+    hung = str(raw["failed"].get("correct", "")).startswith("KernelsHung")
+    s["kernels_match_reference"] = "hung" if hung else (sec.get("correct") or {}).get("ok")
     for key, field in (("scan_fwd_frac_of_copy", "fwd_frac_of_copy"), ("scan_fwdbwd_frac_of_copy", "fwd_bwd_frac_of_copy")):
         best = _best(sec.get("scan") or [], field)
         s[key] = None if best is None else dict(value=best[field], dtype=best["dtype"], shape=best["shape"])
@@ -301,6 +308,9 @@ def markdown(raw):
                                    f"torch {raw['torch']}, triton {raw['triton']}; command: `{raw['command']}`", ""]
     if "copy" in sec:
         lines += [f"Copy rate (clone, read + write): {sec['copy']['bytes_per_s'] / 1e12:.2f} TB/s", ""]
+    if "correct" in sec:
+        verdict = "all match" if sec["correct"]["ok"] else "MISMATCH: " + ", ".join(sec["correct"]["failed"])
+        lines += [f"Our kernels against the oracles (tools/gpu_correctness.py): {verdict}", ""]
     lines += ["| scan | dtype | fwd ms | fwd+bwd ms | fwd / copy | fwd+bwd / copy |", "|---|---|---|---|---|---|"]
     for r in sec.get("scan") or []:
         lines.append(f"| {r['shape']} | {r['dtype']} | {r['fwd_s'] * 1e3:.3f} | {r['fwd_bwd_s'] * 1e3:.3f} | "
@@ -332,6 +342,8 @@ def main(argv=None):
     p.add_argument("--tiny", action="store_true", help="tiny sizes (the CPU rehearsal; Triton interpreted off CUDA)")
     p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
     p.add_argument("--budget-s", type=float, default=420.0, help="skip the sections left once this much time passed")
+    p.add_argument("--hang-s", type=float, default=540.0,
+                   help="print every thread's traceback and exit after this long (the files keep what finished)")
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu" and not args.tiny:
@@ -339,8 +351,10 @@ def main(argv=None):
     cfg = TINY if args.tiny else FULL
     report = Report(args.out, sys.argv[1:] if argv is None else argv, device)
     start = time.perf_counter()
+    faulthandler.dump_traceback_later(args.hang_s, exit=True, file=sys.__stderr__)
     copy = {}
     steps = dict(copy=lambda: copy.update(copy_rate(device, cfg)) or copy,
+                 correct=lambda: run_in_child(os.path.join(args.out, "correctness.json"), args.tiny, cfg["correct_s"]),
                  scan=lambda: scan_section(device, cfg, copy), fused=lambda: fused_section(device, cfg),
                  peers=lambda: peers_section(device, cfg), models=lambda: models_section(device, cfg),
                  profile=lambda: profile_section(device, cfg), sweep=lambda: sweep_section(device, cfg),
@@ -351,8 +365,12 @@ def main(argv=None):
         if time.perf_counter() - start > args.budget_s:
             report.raw["failed"][name] = f"skipped: the {args.budget_s:.0f} s budget was spent"
             continue
+        if name in USES_OUR_KERNELS and str(report.raw["failed"].get("correct", "")).startswith("KernelsHung"):
+            report.raw["failed"][name] = "skipped: our kernels hung in the correctness check"
+            continue
         print(f"[{name}] ...", flush=True)
         report.run(name, steps[name])
+    faulthandler.cancel_dump_traceback_later()
     report.write()
     print(markdown(report.raw))
     return report.raw
