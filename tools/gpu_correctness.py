@@ -71,12 +71,13 @@ def _grads(fn, inputs, grad_out):
     return out, [t.grad for t in leaves if t is not None]
 
 
-def _compare(fn_ours, fn_oracle, inputs, grad_out, oracle_dtype):
+def _compare(fn_ours, fn_oracle, inputs, grad_out, oracle_dtype, names=("a", "b", "h0")):
+    """Errors of the output and of the gradient of each input (``None`` inputs skipped), named ``grad_<name>``."""
     out, grads = _grads(fn_ours, inputs, grad_out)
     up = [None if t is None else t.to(oracle_dtype) for t in inputs]
     ref, ref_grads = _grads(fn_oracle, up, grad_out.to(oracle_dtype))
-    names = ["out"] + [n for n, t in zip(("grad_1", "grad_2", "grad_h0"), inputs) if t is not None]
-    return {n: rel_error(x, r) for n, x, r in zip(names, [out] + grads, [ref] + ref_grads)}
+    keys = ["out"] + [f"grad_{n}" for n, t in zip(names, inputs) if t is not None]
+    return {k: rel_error(x, r) for k, x, r in zip(keys, [out] + grads, [ref] + ref_grads)}
 
 
 def linear_checks(device, cfg):
@@ -112,7 +113,7 @@ def mingru_checks(device, cfg):
                 kw = dict(reverse=not bidirectional, bidirectional=bidirectional, candidate_act=act)
                 res = _compare(lambda p, h: mingru_scan(p, h, backend="triton", **kw),
                                lambda p, h: mingru_scan(p, h, backend="chunked", **kw), (proj, h0), grad,
-                               torch.float64)
+                               torch.float64, names=("proj", "h0"))
                 rows.append(_row("mingru", f"{B}x{L}x{H} bidirectional={bidirectional} act={act}", dtype, res,
                                  TOL[dtype]))
     return rows
