@@ -23,7 +23,7 @@ def _in_onnx_export() -> bool:
 
 def is_tracing_or_exporting() -> bool:
     """Whether the current call is being recorded by a tracer or exporter (not ``torch.compile``)."""
-    return torch.jit.is_tracing() or torch.jit.is_scripting() or is_exporting_now() or _in_onnx_export()
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or is_exporting()
 
 
 def is_exporting() -> bool:

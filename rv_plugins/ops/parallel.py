@@ -30,7 +30,7 @@ import torch
 
 from .adjoint import accumulation_dtype
 from .checks import check_mingru_inputs
-from .gates import directions, gates
+from .gates import composed_forward
 
 __all__ = ["linear_scan_parallel", "mingru_scan_parallel", "linear_scan", "mingru_scan", "levels_for", "max_length",
            "fixed_size_traces", "CHUNK", "TRACE_LEVELS"]
@@ -141,9 +141,7 @@ def _scan(a: torch.Tensor, b: torch.Tensor, h0: Optional[torch.Tensor], reverse:
     fill = carry_out.new_zeros(B, 1, D) if h0 is None else h0.unsqueeze(1)
     carry_in = torch.cat([carry_out[:, 1:], fill] if reverse else [fill, carry_out[:, :-1]], dim=1)
     carry_in = carry_in.reshape(1, -1, D)
-    h = local + prod * carry_in
-    if not bounded:  # a product of decays that overflowed to +-inf must not turn a zero state into NaN
-        h = torch.where(carry_in == 0, local, h)
+    h = _step(prod, carry_in, local, bounded)  # a decay product overflowed to +-inf must not turn 0 into NaN
     return _unpad(h.transpose(0, 1).reshape(B, -1, D), L, reverse)
 
 
@@ -190,17 +188,12 @@ def mingru_scan_parallel(proj: torch.Tensor, h0: Optional[torch.Tensor] = None, 
     ``proj``'s dtype; ``h0`` ``(B, H)`` (``(B, 2H)``) or ``None``; ``chunk``, ``levels`` as
     :func:`linear_scan_parallel`.
     """
-    H = check_mingru_inputs(proj, h0, reverse, bidirectional, candidate_act)
+    check_mingru_inputs(proj, h0, reverse, bidirectional, candidate_act)
     levels, generic = _plan(proj.shape[1], chunk, levels)
-    dirs = directions(reverse, bidirectional)
-    h0 = None if h0 is None else h0.to(accumulation_dtype(proj.dtype))
-    outs = []
-    for d, rev in enumerate(dirs):
-        a, b = gates(proj[..., 2 * d * H:2 * (d + 1) * H], candidate_act)  # 0 < a < 1: the products stay finite
-        h0_d = None if h0 is None else h0[:, d * H:(d + 1) * H]
-        outs.append(_scan(a, b, h0_d, rev, chunk, levels, True, generic))
-    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
-    return out.to(proj.dtype)
+
+    def scan(a, b, h0_d, rev):  # the gates give 0 < a < 1: the products stay finite (bounded)
+        return _scan(a, b, h0_d, rev, chunk, levels, True, generic)
+    return composed_forward(scan, proj, h0, reverse, bidirectional, candidate_act).to(proj.dtype)
 
 
 # the composite backend "parallel" (rv_plugins.ops.registry): the ops' export backend

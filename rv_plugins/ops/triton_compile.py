@@ -149,7 +149,7 @@ def _tile_load_bytes(kernel: str, dtype: torch.dtype, config) -> int:
     gate, cand (minGRU forward); gate twice, cand, grad_h, h (minGRU backward)."""
     operands = {"_linear_scan_fwd_kernel": 2, "_linear_scan_bwd_kernel": 3, "_mingru_fwd_kernel": 2,
                 "_mingru_bwd_kernel": 5}[kernel]
-    return operands * config.block_l * config.block_d * torch.empty((), dtype=dtype).element_size()
+    return operands * config.block_l * config.block_d * dtype.itemsize
 
 
 def compile_all(dtypes: Sequence[torch.dtype] = DTYPES, capability: int = 90, names: Sequence[str] = (),

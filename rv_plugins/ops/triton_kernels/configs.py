@@ -56,13 +56,13 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
-def choose(L: int, D: int, dtype: torch.dtype, aligned: bool = True) -> Config:
-    """The configuration for sequences of ``L`` steps and ``D`` channels of ``dtype`` (see the module doc);
-    ``aligned``: every tile row starts on 16 bytes (row strides multiples of 16 elements). The rule does
-    not depend on it today; the compile test compiles each configuration both ways."""
+def choose(L: int, D: int, dtype: torch.dtype) -> Config:
+    """The configuration for sequences of ``L`` steps and ``D`` channels of ``dtype`` (see the module doc).
+    Whether the rows are 16-byte aligned does not change it; the compile test compiles each configuration
+    both ways."""
     if _forced is not None:
         return _forced
-    size = torch.empty((), dtype=dtype).element_size()
+    size = dtype.itemsize
     block_d = 16 if size == 8 or D <= 16 else 32
     block_l = BLOCK_L_MIN if L <= BLOCK_L_MIN else BLOCK_L_MAX
     acc_size = 8 if size == 8 else 4
@@ -75,8 +75,9 @@ def choose(L: int, D: int, dtype: torch.dtype, aligned: bool = True) -> Config:
 def all_configs(dtype: torch.dtype) -> List[Tuple[Config, bool]]:
     """Every ``(configuration, aligned)`` :func:`choose` can return for ``dtype`` (what the compile test
     compiles)."""
-    found = {(choose(L, D, dtype, aligned), aligned) for L in (1, 17) for D in (1, 17) for aligned in (True, False)}
-    return sorted(found, key=lambda c: (c[0].block_l, c[0].block_d, c[1]))
+    found = {choose(L, D, dtype) for L in (1, 17) for D in (1, 17)}
+    return sorted(((c, aligned) for c in found for aligned in (True, False)),
+                  key=lambda c: (c[0].block_l, c[0].block_d, c[1]))
 
 
 @contextlib.contextmanager

@@ -1,22 +1,18 @@
-"""Host side shared by the kernel modules: accumulation dtype, limits, the look-back workspace."""
+"""Host side shared by the kernel modules: compile-time constants, limits, the look-back workspace."""
 import os
 from typing import Tuple
 
 import torch
 import triton.language as tl
 
+from ..adjoint import accumulation_dtype
 from . import configs
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 stays float64; float32, float16 and bfloat16 accumulate in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def kernel_constants(dtype: torch.dtype, config: configs.Config) -> dict:
     """Compile-time arguments every scan kernel takes (accumulation dtype, limits, tile) and its launch
     options (warps, register budget)."""
-    acc = acc_dtype(dtype)
+    acc = accumulation_dtype(dtype)
     limit, hmax = configs.LIMITS[acc]
     constants = dict(ACC=tl.float64 if acc == torch.float64 else tl.float32, LIMIT=limit, HMAX=hmax,
                      BLOCK_L=config.block_l, STEPS=config.steps, BLOCK_D=config.block_d, num_warps=config.num_warps)
@@ -37,12 +33,12 @@ def workspace(n_lines: int, n_chunks: int, config: configs.Config, dtype: torch.
     needs neither (a one-element placeholder is passed)."""
     if n_chunks == 1:
         return (torch.empty(1, dtype=torch.int32, device=device),
-                torch.empty(1, dtype=acc_dtype(dtype), device=device))
+                torch.empty(1, dtype=accumulation_dtype(dtype), device=device))
     if n_lines * n_chunks * 5 * config.block_d >= 2 ** 31:   # the kernels index the workspace in int32
         raise ValueError(f"scan too large for the Triton kernels' workspace: {n_lines} lines x {n_chunks} chunks of "
                          f"{config.block_l} steps; split the batch into smaller calls")
     flags = torch.zeros(n_lines * (1 + n_chunks), dtype=torch.int32, device=device)
-    values = torch.empty(n_lines * n_chunks * 5 * config.block_d, dtype=acc_dtype(dtype), device=device)
+    values = torch.empty(n_lines * n_chunks * 5 * config.block_d, dtype=accumulation_dtype(dtype), device=device)
     return flags, values
 
 

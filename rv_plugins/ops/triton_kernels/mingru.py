@@ -187,8 +187,7 @@ def _launch_args(proj: torch.Tensor, reverse: bool, bidirectional: bool):
     ndir = 2 if bidirectional else 1
     B, L, width = proj.shape
     H = width // (2 * ndir)
-    config = configs.choose(L, H, proj.dtype, aligned=H % 16 == 0 and proj.stride(0) % 16 == 0
-                            and proj.stride(1) % 16 == 0)
+    config = configs.choose(L, H, proj.dtype)
     n_dblk = triton.cdiv(H, config.block_d)
     n_lines, n_chunks = B * ndir * n_dblk, triton.cdiv(L, config.block_l)
     flags, values = launch.workspace(n_lines, n_chunks, config, proj.dtype, proj.device)
