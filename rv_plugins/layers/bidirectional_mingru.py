@@ -74,12 +74,21 @@ def _plain_graph() -> bool:
     return torch.compiler.is_compiling() or is_tracing_or_exporting()
 
 
+def _summed_out_bias(fwd: MinGRU, bwd: MinGRU) -> Optional[torch.Tensor]:
+    """Both directions' output biases summed (``None`` without biases)."""
+    return None if fwd.out_proj.bias is None else fwd.out_proj.bias + bwd.out_proj.bias
+
+
+def _out_proj_weights(fwd: MinGRU, bwd: MinGRU):
+    """``(w_out (out_dim, 2H), b_out (out_dim,) | None)``: the columns ``[h_fwd, h_bwd]`` and the summed bias."""
+    return torch.cat([fwd.out_proj.weight, bwd.out_proj.weight], dim=1), _summed_out_bias(fwd, bwd)
+
+
 def _summed_out_proj(fwd: MinGRU, bwd: MinGRU, h: torch.Tensor) -> torch.Tensor:
     """``fwd.out_proj(h_fwd) + bwd.out_proj(h_bwd)`` for ``h`` ``(B, L, 2H)`` as one GEMM and one ``addmm``
     accumulating into its output (no weight concatenation); ``(B, L, out_dim)``."""
     H = fwd.hidden_dim
-    bias = None if fwd.out_proj.bias is None else fwd.out_proj.bias + bwd.out_proj.bias
-    y = F.linear(h[..., :H], fwd.out_proj.weight, bias)
+    y = F.linear(h[..., :H], fwd.out_proj.weight, _summed_out_bias(fwd, bwd))
     out = torch.addmm(y.reshape(-1, y.shape[-1]), h[..., H:].reshape(-1, H), bwd.out_proj.weight.t())
     return out.view(y.shape)
 
@@ -90,10 +99,7 @@ def bidirectional_weights(fwd: MinGRU, bwd: MinGRU):
     ``[gate_fwd, cand_fwd, gate_bwd, cand_bwd]`` (:func:`bidirectional_in_proj`), ``w_out`` columns
     ``[h_fwd, h_bwd]``, ``b_out`` the sum of both output biases (so ``F.linear(h, w_out, b_out)`` is the
     sum of both directions' outputs). Differentiable."""
-    w_in, b_in = bidirectional_in_proj(fwd, bwd)
-    w_out = torch.cat([fwd.out_proj.weight, bwd.out_proj.weight], dim=1)
-    b_out = None if fwd.out_proj.bias is None else fwd.out_proj.bias + bwd.out_proj.bias
-    return w_in, b_in, w_out, b_out
+    return (*bidirectional_in_proj(fwd, bwd), *_out_proj_weights(fwd, bwd))
 
 
 def bidirectional_sum(fwd: MinGRU, bwd: MinGRU, seq: torch.Tensor, recompute_proj: bool = True,
@@ -123,9 +129,7 @@ def bidirectional_sum(fwd: MinGRU, bwd: MinGRU, seq: torch.Tensor, recompute_pro
         h = bidirectional_scan(fwd, bwd, linear(seq, w_in, b_in))
     if seq.device.type != "cpu" and not need_grad:  # the CPU's one fused GEMM stays (oneDNN, tuned)
         return _summed_out_proj(fwd, bwd, h)
-    w_out = torch.cat([fwd.out_proj.weight, bwd.out_proj.weight], dim=1)
-    b_out = None if fwd.out_proj.bias is None else fwd.out_proj.bias + bwd.out_proj.bias
-    return linear(h, w_out, b_out)
+    return linear(h, *_out_proj_weights(fwd, bwd))
 
 
 def projected_bidirectional_scan(seq: torch.Tensor, w_in: torch.Tensor, b_in: Optional[torch.Tensor],

@@ -7,6 +7,9 @@ import torch
 import torch.utils.checkpoint as cp
 from torch import nn
 
+from ..ops.modes import is_tracing_or_exporting
+from .norm import _AUTOCAST_DEVICE_TYPES, autocast_dtype
+
 
 def run_blocks(blocks: Iterable[nn.Module], x: torch.Tensor, with_cp: bool = False) -> torch.Tensor:
     """Apply ``blocks`` in order. With ``with_cp`` (and autograd on) each block's activations are
@@ -54,9 +57,10 @@ class _Recompute(torch.autograd.Function):
 def _autocast_state(device: torch.device):
     """``(device_type, enabled, dtype)`` of autocast for ``device`` (``device_type`` None where autocast does not
     exist, e.g. the meta device)."""
-    if device.type not in ("cpu", "cuda", "xpu", "mps"):
+    if device.type not in _AUTOCAST_DEVICE_TYPES:
         return None, False, None
-    return device.type, torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type)
+    dtype = autocast_dtype(device)
+    return device.type, dtype is not None, dtype
 
 
 def _autocast_like(device_type, enabled, dtype):
@@ -70,7 +74,10 @@ def _autocast_like(device_type, enabled, dtype):
 def recompute_in_backward(fn, x: torch.Tensor, params: Iterable[torch.Tensor]) -> torch.Tensor:
     """``fn(x)`` keeping only ``x`` for the backward, where ``fn`` is recomputed (under the forward's autocast
     state); ``params``: the parameters ``fn`` uses. Like ``torch.utils.checkpoint`` for a deterministic
-    ``fn`` (no dropout), without its first-call cost (it imports ``torch._dynamo``)."""
+    ``fn`` (no dropout), without its first-call cost (it imports ``torch._dynamo``). Traced or exported, plain
+    ``fn(x)`` (a recorded graph has no backward to recompute in)."""
+    if is_tracing_or_exporting():
+        return fn(x)
     if torch.compiler.is_compiling():  # the compiler knows torch.utils.checkpoint (a higher-order op)
         return cp.checkpoint(fn, x, use_reentrant=False)
     return _Recompute.apply(fn, x, *[p for p in params if p.requires_grad])

@@ -11,7 +11,6 @@ from torch import nn
 from rv_plugins.layers.blocks import recompute_in_backward
 from rv_plugins.layers.norm import LayerNorm
 from rv_plugins.layers.row_chunked import RowChunked, assemble_rows, chunk_rows, conv3x3_rows, takes_lean_path
-from rv_plugins.ops.modes import is_tracing_or_exporting
 
 __all__ = ["ConvLN", "Stem", "STEM_NORM_EPS"]
 
@@ -69,7 +68,7 @@ class Stem(RowChunked, nn.Module):
         n1 = (n_in + 1) // 2
         n_out, w_out = (n1 + 1) // 2, (w_in + 3) // 4
         c_out = self.conv2.conv.out_channels
-        if self.recompute and torch.is_grad_enabled() and not is_tracing_or_exporting():
+        if self.recompute and torch.is_grad_enabled():
             return recompute_in_backward(self._full, x, self.parameters())  # keep the image only: ~4 maps less
         if not takes_lean_path(self, n_out * w_out, c_out, x.device, x.shape[0]):
             return self._full(x)

@@ -268,12 +268,13 @@ class FixedPointSolver(SolverSettings):
             return product
 
         def implicit_gradient(grad: torch.Tensor) -> torch.Tensor:
-            if not math.isfinite(float(grad.norm())):
+            grad_norm = float(grad.norm())
+            if not math.isfinite(grad_norm):
                 return self._nonfinite_gradient(grad, info)
             try:
                 result = neumann_series(vjp, grad, max_terms=max_terms, tol=self.neumann_tol,
                                         stop_on_growth=self.stop_on_growth, norm_cap=self.neumann_norm_cap,
-                                        rule=self.neumann_rule)
+                                        rule=self.neumann_rule, grad_norm=grad_norm)
             except FloatingPointError as err:
                 raise FloatingPointError(f"FixedPointSolver(mode={self.mode!r}): {err}") from None
             info.neumann_terms, info.neumann_stop = result.terms, result.stop

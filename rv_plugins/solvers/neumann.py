@@ -22,7 +22,7 @@ with ``>`` as theirs (it runs ``max_terms`` products in any case).
 """
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -78,16 +78,18 @@ def tail_estimate(stop: str, next_norm: float, term_norm: float, before_norm: fl
 
 
 def neumann_series(vjp: Callable[[torch.Tensor], torch.Tensor], grad: torch.Tensor, *, max_terms: int,
-                   tol: float, stop_on_growth: bool, norm_cap=None, rule: str = "stop") -> NeumannResult:
+                   tol: float, stop_on_growth: bool, norm_cap=None, rule: str = "stop",
+                   grad_norm: Optional[float] = None) -> NeumannResult:
     """``u = sum_k g J^k`` for a finite ``grad`` (``g``), with ``vjp(v) = v J``.
 
     At most ``max_terms`` terms enter ``u``; ``'stop'`` runs at most ``max_terms + 1`` products (the
     last one measures the residual), ``'skip'`` exactly ``max_terms + 1`` (the last one computes
-    the residual of the returned sum). Raises ``FloatingPointError`` on a non-finite term.
+    the residual of the returned sum). Raises ``FloatingPointError`` on a non-finite term. ``grad_norm``:
+    ``float(grad.norm())`` when the caller has it already.
     """
     if rule not in NEUMANN_RULES:
         raise ValueError(f"neumann_series: rule={rule!r}; choose one of {NEUMANN_RULES}")
-    grad_norm = float(grad.norm())
+    grad_norm = float(grad.norm()) if grad_norm is None else grad_norm
     if grad_norm == 0.0:
         return NeumannResult(grad.clone(), 0, "zero_gradient", 0.0, 0.0)
     if rule == "skip":
