@@ -19,20 +19,22 @@ baseline``), so the process peak can be read as what is loaded plus what the for
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from rv_plugins.utils import measure  # noqa: E402  (standard library and torch only)
+
 COMPILER_MODULES = ("torch._dynamo", "sympy", "torch._inductor", "triton", "torch.utils.cpp_extension")
 
 
-def _status_mib(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
+def _peak_mib() -> float:
+    kib = measure._status_kib("VmHWM")
+    if kib is None:
+        raise RuntimeError("/proc/self/status has no VmHWM (this benchmark needs Linux)")
+    return kib / 1024
 
 
 def _build(name: str, res: int):
@@ -58,15 +60,14 @@ def worker(name: str, case: str, small: int, large: int) -> dict:
     res = small if case == "first" else large
     model = _build(name, res).eval()
     x = torch.randn(1, 3, res, res)
-    baseline = _status_mib("VmRSS")
-    rss0, t0 = _status_mib("VmRSS"), time.perf_counter()
+    rss0, t0 = measure.rss_mib(), time.perf_counter()
     _forward(model, name, x)
-    t1, rss1 = time.perf_counter(), _status_mib("VmRSS")
-    out = dict(model=name, case=case, res=res, baseline_mib=baseline, first_s=t1 - t0, first_rss_mib=rss1 - rss0)
+    t1, rss1 = time.perf_counter(), measure.rss_mib()
+    out = dict(model=name, case=case, res=res, baseline_mib=rss0, first_s=t1 - t0, first_rss_mib=rss1 - rss0)
     if case == "first":
         _forward(model, name, x)
-        out.update(second_s=time.perf_counter() - t1, second_rss_mib=_status_mib("VmRSS") - rss1)
-    out.update(process_peak_mib=_status_mib("VmHWM"), imported=[m for m in COMPILER_MODULES if m in sys.modules])
+        out.update(second_s=time.perf_counter() - t1, second_rss_mib=measure.rss_mib() - rss1)
+    out.update(process_peak_mib=_peak_mib(), imported=[m for m in COMPILER_MODULES if m in sys.modules])
     return out
 
 
@@ -79,20 +80,15 @@ def main(argv=None):
     p.add_argument("--worker", nargs=2, metavar=("MODEL", "CASE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        print("RESULT " + json.dumps(worker(*args.worker, args.small, args.large)))
+        measure.emit_result(worker(*args.worker, args.small, args.large))
         return 0
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    env = measure.thread_env(1, [ROOT])
     records = []
     for case in ("first", "peak"):
         for name in args.models:
-            proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", name, case,
-                                   "--small", str(args.small), "--large", str(args.large)],
-                                  env=env, capture_output=True, text=True)
-            line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
-            if line is None:
-                raise RuntimeError(f"{name} {case} failed:\n{proc.stderr[-3000:]}")
-            records.append(json.loads(line[len("RESULT "):]))
+            cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, case,
+                   "--small", str(args.small), "--large", str(args.large)]
+            records.append(measure.run_json_child(cmd, env=env).unwrap(f"{name} {case}"))
     command = "python tools/benchmark_first_call.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print(f"# {command.strip()}  (1 thread, one process per model and case)")
     print(f"| model | first forward {args.small}² | second | first-call RSS | compiler modules imported |"

@@ -37,6 +37,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from rv_plugins.export import compare_with_eager, export_onnx, flatten_outputs, onnxruntime_session  # noqa: E402
+from rv_plugins.utils.checkpoint import extract_state_dict, read_checkpoint  # noqa: E402
 
 
 class TensorMode(nn.Module):
@@ -90,14 +91,6 @@ def parse_kwargs(pairs) -> dict:
     return out
 
 
-def _load_state(path: str) -> dict:
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    return state
-
-
 def build_mm(config: str, checkpoint, num_classes, kwargs, cfg_options=None):
     """(module, name) for an mmseg / mmpretrain config."""
     from mmengine.registry import init_default_scope
@@ -139,7 +132,8 @@ def build_detectron2_head(config: str, checkpoint, shape):
     head = build_mask_head(cfg, ShapeSpec(channels=cfg.MODEL.FPN.OUT_CHANNELS, height=size, width=size))
     if checkpoint:
         prefix = "roi_heads.mask_head."
-        state = {k[len(prefix):]: v for k, v in _load_state(checkpoint).items() if k.startswith(prefix)}
+        weights = extract_state_dict(read_checkpoint(checkpoint), checkpoint)
+        state = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
         if not state:
             raise SystemExit(f"{checkpoint}: no 'roi_heads.mask_head.*' weights; pass a checkpoint of this model")
         head.load_state_dict(state)
@@ -217,12 +211,13 @@ def main(argv=None) -> dict:
                    input_shape=list(x.shape), dynamic=args.dynamic)
     if not args.no_check:
         start = time.perf_counter()
-        errors = compare_with_eager(module, onnxruntime_session(out), x)
-        summary.update(max_rel_error=max(errors), check_s=round(time.perf_counter() - start, 2))
         with torch.no_grad():
-            if any(t.numel() and not t.abs().max() for t in flatten_outputs(module(x))):
-                print("note: an output is all zeros (an untrained zero-initialised head?): its comparison shows "
-                      "nothing; pass a checkpoint to check it")
+            expected = flatten_outputs(module(x))
+        errors = compare_with_eager(module, onnxruntime_session(out), x, expected)
+        summary.update(max_rel_error=max(errors), check_s=round(time.perf_counter() - start, 2))
+        if any(t.numel() and not t.abs().max() for t in expected):
+            print("note: an output is all zeros (an untrained zero-initialised head?): its comparison shows "
+                  "nothing; pass a checkpoint to check it")
     print(" ".join(f"{k}={v}" for k, v in summary.items()))
     if not args.no_check and summary["max_rel_error"] > args.tolerance:
         raise SystemExit(f"onnxruntime differs from PyTorch by {summary['max_rel_error']:.3g} relative "

@@ -213,9 +213,7 @@ def train(args, cfg):
     cfg.experiment_name = cfg.visualizer.name = f"train_pathfinder_{time.time_ns()}"
     try:
         with contextlib.redirect_stdout(sys.stderr):  # the runner's log on stderr, the report on stdout
-            if args.work_dir:
-                mr.use_atomic_checkpoints(cfg)
-            runner = mr.build_runner(cfg)
+            runner = mr.build_runner(cfg)  # a PreparedRunner: kill-safe checkpoints in any work dir
             segmentor = runner.model
             log = _TrainingLog(segmentor)
             probe = lambda: evaluate(args, cfg, segmentor, args.length,  # noqa: E731

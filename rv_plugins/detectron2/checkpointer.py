@@ -21,14 +21,13 @@ save leaves a truncated file that the next ``--resume`` stops on (an unpickler e
 
 ``tools/train_net.py`` uses it for training (its ``Trainer.build_hooks``) and for ``--eval-only``.
 """
-import os
 import os.path as osp
 from typing import Optional
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-from rv_plugins.engine.atomic import atomic_write, is_temporary
+from rv_plugins.engine.atomic import atomic_write, remove_temporaries
 from rv_plugins.engine.resume import DETECTRON2_NAMES, DETECTRON2_RESUME_KEYS, find_resume_checkpoint
 
 __all__ = ["AtomicDetectionCheckpointer"]
@@ -92,12 +91,5 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
     def remove_temporaries(self) -> None:
         """Remove the temporary files of a killed run's save (never resumed from). Call it when training
         starts with the work dir locked: an evaluation beside a live run must not delete its save."""
-        if not self._local() or not osp.isdir(self.save_dir):
-            return
-        for name in os.listdir(self.save_dir):
-            if is_temporary(name):
-                try:
-                    os.unlink(osp.join(self.save_dir, name))
-                except FileNotFoundError:  # another process of this run removed it
-                    continue
-                self.logger.info(f"removed {osp.join(self.save_dir, name)}, an unfinished file of a killed run")
+        if self._local():
+            remove_temporaries(self.save_dir, self.logger.info)

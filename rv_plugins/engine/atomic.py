@@ -50,6 +50,20 @@ def is_temporary(name: str) -> bool:
     return name.startswith(".") and name.endswith(TMP_SUFFIX)
 
 
+def remove_temporaries(folder: str, log) -> None:
+    """Delete the temporary files (:func:`is_temporary`) a killed run's saves left in ``folder``, calling
+    ``log(message)`` for each; a missing folder or a file another process removed first is fine."""
+    if not osp.isdir(folder):
+        return
+    for name in os.listdir(folder):
+        if is_temporary(name):
+            try:
+                os.unlink(osp.join(folder, name))
+            except FileNotFoundError:  # another process of this run removed it
+                continue
+            log(f"removed {osp.join(folder, name)}, an unfinished file of a killed run")
+
+
 def replace_atomically(tmp_path: str, path: str) -> None:
     """``fsync`` the finished ``tmp_path``, rename it over ``path``, ``fsync`` the folder."""
     fd = os.open(tmp_path, os.O_RDONLY)

@@ -153,12 +153,7 @@ class AtomicCheckpointHook(CheckpointHook):
         if not self._is_local() or not is_main_process():
             return
         for d in {osp.abspath(self.out_dir), osp.abspath(runner.work_dir)}:
-            if not osp.isdir(d):
-                continue
-            for name in os.listdir(d):
-                if atomic.is_temporary(name) and not name.startswith(f".{lock.LOCK_NAME}"):
-                    os.unlink(osp.join(d, name))
-                    runner.logger.info(f"removed {osp.join(d, name)}, an unfinished file of a killed run")
+            atomic.remove_temporaries(d, runner.logger.info)
         if self.max_keep_ckpts > 0 and self.keep_ckpt_ids:
             # A kill between renaming a new checkpoint and deleting the outdated one leaves the old file
             # behind, unlisted in the resumed message hub: delete such files older than every kept one.

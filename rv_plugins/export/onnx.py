@@ -18,7 +18,6 @@ arithmetic to the example's size (its symbolic shapes cannot prove the padding n
 """
 import contextlib
 import dataclasses
-import math
 import time
 from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -91,29 +90,17 @@ def _swap_adaptive_pools(model: nn.Module) -> List[Tuple[nn.Module, str, nn.Modu
 
 @contextlib.contextmanager
 def export_mode(model: nn.Module, legacy: bool = False) -> Iterator[nn.Module]:
-    """Eval mode, no inference chunking, and (``legacy``) exportable adaptive pooling, for the ``with``
-    block; the model's modes, chunk settings and modules are restored afterwards."""
+    """Eval mode and (``legacy``) exportable adaptive pooling for the ``with`` block; the model's modes and
+    modules are restored afterwards. (Inference chunking needs no switch: the layers run whole maps while
+    traced or exported, ``rv_plugins.ops.modes.is_tracing_or_exporting``.)"""
     was_training = [(m, m.training) for m in model.modules()]
-    chunked = [(m, m.__dict__.get("infer_chunk_elems")) for m in model.modules() if hasattr(m, "infer_chunk_elems")]
-    tokens = [(m, m.__dict__.get("infer_chunk_tokens")) for m in model.modules()
-              if hasattr(m, "infer_chunk_tokens")]
     swapped = _swap_adaptive_pools(model) if legacy else []
     model.eval()
-    for m, _ in chunked:
-        m.infer_chunk_elems = math.inf
-    for m, _ in tokens:
-        m.infer_chunk_tokens = math.inf
     try:
         yield model
     finally:
         for parent, name, child in swapped:
             setattr(parent, name, child)
-        for attr, saved in (("infer_chunk_elems", chunked), ("infer_chunk_tokens", tokens)):
-            for m, value in saved:
-                if value is None:
-                    m.__dict__.pop(attr, None)  # back to the class default
-                else:
-                    setattr(m, attr, value)
         for m, mode in was_training:
             m.training = mode
 
@@ -207,17 +194,20 @@ def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
     return diff / scale if scale > 0 else diff
 
 
-def compare_with_eager(model: nn.Module, session, inputs: Union[torch.Tensor, Sequence[torch.Tensor]]) -> List[float]:
+def compare_with_eager(model: nn.Module, session, inputs: Union[torch.Tensor, Sequence[torch.Tensor]],
+                       expected: Optional[List[torch.Tensor]] = None) -> List[float]:
     """The :func:`relative_error` of every output of ``session`` against ``model(*inputs)`` (eval mode, no
-    autograd, the model's own inference path)."""
+    autograd, the model's own inference path), or against ``expected`` (its :func:`flatten_outputs`) when
+    the caller has computed it already."""
     inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            expected = flatten_outputs(model(*inputs))
-    finally:
-        model.train(was_training)
+    if expected is None:
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                expected = flatten_outputs(model(*inputs))
+        finally:
+            model.train(was_training)
     got = run_onnx(session, inputs)
     if len(got) != len(expected):
         raise ValueError(f"compare_with_eager: the ONNX model has {len(got)} outputs, the model {len(expected)}")
