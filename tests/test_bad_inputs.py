@@ -18,6 +18,7 @@ from rv_plugins.openmmlab import runner as mr
 from rv_plugins.backbones.sequencer2d import Sequencer2D
 from rv_plugins.backbones.visiongru import VisionGRU
 from rv_plugins import engine as ck
+from run_helpers import start_lock_holder
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -205,14 +206,8 @@ def _run_train(args, timeout=600, env=None):
 def test_second_training_run_in_same_work_dir_is_refused(tmp_path):
     pytest.importorskip("mmseg")
     work_dir = tmp_path / "wd"
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import sys, time
-        sys.path.insert(0, {ROOT!r})
-        from rv_plugins import engine as ck
-        ck.acquire_work_dir_lock({str(work_dir)!r}); print('locked', flush=True); time.sleep(120)""")],
-        stdout=subprocess.PIPE, text=True)
+    holder = start_lock_holder(tmp_path, work_dir)  # checks that it printed 'locked'
     try:
-        assert holder.stdout.readline().strip() == "locked"
         out = _run_train([osp.join(ROOT, "configs", "upernet_visiongru_ti_synthetic.py"),
                           "--work-dir", str(work_dir)])
     finally:

@@ -7,19 +7,12 @@ import types
 
 import pytest
 import torch
-from tool_loader import load_tool
+from tool_loader import TOOLS, load_tool
+
+from rv_plugins.ops import linear_scan_reference as _loop   # h_t = a_t h_{t-1} + b_t: what every peer computes
 
 pytest.importorskip("triton")
 pytestmark = [pytest.mark.triton, pytest.mark.usefixtures("one_thread")]
-
-
-def _loop(a, b):
-    """h_t = a_t h_{t-1} + b_t along dim 1 (what every peer computes, in its own layout)."""
-    h, out = torch.zeros_like(b[:, 0]), []
-    for t in range(b.shape[1]):
-        h = a[:, t] * h + b[:, t]
-        out.append(h)
-    return torch.stack(out, 1)
 
 
 @pytest.fixture
@@ -109,7 +102,7 @@ def test_the_watchdog_ends_a_run_that_runs_too_long(tmp_path):
     """--hang-s: every thread's stack on stderr, a non-zero exit, and the files of what finished kept."""
     import os
     import subprocess
-    tool = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "gpu_check.py")
+    tool = os.path.join(TOOLS, "gpu_check.py")
     proc = subprocess.run([sys.executable, tool, "--tiny", "--out", str(tmp_path), "--sections", "copy", "profile",
                            "--hang-s", "0.05"], capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1"))

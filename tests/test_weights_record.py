@@ -17,6 +17,8 @@ from rv_plugins.heads import HGRUMaskPredictor
 from rv_plugins.models.pathfinder_hgru import PathfinderHGRU
 from rv_plugins.utils.checkpoint import load_pretrained
 from rv_plugins.utils.weights_record import RECORD_KEY, records_in
+from run_helpers import wait_for
+from tool_loader import TOOLS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -273,15 +275,12 @@ def test_converter_killed_while_saving_leaves_the_earlier_output(tmp_path):
     src = _authors_file(tmp_path)
     dst = tmp_path / "ours.pth"
     dst.write_bytes(b"an earlier conversion")
-    tool = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools",
-                        "convert_visiongru_checkpoint.py")
+    tool = os.path.join(TOOLS, "convert_visiongru_checkpoint.py")
     proc = subprocess.Popen([sys.executable, tool, src, str(dst)], env=dict(os.environ, **{SAVE_DELAY_ENV: "30"}),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while not any(p.name.endswith(TMP_SUFFIX) for p in tmp_path.iterdir()):
-            assert proc.poll() is None and time.monotonic() < deadline, "the tool ended before saving"
-            time.sleep(0.05)
+        assert wait_for(lambda: any(p.name.endswith(TMP_SUFFIX) for p in tmp_path.iterdir()), proc, 120), \
+            "the tool ended before saving"
         time.sleep(0.2)  # the temporary file is complete and fsynced: the tool sleeps before the rename
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
