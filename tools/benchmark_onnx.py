@@ -15,6 +15,7 @@ the mmseg segmentors of the ADE20K configs (``mode='tensor'``: seg logits). Prin
 ``--json`` / ``--md`` when given.
 """
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -29,7 +30,7 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from rv_plugins.export import export_onnx, flatten_outputs, onnxruntime_session, relative_error, run_onnx  # noqa: E402
+from rv_plugins.export import compare_with_eager, export_onnx, onnxruntime_session, run_onnx  # noqa: E402
 from rv_plugins.utils.measure import command_line, environment  # noqa: E402
 
 # the mmseg segmentors (mode='tensor': seg logits at 1/4 of the input), their ADE20K configs, random weights
@@ -38,39 +39,29 @@ SEGMENTORS = {"upernet-visiongru-ti": "configs/upernet_visiongru_ti_ade20k.py",
 MODELS = ("visiongru-ti", "sequencer2d-s", "hgru-head") + tuple(SEGMENTORS)
 
 
-class _Logits(nn.Module):
-    def __init__(self, backbone):
-        super().__init__()
-        self.backbone = backbone
-
-    def forward(self, x):
-        return self.backbone.forward_head(self.backbone(x))
-
-
-class _Head(nn.Module):
-    def __init__(self):
-        super().__init__()
-        from rv_plugins.heads.hgru_mask_head import HGRUMaskPredictor
-        self.head = HGRUMaskPredictor(in_channels=256, channels=256, num_classes=80, cell="coco", steps=20)
-
-    def forward(self, x):
-        return self.head(x)[0]
+@functools.lru_cache(maxsize=None)
+def export_tool():
+    """``tools/export_onnx.py`` as a module: its builders and wrappers are what ``rv-export-onnx`` exports."""
+    spec = importlib.util.spec_from_file_location("export_onnx_tool", os.path.join(ROOT, "tools", "export_onnx.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
 
 
 def build(name: str, size: int):
     """(model in eval mode, input) for a benchmark entry."""
+    tool = export_tool()
     torch.manual_seed(0)
     if name == "hgru-head":
-        return _Head().eval(), torch.randn(8, 256, 14, 14)
-    if name in SEGMENTORS:  # through tools/export_onnx.py's builder (what rv-export-onnx exports)
-        spec = importlib.util.spec_from_file_location("export_onnx_tool", os.path.join(ROOT, "tools", "export_onnx.py"))
-        tool = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(tool)
+        from rv_plugins.heads.hgru_mask_head import HGRUMaskPredictor
+        head = HGRUMaskPredictor(in_channels=256, channels=256, num_classes=80, cell="coco", steps=20)
+        return tool.MaskPredictor(head).eval(), torch.randn(8, 256, 14, 14)
+    if name in SEGMENTORS:
         model, _ = tool.build_mm(os.path.join(ROOT, SEGMENTORS[name]), None, None, {},
                                  {"model.backbone.init_cfg": None})
         return model.eval(), torch.randn(1, 3, size, size)
     from rv_plugins.backbones.registry import create_backbone
-    model = _Logits(create_backbone(name, num_classes=1000)).eval()
+    model = tool.Classifier(create_backbone(name, num_classes=1000)).eval()
     if name.startswith("sequencer2d"):  # timm-style zero classifier: give it weights, so logits differ
         nn.init.normal_(model.backbone.head.weight, std=0.02)
     return model, torch.randn(1, 3, size, size)
@@ -97,9 +88,7 @@ def run_point(name: str, size: int, exporter: str, repeats: int, folder: str) ->
     path = os.path.join(folder, f"{name}_{size}_{exporter}.onnx")
     result = export_onnx(model, x, path, legacy=exporter == "legacy")
     session = onnxruntime_session(path, threads=1)
-    with torch.no_grad():
-        expected = flatten_outputs(model(x))
-    error = max(relative_error(g, e) for g, e in zip(run_onnx(session, x), expected))
+    error = max(compare_with_eager(model, session, x))
     eager_s, ort_s = cpu_times(model, session, x, repeats)
     size_mib = os.path.getsize(path) / 2 ** 20
     os.remove(path)
